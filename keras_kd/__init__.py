@@ -1,0 +1,18 @@
+"""keras_kd: knowledge distillation for Keras 3.
+
+Public API:
+    Distiller: a `keras.Model` that trains a student from a frozen teacher.
+    losses: ActivationBoundary, NeuronSelectivityTransfer, LogitsDistillation,
+        FitNetsHint, AttentionTransfer (and their pure functions).
+    callbacks: LossWeightSchedule, StagedSchedule, ActivationBoundarySchedule.
+    taps: Tap, build_extractor (tapping layers of functional models).
+"""
+
+from keras_kd import callbacks
+from keras_kd import losses
+from keras_kd import taps
+from keras_kd.distiller import Distiller
+
+__version__ = "0.1.0"
+
+__all__ = ["Distiller", "callbacks", "losses", "taps", "__version__"]

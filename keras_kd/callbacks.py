@@ -1,0 +1,174 @@
+"""Schedules for the Distiller's loss weights: stages, ramps, AB initialisation.
+
+Loss weights live in non-trainable variables read inside the compiled train
+step, so these callbacks take effect without recompiling. Each schedule sets
+the weights as a pure function of the epoch, so a run resumed by
+`keras.callbacks.BackupAndRestore` continues in the right stage.
+"""
+
+import keras
+
+
+def _distiller(model):
+    from keras_kd.distiller import Distiller
+
+    if not isinstance(model, Distiller):
+        raise TypeError(
+            "Loss-weight schedules drive a `keras_kd.Distiller`; this "
+            f"callback was given a {type(model).__name__}. Pass it to "
+            "`distiller.fit(callbacks=[...])`."
+        )
+    return model
+
+
+class LossWeightSchedule(keras.callbacks.Callback):
+    """Sets loss weights at the start of every epoch from `schedule(epoch)`.
+
+    Args:
+        schedule: a function of the (0-based) epoch returning a dict
+            `{name: weight}`, where `name` is `"student"` (the task loss) or
+            the name of a distillation loss. Weights it leaves out keep
+            their current values.
+        verbose: print the weights when they change. Defaults to `0`.
+
+    Example:
+
+    ```python
+    # Ramp KD in over the first 5 epochs.
+    ramp = keras_kd.callbacks.LossWeightSchedule(
+        lambda epoch: {"logits_distillation": min(1.0, (epoch + 1) / 5)})
+    ```
+    """
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(
+                "`schedule` must be a function of the epoch returning "
+                f"{{name: weight}}; received {schedule!r}."
+            )
+        self.schedule = schedule
+        self.verbose = verbose
+        self._last = None
+
+    def weights_for_epoch(self, epoch):
+        return dict(self.schedule(epoch))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        distiller = _distiller(self.model)
+        weights = self.weights_for_epoch(epoch)
+        distiller.set_loss_weights(**weights)
+        if self.verbose and weights != self._last:
+            print(f"\nEpoch {epoch + 1}: loss weights {distiller.loss_weights}")
+        self._last = weights
+
+
+class StagedSchedule(LossWeightSchedule):
+    """Multi-stage training: each stage fixes the loss weights for N epochs.
+
+    Args:
+        stages: list of `(num_epochs, {name: weight})`. The last stage runs
+            to the end of training whatever its `num_epochs`. Names left out
+            of a stage take their configured (constructor) weight.
+        verbose: print the weights at each stage change. Defaults to `0`.
+
+    Example:
+
+    ```python
+    # Hints first (FitNets stage 1), then task + KD.
+    schedule = keras_kd.callbacks.StagedSchedule([
+        (5, {"student": 0.0, "logits_distillation": 0.0}),
+        (None, {"fitnets_hint": 0.0}),
+    ])
+    ```
+    """
+
+    def __init__(self, stages, verbose=0):
+        stages = list(stages)
+        if not stages:
+            raise ValueError("`stages` is empty; give at least one stage.")
+        for i, stage in enumerate(stages):
+            if not (isinstance(stage, (tuple, list)) and len(stage) == 2):
+                raise ValueError(
+                    f"Stage {i} must be a pair (num_epochs, {{name: weight}}); "
+                    f"received {stage!r}."
+                )
+            epochs = stage[0]
+            last = i == len(stages) - 1
+            if not last and (not isinstance(epochs, int) or epochs < 0):
+                raise ValueError(
+                    f"Stage {i} must last a whole number of epochs >= 0; "
+                    f"received {epochs!r}."
+                )
+        self.stages = stages
+        super().__init__(self._weights, verbose=verbose)
+
+    def stage_of_epoch(self, epoch):
+        """Index of the stage that contains `epoch` (0-based)."""
+        start = 0
+        for index, (epochs, _) in enumerate(self.stages[:-1]):
+            if epoch < start + epochs:
+                return index
+            start += epochs
+        return len(self.stages) - 1
+
+    def _weights(self, epoch):
+        weights = _distiller(self.model).configured_loss_weights
+        weights.update(self.stages[self.stage_of_epoch(epoch)][1])
+        return weights
+
+
+class ActivationBoundarySchedule(StagedSchedule):
+    """The two-stage schedule of activation boundary transfer (Heo et al.).
+
+    Stage 1, "AB initialisation" (`init_epochs` epochs): only the activation
+    boundary losses train the student and its connectors; the task loss and
+    every other distillation loss are switched off. Stage 2: the activation
+    boundary losses are switched off (their connectors get no gradient) and
+    the task loss plus any other losses (e.g. KD) train the student with
+    their configured weights.
+
+    The official CIFAR code trains stage 2 with KD only (T=3, no T^2);
+    RepDistiller (30 of 240 epochs of initialisation) with cross-entropy
+    only. Configure the Distiller's other losses to pick either.
+
+    Reference:
+        Heo, Lee, Yun, Choi. "Knowledge Transfer via Distillation of
+        Activation Boundaries Formed by Hidden Neurons." AAAI 2019.
+        Official code: github.com/bhheo/AB_distillation.
+
+    Args:
+        init_epochs: epochs of stage 1 (RepDistiller: 30 of 240).
+        verbose: print the weights when the stage changes. Defaults to `0`.
+    """
+
+    def __init__(self, init_epochs, verbose=0):
+        if not isinstance(init_epochs, int) or init_epochs < 0:
+            raise ValueError(
+                "`init_epochs` must be a whole number of epochs >= 0; "
+                f"received {init_epochs!r}."
+            )
+        self.init_epochs = init_epochs
+        super().__init__([(init_epochs, {}), (None, {})], verbose=verbose)
+
+    def _weights(self, epoch):
+        from keras_kd.losses.activation_boundary import ActivationBoundary
+
+        distiller = _distiller(self.model)
+        weights = distiller.configured_loss_weights
+        ab_names = [
+            loss.name
+            for loss in distiller.distillation_losses
+            if isinstance(loss, ActivationBoundary)
+        ]
+        if not ab_names:
+            raise ValueError(
+                "ActivationBoundarySchedule needs an ActivationBoundary loss "
+                "in the Distiller; it has "
+                f"{[loss.name for loss in distiller.distillation_losses]}."
+            )
+        in_init = self.stage_of_epoch(epoch) == 0
+        for name in weights:
+            if (name in ab_names) != in_init:
+                weights[name] = 0.0
+        return weights

@@ -1,0 +1,108 @@
+"""Trainable adapters that map a student feature onto a teacher feature.
+
+Connectors are built by the Distiller when a layer pair's shapes differ (or
+when the method always calls for one, as FitNets does), train with the student,
+are saved with the distiller and never become part of `distiller.student`.
+"""
+
+import keras
+
+
+class Connector(keras.layers.Layer):
+    """Projection (+ BatchNormalization) from student to teacher features.
+
+    - Activation boundary (Heo et al. 2019, official code): 1x1 `Conv2D`
+      without bias, He-normal init, then `BatchNormalization`, no activation.
+      For rank-2 (dense) features, `Dense` without bias + BatchNormalization.
+    - FitNets hint regressor (Romero et al. 2015; RepDistiller `ConvReg`):
+      a `Conv2D` (3x3, "same") + BatchNormalization when the spatial sizes
+      match; a stride-`k` conv when the student map is `k` times larger; a
+      stride-`k` transposed conv when it is `k` times smaller.
+
+    Args:
+        student_shape: shape of the student feature, batch axis included.
+        teacher_shape: shape of the teacher feature, batch axis included.
+        kind: `"projection"` (1x1, the AB connector) or `"regressor"` (the
+            FitNets hint regressor). Defaults to `"projection"`.
+        dtype: dtype policy of the connector (the student's by default).
+    """
+
+    def __init__(
+        self, student_shape, teacher_shape, kind="projection", **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.student_shape = tuple(student_shape)
+        self.teacher_shape = tuple(teacher_shape)
+        self.kind = kind
+        channels = teacher_shape[-1]
+        init = keras.initializers.HeNormal()
+        if len(student_shape) == 2:
+            self.projection = keras.layers.Dense(
+                channels, use_bias=False, kernel_initializer=init,
+                dtype=self.dtype_policy, name="dense",
+            )
+        elif kind == "projection":
+            self.projection = keras.layers.Conv2D(
+                channels, 1, use_bias=False, kernel_initializer=init,
+                dtype=self.dtype_policy, name="conv",
+            )
+        else:
+            self.projection = _regressor_conv(
+                student_shape, teacher_shape, init, self.dtype_policy
+            )
+        self.norm = keras.layers.BatchNormalization(
+            dtype=self.dtype_policy, name="bn"
+        )
+        self.build(self.student_shape)
+
+    def build(self, input_shape):
+        self.projection.build(input_shape)
+        out_shape = self.projection.compute_output_shape(input_shape)
+        self.norm.build(out_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        return self.norm(self.projection(inputs), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return self.projection.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            student_shape=self.student_shape,
+            teacher_shape=self.teacher_shape,
+            kind=self.kind,
+        )
+        return config
+
+
+def _regressor_conv(student_shape, teacher_shape, init, dtype):
+    s_h, s_w = student_shape[1], student_shape[2]
+    t_h, t_w = teacher_shape[1], teacher_shape[2]
+    channels = teacher_shape[-1]
+    common = dict(kernel_initializer=init, dtype=dtype, name="conv")
+    if (s_h, s_w) == (t_h, t_w):
+        return keras.layers.Conv2D(channels, 3, padding="same", **common)
+    if s_h % t_h == 0 and s_w % t_w == 0 and s_h // t_h == s_w // t_w:
+        k = s_h // t_h
+        return keras.layers.Conv2D(
+            channels, 3, strides=k, padding="same", **common
+        )
+    if t_h % s_h == 0 and t_w % s_w == 0 and t_h // s_h == t_w // s_w:
+        k = t_h // s_h
+        return keras.layers.Conv2DTranspose(
+            channels, 4 if k == 2 else k, strides=k, padding="same", **common
+        )
+    raise ValueError(
+        f"A hint regressor cannot map the student feature of shape "
+        f"{tuple(student_shape)} onto the teacher hint of shape "
+        f"{tuple(teacher_shape)}: the spatial sizes must be equal or differ "
+        "by the same integer factor in height and width. Tap a student layer "
+        "whose resolution matches the teacher layer (or is 2x, 4x, ... it)."
+    )
+
+
+def needs_projection(student_shape, teacher_shape):
+    """Whether a pair of features needs a 1x1 projection (channels differ)."""
+    return student_shape[-1] != teacher_shape[-1]

@@ -1,0 +1,309 @@
+"""Activation boundary (AB) distillation: Heo et al., AAAI 2019."""
+
+import keras
+from keras import ops
+
+from keras_kd.losses.reduction import flatten_per_example
+from keras_kd.losses.reduction import is_python_number
+from keras_kd.losses.reduction import reduce_per_example
+from keras_kd.losses.reduction import to_float32
+from keras_kd.losses.reduction import validate_rank
+from keras_kd.losses.reduction import validate_reduction
+from keras_kd.losses.reduction import validate_same_shape
+from keras_kd.connectors import Connector
+from keras_kd.losses.base import DistillationLoss
+
+_RANK_HINT = (
+    "Pass a dense pre-activation (B, C) or a feature map (B, H, W, C); map "
+    "the student to the teacher's shape with a connector first."
+)
+
+
+def _validate_inputs(teacher, student, what):
+    validate_rank(
+        teacher, (2, 4), name="teacher_preactivation", what=what,
+        hint=_RANK_HINT,
+    )
+    validate_rank(
+        student, (2, 4), name="student_preactivation", what=what,
+        hint=_RANK_HINT,
+    )
+    validate_same_shape(
+        teacher, student, what=what,
+        hint="Map the student pre-activation to the teacher's shape with a "
+        "connector (1x1 Conv2D + BatchNormalization) before the loss.",
+    )
+
+
+def activation_boundary_loss(
+    teacher_preactivation, student_preactivation, margin=1.0, *,
+    reduction="mean",
+):
+    """Activation-boundary loss: squared hinge on the teacher's on/off states.
+
+    Transfers the teacher's activation boundaries: for every neuron, whether
+    its pre-activation is positive ("on") or not ("off"). Only the sign of the
+    teacher tensor is used, so a post-ReLU teacher tensor gives the same loss.
+    The student pre-activation `s` (already mapped to the teacher's shape by
+    a connector) is pushed at least `margin` to the teacher's side of zero:
+
+        L_AB = (1/B) * sum_{b,h,w,c} ( 1[t>0]  * relu(margin - s)^2
+                                     + 1[t<=0] * relu(margin + s)^2 )
+
+    i.e. a sum over all non-batch elements and a mean over the batch (not a
+    mean over elements: the loss grows with H*W*C). The teacher is treated as
+    a constant (`stop_gradient`). Computed in float32 whatever the input
+    dtype.
+
+    Reference:
+        Heo, Lee, Yun, Choi, "Knowledge Transfer via Distillation of
+        Activation Boundaries Formed by Hidden Neurons", AAAI 2019,
+        https://arxiv.org/abs/1811.03233. Official code:
+        https://github.com/bhheo/AB_distillation
+
+    Args:
+        teacher_preactivation: Teacher pre-activation, shape `(B, C)` or
+            `(B, H, W, C)`.
+        student_preactivation: Student pre-activation after the connector,
+            same shape as `teacher_preactivation`.
+        margin: The margin `mu >= 0` (Python number, or a tensor / variable,
+            which is not validated). Defaults to `1.0`.
+        reduction: `"mean"` for the batch mean (a scalar) or `"none"` for
+            per-example values of shape `(B,)`. Defaults to `"mean"`.
+
+    Returns:
+        A float32 scalar (`reduction="mean"`) or a float32 `(B,)` tensor
+        (`reduction="none"`).
+
+    Raises:
+        ValueError: If `margin` is negative, the inputs are not rank 2 or 4,
+            their shapes differ, or `reduction` is unknown.
+
+    Example:
+
+    >>> import numpy as np
+    >>> t = np.array([[2.0, -1.0]], dtype="float32")  # neuron 0 on, 1 off
+    >>> s = np.array([[0.5, 3.0]], dtype="float32")
+    >>> # (1 - 0.5)^2 + (1 + 3)^2 = 0.25 + 16
+    >>> float(activation_boundary_loss(t, s, margin=1.0))
+    16.25
+    """
+    validate_reduction(reduction)
+    if is_python_number(margin) and margin < 0:
+        raise ValueError(
+            "`margin` must be >= 0 (the distance the student pre-activation "
+            f"must keep from zero); received margin={margin!r}. Pass a "
+            "non-negative margin, e.g. the default margin=1.0."
+        )
+    teacher = ops.stop_gradient(to_float32(teacher_preactivation))
+    student = to_float32(student_preactivation)
+    _validate_inputs(teacher, student, "activation_boundary_loss")
+    margin = to_float32(margin)
+    teacher_on = ops.cast(ops.greater(teacher, 0.0), "float32")
+    on_term = ops.square(ops.relu(margin - student))
+    off_term = ops.square(ops.relu(margin + student))
+    per_element = teacher_on * on_term + (1.0 - teacher_on) * off_term
+    per_example = ops.sum(flatten_per_example(per_element), axis=1)
+    return reduce_per_example(per_example, reduction)
+
+
+def boundary_agreement(
+    teacher_preactivation, student_preactivation, *, reduction="mean"
+):
+    """Fraction of neurons whose on/off state the student reproduces.
+
+    The true (non-differentiable) AB objective, useful as a metric:
+
+        agreement = mean_{h,w,c} 1[ 1[t>0] == 1[s>0] ]   per example,
+
+    then the batch mean. 1.0 means every activation boundary is transferred.
+
+    Reference:
+        Heo, Lee, Yun, Choi, "Knowledge Transfer via Distillation of
+        Activation Boundaries Formed by Hidden Neurons", AAAI 2019,
+        https://arxiv.org/abs/1811.03233. Official code:
+        https://github.com/bhheo/AB_distillation
+
+    Args:
+        teacher_preactivation: Teacher pre-activation, shape `(B, C)` or
+            `(B, H, W, C)`.
+        student_preactivation: Student pre-activation after the connector,
+            same shape as `teacher_preactivation`.
+        reduction: `"mean"` for the batch mean (a scalar) or `"none"` for
+            per-example values of shape `(B,)`. Defaults to `"mean"`.
+
+    Returns:
+        A float32 scalar or `(B,)` tensor with values in `[0, 1]`.
+
+    Raises:
+        ValueError: If the inputs are not rank 2 or 4, their shapes differ,
+            or `reduction` is unknown.
+
+    Example:
+
+    >>> import numpy as np
+    >>> t = np.array([[2.0, -1.0, 0.5, -3.0]], dtype="float32")
+    >>> s = np.array([[1.0, 1.0, 0.1, -0.2]], dtype="float32")
+    >>> float(boundary_agreement(t, s))
+    0.75
+    """
+    validate_reduction(reduction)
+    teacher = ops.stop_gradient(to_float32(teacher_preactivation))
+    student = ops.stop_gradient(to_float32(student_preactivation))
+    _validate_inputs(teacher, student, "boundary_agreement")
+    agree = ops.cast(
+        ops.equal(ops.greater(teacher, 0.0), ops.greater(student, 0.0)),
+        "float32",
+    )
+    per_example = ops.mean(flatten_per_example(agree), axis=1)
+    return reduce_per_example(per_example, reduction)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class ActivationBoundary(DistillationLoss):
+    """Activation boundary transfer over one or several layer pairs.
+
+    Transfers where each teacher neuron switches on and off: for every pair,
+    `activation_boundary_loss(t, r(s), margin)` on the teacher's and the
+    student's **pre-activation** tensors, where `r` is a connector (1x1
+    `Conv2D` without bias + `BatchNormalization`, He-normal init; `Dense` +
+    BN for rank-2 features) built when the channel counts differ. Pairs are
+    combined as `sum_i pair_weight_i * L_i`; the official weights are
+    `2^(i - n + 1)` from the shallowest pair to the deepest (1/4, 1/2, 1 for
+    three pairs) and the whole term is scaled by `3e-3` (the Distiller's
+    default weight for this loss). Logs `boundary_agreement` (fraction of
+    teacher neurons whose on/off state the student reproduces), per pair
+    when there are several. Use `keras_kd.callbacks.ActivationBoundarySchedule`
+    for the paper's two-stage training.
+
+    Taps: by default both sides read the pre-activation of the named layer:
+    name an activation layer (`ReLU`, `Activation("relu")`, ...) and its
+    input is read, or a layer with a fused activation (`Conv2D(...,
+    activation="relu")`) and its output before the activation is read. If
+    the named layer's output already is the pre-activation (the
+    `BatchNormalization` or `Add` right before a ReLU, the official taps),
+    pass `teacher_tap="output"` / `student_tap="output"`.
+
+    Reference:
+        Heo, Lee, Yun, Choi, "Knowledge Transfer via Distillation of
+        Activation Boundaries Formed by Hidden Neurons", AAAI 2019.
+        Official code: https://github.com/bhheo/AB_distillation
+        (RepDistiller `distiller_zoo/AB.py` for the weights).
+
+    Args:
+        teacher_layer_name: teacher layer name, or a list (one per pair,
+            shallowest first).
+        student_layer_name: student layer name(s), same length.
+        margin: the margin `mu >= 0`. Defaults to `1.0`.
+        pair_weights: one weight per pair. Defaults to `2^(i - n + 1)`.
+        connector: `"auto"` (a connector when channel counts differ, as in
+            the method description), `"always"` (as the official code, which
+            builds one for every pair) or `"never"`. Defaults to `"auto"`.
+        teacher_tap: where to read the teacher layers. Defaults to
+            `"preactivation"` (only its sign is used).
+        student_tap: where to read the student layers. Defaults to
+            `"preactivation"`.
+        name: name used in logs and `set_loss_weights`. Defaults to
+            `"activation_boundary"`.
+
+    Example:
+
+    >>> ab = ActivationBoundary(["t_relu1", "t_relu2"], ["s_relu1", "s_relu2"])
+    >>> ab.pair_weights
+    [0.5, 1.0]
+    """
+
+    default_weight = 3e-3
+    default_tap = "preactivation"
+    pair_metric_names = ("boundary_agreement",)
+
+    def __init__(
+        self,
+        teacher_layer_name,
+        student_layer_name,
+        *,
+        margin=1.0,
+        pair_weights=None,
+        connector="auto",
+        teacher_tap=None,
+        student_tap=None,
+        name="activation_boundary",
+        **kwargs,
+    ):
+        if teacher_layer_name is None or student_layer_name is None:
+            raise ValueError(
+                "ActivationBoundary reads hidden layers: pass "
+                "`teacher_layer_name` and `student_layer_name` (the "
+                "activation layers whose pre-activations to match)."
+            )
+        if not isinstance(margin, (int, float)) or margin < 0:
+            raise ValueError(
+                "`margin` must be a number >= 0; received "
+                f"margin={margin!r}. The official value is 1.0."
+            )
+        if connector not in ("auto", "always", "never"):
+            raise ValueError(
+                f"`connector` must be 'auto', 'always' or 'never'; received "
+                f"{connector!r}."
+            )
+        super().__init__(
+            teacher_layer_name, student_layer_name,
+            pair_weights=pair_weights, teacher_tap=teacher_tap,
+            student_tap=student_tap, name=name, **kwargs,
+        )
+        self.margin = float(margin)
+        self.connector = connector
+
+    @staticmethod
+    def default_pair_weights(n):
+        return [2.0 ** (i - n + 1) for i in range(n)]
+
+    def configure_pair(self, index, teacher_shape, student_shape, dtype, names):
+        where = self.describe_pair(index, names)
+        for role, shape in (("teacher", teacher_shape), ("student", student_shape)):
+            if len(shape) not in (2, 4):
+                raise ValueError(
+                    f"ActivationBoundary needs dense (B, C) or spatial "
+                    f"(B, H, W, C) pre-activations; the {role} tensor of "
+                    f"{where} has shape {shape}. Tap a Dense or Conv layer's "
+                    "activation."
+                )
+        if len(teacher_shape) != len(student_shape) or (
+            teacher_shape[1:-1] != student_shape[1:-1]
+        ):
+            raise ValueError(
+                f"ActivationBoundary cannot pair {where}: shapes "
+                f"{teacher_shape} and {student_shape} differ in more than "
+                "the channel axis (a 1x1 connector maps channels only). Tap "
+                "layers with the same spatial size."
+            )
+        differ = teacher_shape[-1] != student_shape[-1]
+        if self.connector == "never" and differ:
+            raise ValueError(
+                f"ActivationBoundary with connector='never' cannot pair "
+                f"{where}: {student_shape[-1]} student channels vs "
+                f"{teacher_shape[-1]} teacher channels. Use connector='auto'."
+            )
+        if self.connector == "always" or (self.connector == "auto" and differ):
+            return Connector(
+                student_shape, teacher_shape, kind="projection", dtype=dtype,
+                name=f"{self.name}_connector_{index}",
+            )
+        return None
+
+    def pair_loss(self, index, teacher, student):
+        return activation_boundary_loss(
+            teacher, student, self.margin, reduction="none"
+        )
+
+    def pair_metrics(self, index, teacher, student):
+        return {
+            "boundary_agreement": boundary_agreement(
+                teacher, student, reduction="none"
+            )
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(margin=self.margin, connector=self.connector)
+        return config

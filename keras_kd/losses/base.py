@@ -1,0 +1,231 @@
+"""The base class of keras_kd's distillation losses.
+
+A distillation loss names the tensors it reads (`teacher_taps`,
+`student_taps`: one pair per layer pair, `None` for the model's logits), is
+configured once by the Distiller with the shapes of those tensors (building
+any connector it needs and rejecting shapes it cannot reconcile), and then
+returns *per-example* values so the Distiller can weight them by
+`sample_weight` and reduce them over the global batch.
+
+Losses are Keras layers so that their connectors and variables (a
+temperature a callback may change) are tracked, trained and saved with the
+distiller. All loss math is float32 whatever the dtype policy.
+"""
+
+import keras
+
+from keras_kd.taps import Tap
+
+
+def _as_list(value, what):
+    if value is None:
+        return [None]
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(v, str) for v in value
+    ):
+        if not value:
+            raise ValueError(f"`{what}` is an empty list; name at least one layer.")
+        return list(value)
+    raise TypeError(
+        f"`{what}` must be a layer name or a list of layer names; received "
+        f"{value!r} of type {type(value).__name__}."
+    )
+
+
+class DistillationLoss(keras.layers.Layer):
+    """Base class: layer pairs, their taps, per-pair weights, per-example math.
+
+    Subclasses implement `configure_pair` (build a connector / validate
+    shapes) and `pair_loss` (per-example float32 values of shape `(B,)`), and
+    may implement `pair_metrics`.
+
+    Args:
+        teacher_layer_name: a layer name, a list of names (one per pair), or
+            `None` for the teacher's logits.
+        student_layer_name: the same for the student (same length).
+        pair_weights: one weight per layer pair. Defaults to
+            `default_pair_weights(n)` of the subclass.
+        teacher_tap: where to read the teacher layers (`"output"`,
+            `"input"`, `"preactivation"`).
+        student_tap: the same for the student layers.
+    """
+
+    #: Weight the Distiller uses when `distillation_loss_weights` is `None`.
+    default_weight = 1.0
+    #: Default tap positions.
+    default_tap = "output"
+
+    def __init__(
+        self,
+        teacher_layer_name=None,
+        student_layer_name=None,
+        *,
+        pair_weights=None,
+        teacher_tap=None,
+        student_tap=None,
+        name=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(name=name, **kwargs)
+        teachers = _as_list(teacher_layer_name, "teacher_layer_name")
+        students = _as_list(student_layer_name, "student_layer_name")
+        if len(teachers) != len(students):
+            raise ValueError(
+                f"{type(self).__name__} got {len(teachers)} teacher layer(s) "
+                f"{teachers} and {len(students)} student layer(s) {students}. "
+                "Expected one student layer per teacher layer: pass two lists "
+                "of the same length."
+            )
+        if (None in teachers) != (None in students):
+            raise ValueError(
+                f"{type(self).__name__}: either both or neither of "
+                "`teacher_layer_name` and `student_layer_name` may be None "
+                f"(None means the model's logits); received {teachers} and "
+                f"{students}."
+            )
+        self.teacher_layer_name = teacher_layer_name
+        self.student_layer_name = student_layer_name
+        self.teacher_tap = teacher_tap or self.default_tap
+        self.student_tap = student_tap or self.default_tap
+        n = len(teachers)
+        if pair_weights is None:
+            weights = self.default_pair_weights(n)
+        else:
+            weights = [float(w) for w in pair_weights]
+            if len(weights) != n:
+                raise ValueError(
+                    f"{type(self).__name__} has {n} layer pair(s) but "
+                    f"received {len(weights)} pair_weights {list(weights)}. "
+                    "Pass one weight per pair."
+                )
+        self.pair_weights = [float(w) for w in weights]
+        self._pair_weights_arg = pair_weights
+        self.teacher_taps = [
+            None if t is None else Tap(t, self.teacher_tap) for t in teachers
+        ]
+        self.student_taps = [
+            None if s is None else Tap(s, self.student_tap) for s in students
+        ]
+        self.connectors = []
+        self.configured = False
+
+    @staticmethod
+    def default_pair_weights(n):
+        """Per-pair weights when none are given: equal, summing to one."""
+        return [1.0 / n] * n
+
+    @property
+    def num_pairs(self):
+        return len(self.teacher_taps)
+
+    def pair_label(self, index):
+        """A short name for a layer pair, used in logs."""
+        tap = self.student_taps[index]
+        return "logits" if tap is None else tap.layer_name.replace("/", "_")
+
+    # --- configuration (called once by the Distiller, before any tracing) --
+
+    def configure(self, teacher_shapes, student_shapes, student_dtype, names):
+        """Builds connectors and validates shapes for every pair.
+
+        Args:
+            teacher_shapes, student_shapes: per-pair feature shapes.
+            student_dtype: the student's dtype policy, for connectors.
+            names: `(teacher_model_name, student_model_name)`.
+        """
+        connectors = []
+        for index, (t_shape, s_shape) in enumerate(
+            zip(teacher_shapes, student_shapes)
+        ):
+            connector = self.configure_pair(
+                index, tuple(t_shape), tuple(s_shape), student_dtype, names
+            )
+            connectors.append(connector)
+        self.connectors = [c for c in connectors if c is not None]
+        self._connector_of_pair = connectors
+        self.configured = True
+        self.built = True
+
+    def configure_pair(self, index, teacher_shape, student_shape, dtype, names):
+        """Validates one pair; returns a connector layer or `None`."""
+        return None
+
+    def describe_pair(self, index, names):
+        teacher, student = names
+        t, s = self.teacher_taps[index], self.student_taps[index]
+        return (
+            f"teacher '{teacher}' layer '{t.layer_name if t else 'logits'}' "
+            f"and student '{student}' layer "
+            f"'{s.layer_name if s else 'logits'}'"
+        )
+
+    # --- math ---------------------------------------------------------------
+
+    def compute(self, teacher_features, student_features, training=False):
+        """Per-example float32 values for every layer pair.
+
+        Returns:
+            `(pair_losses, metrics)`: a list with one `(B,)` tensor per pair,
+            and a dict of extra per-example metrics (`(B,)` tensors), named
+            as `metric_names()` lists them.
+        """
+        pair_losses = []
+        metrics = {}
+        per_pair_metrics = []
+        for index, (t, s) in enumerate(zip(teacher_features, student_features)):
+            t, s = self.prepare_pair(index, t, s, training)
+            pair_losses.append(self.pair_loss(index, t, s))
+            per_pair_metrics.append(self.pair_metrics(index, t, s))
+        for base in self.pair_metric_names:
+            values = [m[base] for m in per_pair_metrics]
+            if self.num_pairs > 1:
+                for index, value in enumerate(values):
+                    metrics[f"{base}_{self.pair_label(index)}"] = value
+            metrics[base] = keras.ops.mean(keras.ops.stack(values), axis=0)
+        return pair_losses, metrics
+
+    def prepare_pair(self, index, teacher, student, training):
+        """Applies the pair's connector; casts both tensors to float32."""
+        connector = self._connector_of_pair[index]
+        if connector is not None:
+            student = connector(student, training=training)
+        return keras.ops.cast(teacher, "float32"), keras.ops.cast(
+            student, "float32"
+        )
+
+    def pair_loss(self, index, teacher, student):
+        """Per-example loss `(B,)` of one pair (float32 inputs)."""
+        raise NotImplementedError
+
+    #: Names of the extra per-example metrics `pair_metrics` returns.
+    pair_metric_names = ()
+
+    def pair_metrics(self, index, teacher, student):
+        """Extra per-example metrics of a pair: `{name: (B,) tensor}`."""
+        return {}
+
+    def metric_names(self):
+        """Every name `compute` returns in its metrics dict."""
+        names = []
+        for base in self.pair_metric_names:
+            if self.num_pairs > 1:
+                names += [
+                    f"{base}_{self.pair_label(i)}" for i in range(self.num_pairs)
+                ]
+            names.append(base)
+        return names
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("trainable", None)
+        config.update(
+            teacher_layer_name=self.teacher_layer_name,
+            student_layer_name=self.student_layer_name,
+            pair_weights=self._pair_weights_arg,
+            teacher_tap=self.teacher_tap,
+            student_tap=self.student_tap,
+        )
+        return config

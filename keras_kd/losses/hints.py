@@ -1,0 +1,173 @@
+"""FitNets hints: Romero et al., ICLR 2015."""
+
+import keras
+from keras import ops
+
+from keras_kd.losses.reduction import flatten_per_example
+from keras_kd.losses.reduction import reduce_per_example
+from keras_kd.losses.reduction import to_float32
+from keras_kd.losses.reduction import validate_reduction
+from keras_kd.losses.reduction import validate_same_shape
+from keras_kd.connectors import Connector
+from keras_kd.losses.base import DistillationLoss
+
+_RANK_WHAT = "fitnets_hint_loss needs batched tensors (B, ...)"
+
+
+def fitnets_hint_loss(teacher_hint, student_guided, *, reduction="mean"):
+    """FitNets hint loss: mean squared error to the teacher's hint layer.
+
+    Transfers the teacher's intermediate representation (the "hint"): the
+    student's guided layer, mapped to the hint's shape by a regressor
+    (connector), is regressed onto it, per example:
+
+        L = mean_{h,w,c} (s - t)^2
+
+    then the batch mean (so `reduction="mean"` equals `mean((s - t)^2)`
+    over all elements, as in RepDistiller). The teacher is treated as a
+    constant (`stop_gradient`); computed in float32.
+
+    Reference:
+        Romero, Ballas, Kahou, Chassang, Gatta, Bengio, "FitNets: Hints for
+        Thin Deep Nets", ICLR 2015, https://arxiv.org/abs/1412.6550.
+        Official code: https://github.com/adri-romsor/FitNets; reference
+        implementation: https://github.com/HobbitLong/RepDistiller
+        (`distiller_zoo/FitNet.py`).
+
+    Args:
+        teacher_hint: Teacher hint tensor, shape `(B, ...)`, e.g.
+            `(B, H, W, C)`.
+        student_guided: Student guided tensor after the regressor, same shape.
+        reduction: `"mean"` for the batch mean (a scalar) or `"none"` for
+            per-example values of shape `(B,)`. Defaults to `"mean"`.
+
+    Returns:
+        A float32 scalar (`reduction="mean"`) or a float32 `(B,)` tensor
+        (`reduction="none"`).
+
+    Raises:
+        ValueError: If the shapes differ, an input has rank < 2, or
+            `reduction` is unknown.
+
+    Example:
+
+    >>> import numpy as np
+    >>> t = np.zeros((2, 2, 2, 1), dtype="float32")
+    >>> s = np.full((2, 2, 2, 1), 3.0, dtype="float32")
+    >>> float(fitnets_hint_loss(t, s))
+    9.0
+    """
+    validate_reduction(reduction)
+    teacher = ops.stop_gradient(to_float32(teacher_hint))
+    student = to_float32(student_guided)
+    for name, tensor in (("teacher_hint", teacher),
+                         ("student_guided", student)):
+        if len(tensor.shape) < 2:
+            raise ValueError(
+                f"{_RANK_WHAT}; received shape {tuple(tensor.shape)} for "
+                f"`{name}`, expected rank >= 2. Add the batch axis (a single "
+                "example has shape (1, ...))."
+            )
+    validate_same_shape(
+        teacher, student, what="fitnets_hint_loss",
+        hint="Map the student layer to the teacher hint's shape with a "
+        "regressor (e.g. a Conv2D + BatchNormalization connector).",
+    )
+    squared_error = flatten_per_example(ops.square(student - teacher))
+    per_example = ops.mean(squared_error, axis=1)
+    return reduce_per_example(per_example, reduction)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class FitNetsHint(DistillationLoss):
+    """FitNets hint learning: a regressor maps the student onto the teacher.
+
+    `L = mean((r(s) - t)^2)` over every element of the hint, per example,
+    then the batch mean, where the regressor `r` is a `Conv2D` +
+    `BatchNormalization` (3x3 "same" for equal sizes, stride-k for a student
+    map k times larger, a stride-k transposed conv for one k times smaller;
+    `Dense` + BN for rank-2 features), trained with the student and never
+    exported. RepDistiller trains `CE + 100 * hint` in one stage (the
+    Distiller's default weight is 100); the paper's two-stage variant is a
+    `keras_kd.callbacks.StagedSchedule`.
+
+    Reference:
+        Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015.
+        RepDistiller `distiller_zoo/FitNet.py` and `models/util.py`
+        (`ConvReg`).
+
+    Args:
+        teacher_layer_name: the hint layer(s) of the teacher.
+        student_layer_name: the guided layer(s) of the student.
+        regressor: `"always"` (FitNets) or `"auto"` (only when the shapes
+            differ). Defaults to `"always"`.
+        pair_weights: one weight per pair. Defaults to `1.0` each.
+        teacher_tap, student_tap: where to read the layers. Default
+            `"output"`.
+        name: name used in logs. Defaults to `"fitnets_hint"`.
+
+    Example:
+
+    >>> hint = FitNetsHint("t_block2", "s_block2")
+    >>> hint.regressor
+    'always'
+    """
+
+    default_weight = 100.0
+
+    def __init__(
+        self,
+        teacher_layer_name,
+        student_layer_name,
+        *,
+        regressor="always",
+        pair_weights=None,
+        teacher_tap=None,
+        student_tap=None,
+        name="fitnets_hint",
+        **kwargs,
+    ):
+        if teacher_layer_name is None or student_layer_name is None:
+            raise ValueError(
+                "FitNetsHint reads hidden layers: pass `teacher_layer_name` "
+                "(the hint) and `student_layer_name` (the guided layer)."
+            )
+        if regressor not in ("always", "auto"):
+            raise ValueError(
+                f"`regressor` must be 'always' or 'auto'; received "
+                f"{regressor!r}."
+            )
+        super().__init__(
+            teacher_layer_name, student_layer_name,
+            pair_weights=pair_weights, teacher_tap=teacher_tap,
+            student_tap=student_tap, name=name, **kwargs,
+        )
+        self.regressor = regressor
+
+    @staticmethod
+    def default_pair_weights(n):
+        return [1.0] * n
+
+    def configure_pair(self, index, teacher_shape, student_shape, dtype, names):
+        where = self.describe_pair(index, names)
+        if len(teacher_shape) != len(student_shape) or len(teacher_shape) not in (
+            2, 4
+        ):
+            raise ValueError(
+                f"FitNetsHint cannot pair {where}: shapes {teacher_shape} and "
+                f"{student_shape}. Both must be (B, C) or (B, H, W, C)."
+            )
+        if self.regressor == "auto" and teacher_shape[1:] == student_shape[1:]:
+            return None
+        return Connector(
+            student_shape, teacher_shape, kind="regressor", dtype=dtype,
+            name=f"{self.name}_regressor_{index}",
+        )
+
+    def pair_loss(self, index, teacher, student):
+        return fitnets_hint_loss(teacher, student, reduction="none")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(regressor=self.regressor)
+        return config

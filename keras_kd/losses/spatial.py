@@ -1,0 +1,50 @@
+"""Spatial alignment of feature maps for NST and attention transfer."""
+
+import keras
+
+
+def spatial_pool_factors(teacher_shape, student_shape, method, where):
+    """Average-pool factors `(teacher_k, student_k)` that equalise H and W.
+
+    The larger map is pooled to the smaller (RepDistiller uses adaptive
+    average pooling); the sizes must differ by the same integer factor.
+    """
+    for role, shape in (("teacher", teacher_shape), ("student", student_shape)):
+        if len(shape) != 4:
+            raise ValueError(
+                f"{method} needs spatial feature maps (B, H, W, C); the "
+                f"{role} tensor of {where} has shape {shape}. Tap a "
+                "convolutional layer (before global pooling or flattening)."
+            )
+    (t_h, t_w), (s_h, s_w) = teacher_shape[1:3], student_shape[1:3]
+    if None in (t_h, t_w, s_h, s_w):
+        raise ValueError(
+            f"{method} needs known spatial sizes; {where} have shapes "
+            f"{teacher_shape} and {student_shape}. Give the models a fixed "
+            "input size."
+        )
+    if (t_h, t_w) == (s_h, s_w):
+        return 1, 1
+    for big, small, factors in (
+        ((t_h, t_w), (s_h, s_w), lambda k: (k, 1)),
+        ((s_h, s_w), (t_h, t_w), lambda k: (1, k)),
+    ):
+        if (
+            big[0] % small[0] == 0
+            and big[1] % small[1] == 0
+            and big[0] // small[0] == big[1] // small[1]
+        ):
+            return factors(big[0] // small[0])
+    raise ValueError(
+        f"{method} cannot reconcile the spatial sizes of {where}: "
+        f"{(t_h, t_w)} vs {(s_h, s_w)}. The larger map is average-pooled to "
+        "the smaller, so they must differ by the same integer factor in "
+        "height and width. Tap layers at matching (or 2x, 4x, ...) "
+        "resolutions."
+    )
+
+
+def average_pool(x, factor):
+    if factor == 1:
+        return x
+    return keras.ops.average_pool(x, factor, strides=factor, padding="valid")

@@ -1,0 +1,38 @@
+"""keras_kd: knowledge distillation for Keras 3 (activation boundaries, NST, KD, hints, AT)."""
+
+import pathlib
+
+from setuptools import find_packages
+from setuptools import setup
+
+HERE = pathlib.Path(__file__).parent
+
+setup(
+    name="keras-kd",
+    version="0.1.0",
+    description=(
+        "Knowledge distillation for Keras 3: a one-pass Distiller with "
+        "activation-boundary, neuron-selectivity, KD, FitNets and attention "
+        "transfer."
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_kd", "keras_kd.*"]),
+    package_data={"keras_kd": ["datasets/*.npz", "datasets/*.md"]},
+    install_requires=["keras>=3.12", "numpy"],
+    extras_require={
+        # TensorFlow is the training backend; pick the wheel for the machine.
+        "cpu": ["tensorflow-cpu>=2.18"],
+        "tf": ["tensorflow>=2.18"],
+        "gpu": ["tensorflow[and-cuda]>=2.18"],
+        # tfds input pipelines (keras_kd.data with a tfds name).
+        "data": ["tensorflow-datasets>=4.9"],
+        "test": ["pytest>=7", "tensorflow-datasets>=4.9"],
+    },
+    entry_points={"console_scripts": ["keras-kd=keras_kd.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

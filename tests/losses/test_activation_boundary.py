@@ -1,0 +1,220 @@
+"""activation_boundary_loss / boundary_agreement vs a float64 NumPy reference.
+
+Tolerance: float32 results vs float64 reference, rtol=1e-4, atol=1e-5.
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import doctest  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+
+from keras_kd.losses import activation_boundary as ab_module  # noqa: E402
+from keras_kd.losses.activation_boundary import (  # noqa: E402
+    activation_boundary_loss,
+    boundary_agreement,
+)
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def np_ab_per_example(t, s, margin):
+    """Paper formula, loop-wise, float64: sum over non-batch elements."""
+    t, s = np.asarray(t, np.float64), np.asarray(s, np.float64)
+    out = np.zeros(t.shape[0])
+    for b in range(t.shape[0]):
+        total = 0.0
+        for idx in np.ndindex(t.shape[1:]):
+            tv, sv = t[b][idx], s[b][idx]
+            if tv > 0:
+                total += max(margin - sv, 0.0) ** 2
+            else:
+                total += max(margin + sv, 0.0) ** 2
+        out[b] = total
+    return out
+
+
+def np_agreement_per_example(t, s):
+    t, s = np.asarray(t, np.float64), np.asarray(s, np.float64)
+    out = np.zeros(t.shape[0])
+    for b in range(t.shape[0]):
+        hits = [(t[b][i] > 0) == (s[b][i] > 0)
+                for i in np.ndindex(t.shape[1:])]
+        out[b] = np.mean(hits)
+    return out
+
+
+def random_pair(shape, seed):
+    rng = np.random.default_rng(seed)
+    t = rng.normal(size=shape).astype("float32")
+    t[(rng.random(size=shape) < 0.1)] = 0.0  # exact zeros count as "off"
+    s = (1.5 * rng.normal(size=shape)).astype("float32")
+    return t, s
+
+
+def to_np(x):
+    return ops.convert_to_numpy(x)
+
+
+@pytest.mark.parametrize("shape", [(3, 7), (3, 5, 5, 4)])
+@pytest.mark.parametrize("margin", [1.0, 0.5, 0.0])
+def test_loss_matches_numpy(shape, margin):
+    t, s = random_pair(shape, seed=1)
+    expected = np_ab_per_example(t, s, margin)
+    per_example = activation_boundary_loss(t, s, margin, reduction="none")
+    assert tuple(per_example.shape) == (shape[0],)
+    assert per_example.dtype == "float32"
+    np.testing.assert_allclose(to_np(per_example), expected, rtol=RTOL,
+                               atol=ATOL)
+    mean = activation_boundary_loss(t, s, margin=margin)
+    assert tuple(mean.shape) == ()
+    np.testing.assert_allclose(float(mean), expected.mean(), rtol=RTOL,
+                               atol=ATOL)
+
+
+def test_margin_semantics():
+    mu = 1.0
+    # Teacher on, student beyond +margin: zero. Teacher off, student beyond
+    # -margin: zero. Teacher on, student inside margin: (mu - s)^2.
+    # Teacher off (including t == 0), student positive: (mu + s)^2.
+    t = np.array([[2.0, 0.3, -1.0, -0.1, 1.0, 0.0]], "float32")
+    s = np.array([[1.5, 1.0, -1.2, -1.0, 0.25, 0.5]], "float32")
+    expected_per_neuron = [0.0, 0.0, 0.0, 0.0, 0.75 ** 2, 1.5 ** 2]
+    for i, value in enumerate(expected_per_neuron):
+        loss = activation_boundary_loss(t[:, i:i + 1], s[:, i:i + 1], mu)
+        np.testing.assert_allclose(float(loss), value, atol=1e-7)
+    np.testing.assert_allclose(
+        float(activation_boundary_loss(t, s, mu)), sum(expected_per_neuron),
+        rtol=1e-6,
+    )
+    # A larger margin makes a previously satisfied neuron count again.
+    assert float(activation_boundary_loss(t[:, :1], s[:, :1], 2.0)) > 0
+
+
+def test_sum_over_hwc_mean_over_batch():
+    t, s = random_pair((3, 4, 4, 2), seed=2)
+    base = float(activation_boundary_loss(t, s))
+    tiled_h = float(activation_boundary_loss(
+        np.concatenate([t, t], axis=1), np.concatenate([s, s], axis=1)))
+    np.testing.assert_allclose(tiled_h, 2.0 * base, rtol=1e-5)
+    tiled_c = float(activation_boundary_loss(
+        np.concatenate([t, t, t], axis=3), np.concatenate([s, s, s], axis=3)))
+    np.testing.assert_allclose(tiled_c, 3.0 * base, rtol=1e-5)
+    # Repeating the batch does not change the (batch-mean) loss.
+    tiled_b = float(activation_boundary_loss(
+        np.concatenate([t, t], axis=0), np.concatenate([s, s], axis=0)))
+    np.testing.assert_allclose(tiled_b, base, rtol=1e-5)
+
+
+def test_margin_as_variable():
+    t, s = random_pair((3, 6), seed=3)
+    margin = keras.Variable(0.5, trainable=False)
+    np.testing.assert_allclose(
+        float(activation_boundary_loss(t, s, margin)),
+        np_ab_per_example(t, s, 0.5).mean(), rtol=RTOL, atol=ATOL,
+    )
+    margin.assign(2.0)
+    np.testing.assert_allclose(
+        float(activation_boundary_loss(t, s, margin)),
+        np_ab_per_example(t, s, 2.0).mean(), rtol=RTOL, atol=ATOL,
+    )
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_low_precision_inputs_compute_in_float32(dtype):
+    t, s = random_pair((3, 4, 4, 3), seed=4)
+    t_low, s_low = tf.cast(t, dtype), tf.cast(s, dtype)
+    for fn in (activation_boundary_loss, boundary_agreement):
+        out = fn(t_low, s_low)
+        assert out.dtype == "float32"
+        reference = fn(tf.cast(t_low, tf.float32), tf.cast(s_low, tf.float32))
+        np.testing.assert_allclose(float(out), float(reference), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(activation_boundary_loss(t_low, s_low)),
+        np_ab_per_example(t, s, 1.0).mean(), rtol=2e-2,
+    )
+
+
+def test_gradients():
+    t, s = random_pair((3, 3, 3, 4), seed=5)
+    mu = 1.0
+    t_tensor, s_tensor = tf.constant(t), tf.constant(s)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([t_tensor, s_tensor])
+        loss = activation_boundary_loss(t_tensor, s_tensor, mu)
+    grad = tape.gradient(loss, s_tensor).numpy()
+    assert tape.gradient(loss, t_tensor) is None  # teacher is a constant
+    assert np.all(np.isfinite(grad))
+    t64, s64 = t.astype(np.float64), s.astype(np.float64)
+    expected = np.where(
+        t64 > 0, -2.0 * np.maximum(mu - s64, 0.0),
+        2.0 * np.maximum(mu + s64, 0.0),
+    ) / t.shape[0]
+    np.testing.assert_allclose(grad, expected, rtol=RTOL, atol=1e-6)
+    satisfied = ((t > 0) & (s >= mu)) | ((t <= 0) & (s <= -mu))
+    assert np.all(grad[satisfied] == 0)
+    assert np.all(grad[~satisfied] != 0) and (~satisfied).any()
+
+
+def test_boundary_agreement_matches_numpy():
+    for shape in [(3, 9), (3, 5, 5, 4)]:
+        t, s = random_pair(shape, seed=6)
+        expected = np_agreement_per_example(t, s)
+        per_example = boundary_agreement(t, s, reduction="none")
+        assert tuple(per_example.shape) == (shape[0],)
+        np.testing.assert_allclose(to_np(per_example), expected, rtol=1e-6)
+        np.testing.assert_allclose(float(boundary_agreement(t, s)),
+                                   expected.mean(), rtol=1e-6)
+        assert float(boundary_agreement(t, t)) == 1.0
+        assert float(boundary_agreement(t, np.where(t > 0, -1.0, 1.0))) == 0.0
+
+
+def test_compiles_with_unknown_batch_and_xla():
+    t, s = random_pair((3, 4, 4, 2), seed=7)
+    spec = tf.TensorSpec((None, 4, 4, 2), tf.float32)
+
+    @tf.function(input_signature=[spec, spec], jit_compile=True)
+    def both(a, b):
+        return (activation_boundary_loss(a, b, reduction="none"),
+                boundary_agreement(a, b, reduction="none"))
+
+    loss, agreement = both(tf.constant(t), tf.constant(s))
+    np.testing.assert_allclose(loss.numpy(), np_ab_per_example(t, s, 1.0),
+                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(agreement.numpy(),
+                               np_agreement_per_example(t, s), rtol=1e-6)
+
+
+@pytest.mark.parametrize("margin", [-0.5, -1])
+def test_negative_margin_raises(margin):
+    t, s = random_pair((2, 3), seed=8)
+    with pytest.raises(ValueError, match="margin") as info:
+        activation_boundary_loss(t, s, margin)
+    assert f"margin={margin!r}" in str(info.value)
+    assert ">= 0" in str(info.value)
+
+
+@pytest.mark.parametrize("fn", [activation_boundary_loss, boundary_agreement])
+def test_input_errors(fn):
+    with pytest.raises(ValueError, match=r"\(2, 3, 4\)"):
+        fn(np.ones((2, 3, 4), "float32"), np.ones((2, 3, 4), "float32"))
+    with pytest.raises(ValueError, match=r"\(2, 4, 4, 3\).*\(2, 4, 4, 5\)"):
+        fn(np.ones((2, 4, 4, 3), "float32"), np.ones((2, 4, 4, 5), "float32"))
+    with pytest.raises(ValueError, match="'sum'"):
+        fn(np.ones((2, 3), "float32"), np.ones((2, 3), "float32"),
+           reduction="sum")
+
+
+def test_docstring_examples_run():
+    runner = doctest.DocTestRunner()
+    for fn in (activation_boundary_loss, boundary_agreement):
+        for test in doctest.DocTestFinder().find(
+                fn, fn.__name__, globs=dict(vars(ab_module))):
+            runner.run(test)
+    assert runner.failures == 0 and runner.tries > 0

@@ -1,0 +1,120 @@
+"""fitnets_hint_loss vs a float64 NumPy reference (loop over elements).
+
+Tolerance: rtol=1e-4, atol=1e-5 (float32 vs float64).
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import doctest  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+
+from keras_kd.losses import hints as hints_module  # noqa: E402
+from keras_kd.losses.hints import fitnets_hint_loss  # noqa: E402
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def np_hint_per_example(t, s):
+    t, s = np.asarray(t, np.float64), np.asarray(s, np.float64)
+    out = []
+    for b in range(t.shape[0]):
+        squares = [(s[b][i] - t[b][i]) ** 2 for i in np.ndindex(t.shape[1:])]
+        out.append(sum(squares) / len(squares))
+    return np.array(out)
+
+
+def random_pair(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=shape).astype("float32"),
+            rng.normal(size=shape).astype("float32"))
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (3, 5, 5, 4), (3, 4, 6)])
+def test_matches_numpy(shape):
+    t, s = random_pair(shape, seed=1)
+    expected = np_hint_per_example(t, s)
+    per_example = fitnets_hint_loss(t, s, reduction="none")
+    assert tuple(per_example.shape) == (3,)
+    assert per_example.dtype == "float32"
+    np.testing.assert_allclose(ops.convert_to_numpy(per_example), expected,
+                               rtol=RTOL, atol=ATOL)
+    mean = fitnets_hint_loss(t, s)
+    assert tuple(mean.shape) == ()
+    np.testing.assert_allclose(float(mean), expected.mean(), rtol=RTOL,
+                               atol=ATOL)
+    # Equal-size examples: the batch mean is the mean over all elements.
+    np.testing.assert_allclose(
+        float(mean), np.mean((s.astype(np.float64) - t) ** 2), rtol=RTOL)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_low_precision_inputs(dtype):
+    t, s = random_pair((3, 4, 4, 2), seed=2)
+    t_low, s_low = tf.cast(t, dtype), tf.cast(s, dtype)
+    out = fitnets_hint_loss(t_low, s_low)
+    assert out.dtype == "float32"
+    reference = fitnets_hint_loss(tf.cast(t_low, tf.float32),
+                                  tf.cast(s_low, tf.float32))
+    np.testing.assert_allclose(float(out), float(reference), rtol=1e-6)
+    np.testing.assert_allclose(float(out), np_hint_per_example(t, s).mean(),
+                               rtol=2e-2)
+
+
+def test_gradients():
+    t, s = random_pair((3, 4, 4, 2), seed=3)
+    t_tensor, s_tensor = tf.constant(t), tf.constant(s)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([t_tensor, s_tensor])
+        loss = fitnets_hint_loss(t_tensor, s_tensor)
+    grad = tape.gradient(loss, s_tensor).numpy()
+    assert tape.gradient(loss, t_tensor) is None  # teacher is a constant
+    assert np.all(np.isfinite(grad)) and np.all(grad != 0)
+    expected = 2.0 * (s.astype(np.float64) - t) / s.size
+    np.testing.assert_allclose(grad, expected, rtol=RTOL, atol=1e-7)
+
+
+def test_compiles_with_unknown_batch_and_xla():
+    t, s = random_pair((3, 4, 4, 2), seed=4)
+    spec = tf.TensorSpec((None, 4, 4, 2))
+
+    @tf.function(input_signature=[spec, spec], jit_compile=True)
+    def fn(a, b):
+        return fitnets_hint_loss(a, b, reduction="none")
+
+    np.testing.assert_allclose(fn(tf.constant(t), tf.constant(s)).numpy(),
+                               np_hint_per_example(t, s), rtol=RTOL,
+                               atol=ATOL)
+
+
+def test_shape_mismatch():
+    with pytest.raises(ValueError) as info:
+        fitnets_hint_loss(np.zeros((2, 4, 4, 8)), np.zeros((2, 4, 4, 6)))
+    message = str(info.value)
+    assert "(2, 4, 4, 8)" in message and "(2, 4, 4, 6)" in message
+    assert "regressor" in message
+
+
+def test_rank_error():
+    with pytest.raises(ValueError, match=r"\(5,\)"):
+        fitnets_hint_loss(np.zeros((5,)), np.zeros((5,)))
+
+
+def test_bad_reduction():
+    t, s = random_pair((2, 3))
+    with pytest.raises(ValueError, match="reduction='sum'"):
+        fitnets_hint_loss(t, s, reduction="sum")
+
+
+def test_docstring_examples_run():
+    runner = doctest.DocTestRunner()
+    for test in doctest.DocTestFinder().find(
+            fitnets_hint_loss, "fitnets_hint_loss",
+            globs=dict(vars(hints_module))):
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries > 0

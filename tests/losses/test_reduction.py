@@ -1,0 +1,83 @@
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import doctest  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+
+from keras_kd.losses import reduction as reduction_module  # noqa: E402
+from keras_kd.losses.reduction import flatten_per_example  # noqa: E402
+from keras_kd.losses.reduction import reduce_per_example  # noqa: E402
+from keras_kd.losses.reduction import to_float32  # noqa: E402
+from keras_kd.losses.reduction import validate_rank  # noqa: E402
+from keras_kd.losses.reduction import validate_reduction  # noqa: E402
+from keras_kd.losses.reduction import validate_same_shape  # noqa: E402
+
+
+def test_mean_and_none():
+    values = np.random.default_rng(0).normal(size=(5,)).astype("float32")
+    mean = reduce_per_example(values, "mean")
+    assert tuple(mean.shape) == ()
+    np.testing.assert_allclose(float(mean), values.astype("float64").mean(),
+                               rtol=1e-6)
+    none = reduce_per_example(values, "none")
+    assert tuple(none.shape) == (5,)
+    np.testing.assert_array_equal(ops.convert_to_numpy(none), values)
+
+
+@pytest.mark.parametrize("bad", ["sum", "MEAN", "", None, 1])
+def test_bad_reduction(bad):
+    with pytest.raises(ValueError, match="reduction") as info:
+        reduce_per_example(np.ones((3,), "float32"), bad)
+    assert repr(bad) in str(info.value)
+    assert "'mean'" in str(info.value) and "'none'" in str(info.value)
+    with pytest.raises(ValueError):
+        validate_reduction(bad)
+
+
+def test_reduce_requires_rank_1():
+    with pytest.raises(ValueError, match=r"\(3, 2\)"):
+        reduce_per_example(np.ones((3, 2), "float32"), "mean")
+
+
+def test_validate_rank_message():
+    x = np.ones((2, 3, 4), "float32")
+    assert validate_rank(x, (3,), name="x", what="w") == (2, 3, 4)
+    with pytest.raises(ValueError) as info:
+        validate_rank(x, (2, 4), name="features", what="X needs (B, C)",
+                      hint="Do Y.")
+    message = str(info.value)
+    for part in ("X needs (B, C)", "(2, 3, 4)", "`features`", "2 or 4",
+                 "Do Y."):
+        assert part in message
+
+
+def test_validate_same_shape_ignores_batch_and_unknown():
+    validate_same_shape(np.ones((2, 3)), np.ones((5, 3)), what="f")
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 4\)"):
+        validate_same_shape(np.ones((2, 3)), np.ones((2, 4)), what="f")
+
+
+def test_to_float32_and_flatten_with_unknown_batch():
+    x = np.arange(24, dtype="float16").reshape(2, 3, 4)
+    assert to_float32(x).dtype == "float32"
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 3, 4), tf.float32)])
+    def flat(t):
+        return flatten_per_example(t)
+
+    out = flat(tf.constant(x, tf.float32))
+    assert tuple(out.shape) == (2, 12)
+
+
+def test_docstring_examples_run():
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner()
+    for test in finder.find(reduce_per_example, "reduce_per_example",
+                            globs=dict(vars(reduction_module))):
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries > 0

@@ -27,8 +27,10 @@ setup(
         "tf": ["tensorflow>=2.18"],
         "gpu": ["tensorflow[and-cuda]>=2.18"],
         # tfds input pipelines (keras_kd.data with a tfds name).
-        "data": ["tensorflow-datasets>=4.9"],
-        "test": ["pytest>=7", "tensorflow-datasets>=4.9"],
+        # (tfds 4.9.10 imports importlib_resources without declaring it on
+        # Python >= 3.9: tensorflow/datasets#11212.)
+        "data": ["tensorflow-datasets>=4.9", "importlib_resources"],
+        "test": ["pytest>=7", "tensorflow-datasets>=4.9", "importlib_resources"],
     },
     entry_points={"console_scripts": ["keras-kd=keras_kd.cli:main"]},
     classifiers=[

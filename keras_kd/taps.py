@@ -284,13 +284,10 @@ def build_extractor(model, taps, role="given", name=None):
         return output
 
     if isinstance(model, keras.Sequential):
-        inputs = [
-            keras.Input(
-                batch_shape=model.inputs[0].shape,
-                dtype=model.inputs[0].dtype,
-            )
-        ]
-        x = inputs[0]
+        inputs = keras.Input(
+            batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype
+        )
+        x = inputs
         for layer in model.layers:
             x = call_fn(layer, x)
         outputs = [x]
@@ -298,7 +295,8 @@ def build_extractor(model, taps, role="given", name=None):
         clone = keras.models.clone_model(
             model, clone_function=lambda layer: layer, call_function=call_fn
         )
-        inputs, outputs = clone.inputs, clone.outputs
+        # `clone.input` keeps the model's input structure (tensor, list, dict).
+        inputs, outputs = clone.input, clone.outputs
     if len(outputs) != 1:
         raise ValueError(
             f"The {role} model '{model.name}' has {len(outputs)} outputs; "

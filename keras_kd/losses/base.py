@@ -141,7 +141,11 @@ class DistillationLoss(keras.layers.Layer):
             zip(teacher_shapes, student_shapes)
         ):
             connector = self.configure_pair(
-                index, tuple(t_shape), tuple(s_shape), student_dtype, names
+                index,
+                None if t_shape is None else tuple(t_shape),
+                None if s_shape is None else tuple(s_shape),
+                student_dtype,
+                names,
             )
             connectors.append(connector)
         self.connectors = [c for c in connectors if c is not None]

@@ -1,0 +1,59 @@
+"""Small models shared by the tests (a few conv layers on 8x8..16x16 inputs)."""
+
+import keras
+
+
+class CallCounter(keras.layers.Layer):
+    """Identity layer that counts how often it runs (eagerly)."""
+
+    calls = None
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.count = 0
+
+    def call(self, x):
+        self.count += 1
+        return x
+
+
+def cnn(width, name, *, size=8, classes=5, fused=False, counter=False,
+        softmax=False, bn=True):
+    """conv -> relu -> conv -> bn -> relu -> gap -> dense.
+
+    Layer names: `conv1`, `relu1` (absent if `fused`: `conv1` carries the
+    ReLU), `conv2`, `bn2`, `relu2`, `pool`, `logits`.
+    """
+    inputs = keras.Input((size, size, 3), name="image")
+    x = inputs
+    if counter:
+        x = CallCounter(name="counter")(x)
+    if fused:
+        x = keras.layers.Conv2D(
+            width, 3, padding="same", activation="relu", name="conv1"
+        )(x)
+    else:
+        x = keras.layers.Conv2D(width, 3, padding="same", name="conv1")(x)
+        x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.Conv2D(width, 3, padding="same", name="conv2")(x)
+    if bn:
+        x = keras.layers.BatchNormalization(name="bn2")(x)
+    x = keras.layers.ReLU(name="relu2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(
+        classes, activation="softmax" if softmax else None, name="logits"
+    )(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def data(n=16, size=8, classes=5, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, size, size, 3)).astype("float32")
+    y = rng.integers(0, classes, size=(n,))
+    return x, y
+
+
+def sparse_ce():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -1,0 +1,419 @@
+"""Distiller behaviour: one pass per network, frozen teacher, gradients,
+reductions against NumPy, sample weights, schedules, saving, bad input."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from builders import cnn
+from builders import data
+from builders import sparse_ce
+from keras_kd import Distiller
+from keras_kd import losses as L
+from keras_kd.callbacks import ActivationBoundarySchedule
+from keras_kd.taps import Tap
+from keras_kd.taps import build_extractor
+
+
+def _all_losses():
+    return [
+        L.LogitsDistillation(temperature=4.0),
+        L.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"]),
+        L.NeuronSelectivityTransfer("relu2", "relu2"),
+        L.FitNetsHint("bn2", "bn2"),
+        L.AttentionTransfer("relu2", "relu2"),
+    ]
+
+
+def _pair(teacher_width=8, student_width=4, **kwargs):
+    teacher = cnn(teacher_width, "teacher", **kwargs)
+    student = cnn(student_width, "student", fused=True, **kwargs)
+    return teacher, student
+
+
+def _weights(model):
+    return [keras.ops.convert_to_numpy(v) for v in model.weights]
+
+
+# --- numpy references (float64) ------------------------------------------------
+
+
+def _np_log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _np_kd(t, s, temperature):
+    lt = _np_log_softmax(t / temperature)
+    ls = _np_log_softmax(s / temperature)
+    return temperature**2 * (np.exp(lt) * (lt - ls)).sum(axis=-1)
+
+
+def _np_ce(logits, y):
+    return -_np_log_softmax(logits)[np.arange(len(y)), y]
+
+
+def _np_ab(t, s, margin=1.0):
+    on = t > 0
+    per = np.where(on, np.maximum(margin - s, 0) ** 2, np.maximum(margin + s, 0) ** 2)
+    return per.reshape(len(t), -1).sum(axis=1)
+
+
+# --- one pass per network, frozen teacher, gradients --------------------------
+
+
+def test_each_network_runs_once_per_step():
+    teacher = cnn(8, "teacher", counter=True)
+    student = cnn(4, "student", fused=True, counter=True)
+    distiller = Distiller(teacher, student, _all_losses())
+    distiller.compile(optimizer="sgd", loss=sparse_ce(), run_eagerly=True)
+    x, y = data(n=12)
+    t_counter = teacher.get_layer("counter")
+    s_counter = student.get_layer("counter")
+    t_counter.count = s_counter.count = 0
+    distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert (t_counter.count, s_counter.count) == (3, 3)
+    distiller.evaluate(x, y, batch_size=6, verbose=0)
+    assert (t_counter.count, s_counter.count) == (5, 5)
+    distiller.predict(x, batch_size=12, verbose=0)
+    assert (t_counter.count, s_counter.count) == (5, 6)
+
+
+def test_teacher_is_frozen_and_unchanged_by_fit():
+    teacher, student = _pair()
+    x, y = data(n=16)
+    before = _weights(teacher)
+    distiller = Distiller(teacher, student, _all_losses())
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=sparse_ce())
+    distiller.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    after = _weights(teacher)
+    assert len(before) == len(after)
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a, b)  # bit-identical, BN stats too
+    assert not teacher.trainable
+
+
+def test_gradients_reach_student_and_connectors_only():
+    teacher, student = _pair()
+    losses = _all_losses()
+    distiller = Distiller(teacher, student, losses)
+    connectors = [c for loss in losses for c in loss.connectors]
+    assert len(connectors) == 3  # AB conv1 (4->8), AB relu2 (4->8), hint
+    expected = {id(v) for v in student.trainable_variables}
+    expected |= {id(v) for c in connectors for v in c.trainable_variables}
+    assert {id(v) for v in distiller.trainable_variables} == expected
+    assert not {id(v) for v in teacher.weights} & expected
+
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05), loss=sparse_ce())
+    x, y = data(n=8)
+    before = {id(v): keras.ops.convert_to_numpy(v) for v in distiller.trainable_variables}
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for v in distiller.trainable_variables:
+        assert not np.array_equal(keras.ops.convert_to_numpy(v), before[id(v)]), v.path
+
+
+def test_connectors_are_not_part_of_the_student():
+    teacher, student = _pair()
+    n_before = len(student.weights)
+    Distiller(teacher, student, _all_losses())
+    assert len(student.weights) == n_before
+    names = {v.path for v in student.weights}
+    assert not any("connector" in n or "regressor" in n for n in names)
+
+
+# --- the numbers the step computes ----------------------------------------------
+
+
+def test_logged_terms_match_numpy_with_sample_weights():
+    teacher, student = _pair()
+    kd = L.LogitsDistillation(temperature=3.0)
+    ab = L.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"], connector="never",
+                              teacher_tap="preactivation")
+    teacher = cnn(4, "teacher")
+    distiller = Distiller(teacher, student, [kd, ab], [0.7, 0.01], student_loss_weight=0.5)
+    distiller.compile(optimizer="sgd", loss=sparse_ce())
+    x, y = data(n=10, seed=3)
+    w = np.random.default_rng(4).uniform(0, 2, size=10).astype("float32")
+    logs = distiller.evaluate(x, y, sample_weight=w, batch_size=10, verbose=0,
+                              return_dict=True)
+
+    t_ext = build_extractor(teacher, [Tap("relu1", "preactivation"),
+                                      Tap("relu2", "preactivation")])
+    s_ext = build_extractor(student, [Tap("conv1", "preactivation"),
+                                      Tap("relu2", "preactivation")])
+    t_out = [np.asarray(o, "float64") for o in t_ext(x)]
+    s_out = [np.asarray(o, "float64") for o in s_ext(x)]
+    ce = (w * _np_ce(s_out[0], y)).sum() / 10
+    kd_val = (w * _np_kd(t_out[0], s_out[0], 3.0)).sum() / 10
+    ab_per = 0.5 * _np_ab(t_out[1], s_out[1]) + 1.0 * _np_ab(t_out[2], s_out[2])
+    ab_val = (w * ab_per).sum() / 10
+    np.testing.assert_allclose(logs["student_loss"], ce, rtol=1e-4)
+    np.testing.assert_allclose(logs["logits_distillation_loss"], kd_val, rtol=1e-4)
+    np.testing.assert_allclose(logs["activation_boundary_loss"], ab_val, rtol=1e-4)
+    total = 0.5 * ce + 0.7 * kd_val + 0.01 * ab_val
+    np.testing.assert_allclose(logs["loss"], total, rtol=1e-4)
+    agreement = np.mean([((t_out[k] > 0) == (s_out[k] > 0)).mean() for k in (1, 2)])
+    np.testing.assert_allclose(logs["boundary_agreement"], agreement, rtol=1e-5)
+
+
+def test_softmax_outputs_are_distilled_as_logits():
+    teacher = cnn(8, "teacher", softmax=True)
+    student = cnn(4, "student", softmax=True)
+    distiller = Distiller(teacher, student, L.LogitsDistillation(temperature=2.0))
+    distiller.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x, y = data(n=6)
+    logs = distiller.evaluate(x, y, batch_size=6, verbose=0, return_dict=True)
+    tap = [Tap("logits", "preactivation")]
+    z_t = np.asarray(build_extractor(teacher, tap)(x)[1], "float64")
+    z_s = np.asarray(build_extractor(student, tap)(x)[1], "float64")
+    np.testing.assert_allclose(
+        logs["logits_distillation_loss"], _np_kd(z_t, z_s, 2.0).mean(), rtol=1e-4
+    )
+
+
+def test_temperature_variable_changes_the_compiled_step():
+    teacher, student = _pair()
+    kd = L.LogitsDistillation(temperature=4.0)
+    distiller = Distiller(teacher, student, kd)
+    distiller.compile(optimizer="sgd", loss=sparse_ce())
+    x, y = data(n=6)
+    z_t, z_s = np.asarray(teacher(x), "float64"), np.asarray(student(x), "float64")
+    for temperature in (4.0, 1.5):
+        kd.temperature.assign(temperature)
+        logs = distiller.evaluate(x, y, batch_size=6, verbose=0, return_dict=True)
+        np.testing.assert_allclose(
+            logs["logits_distillation_loss"],
+            _np_kd(z_t, z_s, temperature).mean(),
+            rtol=1e-4,
+        )
+
+
+def test_loss_weight_variables_change_the_compiled_step():
+    teacher, student = _pair()
+    distiller = Distiller(teacher, student, _all_losses()[:2])
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=sparse_ce())
+    x, y = data(n=8)
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)  # trace the step
+    distiller.set_loss_weights(student=0.0, logits_distillation=0.0,
+                               activation_boundary=0.0)
+    before = _weights(student)
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    # Only BatchNorm moving statistics may move when every weight is zero.
+    for v, b in zip(student.weights, before):
+        if v.trainable:
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), b)
+    assert distiller.loss_weights["activation_boundary"] == 0.0
+    with pytest.raises(ValueError, match="Unknown loss weight 'kd'"):
+        distiller.set_loss_weights(kd=1.0)
+
+
+def test_unlabelled_data_train_on_distillation_alone():
+    teacher, student = _pair()
+    distiller = Distiller(teacher, student, L.LogitsDistillation())
+    distiller.compile(optimizer="adam", loss=None)
+    x, _ = data(n=8)
+    history = distiller.fit(x, batch_size=4, epochs=1, verbose=0)
+    assert history.history["student_loss"][-1] == 0.0
+    assert history.history["logits_distillation_loss"][-1] > 0.0
+
+
+@pytest.mark.parametrize("index", range(5), ids=lambda i: _all_losses()[i].name)
+def test_short_fit_lowers_each_loss(index):
+    teacher, student = _pair()
+    loss = _all_losses()[index]
+    distiller = Distiller(teacher, student, loss, [1.0], student_loss_weight=0.0)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-2), loss=sparse_ce())
+    x, y = data(n=16)
+    key = f"{loss.name}_loss"
+    # Training-mode values (BatchNorm batch statistics), first vs last step.
+    history = distiller.fit(x, y, batch_size=16, epochs=25, verbose=0).history
+    start, end = history[key][0], history[key][-1]
+    assert end < 0.9 * start, (key, start, end)
+
+
+# --- the activation boundary schedule --------------------------------------------
+
+
+def test_activation_boundary_schedule_two_stages():
+    teacher, student = _pair()
+    ab = L.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"])
+    distiller = Distiller(teacher, student, [L.LogitsDistillation(), ab])
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05), loss=sparse_ce())
+    x, y = data(n=8)
+    seen, snapshots = [], []
+
+    def record(epoch, logs=None):
+        seen.append(distiller.loss_weights)
+        snapshots.append(
+            (np.array(student.get_layer("logits").kernel),
+             np.array(ab.connectors[0].projection.kernel))
+        )
+
+    callbacks = [ActivationBoundarySchedule(init_epochs=2),
+                 keras.callbacks.LambdaCallback(on_epoch_begin=record,
+                                                on_train_end=lambda logs: record(-1))]
+    distiller.fit(x, y, batch_size=4, epochs=4, verbose=0, callbacks=callbacks)
+    stage1 = {"student": 0.0, "logits_distillation": 0.0,
+              "activation_boundary": pytest.approx(3e-3)}
+    stage2 = {"student": 1.0, "logits_distillation": 1.0, "activation_boundary": 0.0}
+    assert seen[:4] == [stage1, stage1, stage2, stage2]
+    # Stage 1 trains the student's AB layers and connectors, not the head.
+    np.testing.assert_array_equal(snapshots[0][0], snapshots[2][0])
+    assert not np.array_equal(snapshots[0][1], snapshots[2][1])
+    # Stage 2 leaves the connectors alone and trains the head.
+    np.testing.assert_array_equal(snapshots[2][1], snapshots[4][1])
+    assert not np.array_equal(snapshots[2][0], snapshots[4][0])
+
+
+def test_activation_boundary_schedule_needs_an_ab_loss():
+    teacher, student = _pair()
+    distiller = Distiller(teacher, student, L.LogitsDistillation())
+    distiller.compile(optimizer="sgd", loss=sparse_ce())
+    x, y = data(n=4)
+    with pytest.raises(ValueError, match="needs an ActivationBoundary"):
+        distiller.fit(x, y, epochs=1, verbose=0,
+                      callbacks=[ActivationBoundarySchedule(1)])
+
+
+# --- non-finite losses -----------------------------------------------------------
+
+
+def test_non_finite_term_stops_training_before_the_update():
+    teacher, student = _pair()
+    # Poison the teacher's second conv: its logits become NaN, relu1 does not.
+    conv2 = teacher.get_layer("conv2")
+    conv2.kernel.assign(np.full(conv2.kernel.shape, np.nan, "float32"))
+    distiller = Distiller(teacher, student, [
+        L.ActivationBoundary("relu1", "conv1"), L.LogitsDistillation()])
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=sparse_ce())
+    x, y = data(n=8)
+    before = _weights(student)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="'logits_distillation_loss' is not finite"):
+        distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    # No trainable weight took the step (BatchNorm moving statistics are
+    # updated by the forward pass itself, as in any Keras model).
+    for v, b in zip(student.weights, before):
+        if v.trainable:
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), b)
+
+
+# --- saving ------------------------------------------------------------------------
+
+
+def test_save_and_load_round_trip(tmp_path):
+    teacher, student = _pair()
+    losses = _all_losses()
+    distiller = Distiller(teacher, student, losses)
+    distiller.compile(optimizer="adam", loss=sparse_ce(), metrics=["accuracy"])
+    x, y = data(n=8)
+    distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    losses[0].temperature.assign(2.5)
+    distiller.set_loss_weights(activation_boundary=0.5)
+    path = tmp_path / "distiller.keras"
+    distiller.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, Distiller)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0),
+                                  distiller.predict(x, verbose=0))
+    for a, b in zip(loaded.weights, distiller.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    assert float(loaded.get_loss("logits_distillation").temperature.numpy()) == 2.5
+    assert loaded.loss_weights["activation_boundary"] == 0.5
+    assert len(loaded.get_loss("activation_boundary").connectors) == 2
+    # The loaded distiller trains on.
+    loaded.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    # And its config round-trips on its own.
+    rebuilt = Distiller.from_config(distiller.get_config())
+    assert [loss.name for loss in rebuilt.distillation_losses] == [
+        loss.name for loss in losses]
+    assert rebuilt.get_config()["distillation_losses"] == distiller.get_config()[
+        "distillation_losses"]
+
+
+# --- bad input ---------------------------------------------------------------------
+
+
+def _spatial_student(name="student", valid=False):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="valid" if valid else "same",
+                            name="conv1")(inputs)
+    x = keras.layers.ReLU(name="relu1")(x)
+    if not valid:
+        x = keras.layers.MaxPooling2D(name="down")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv2")(x)
+    x = keras.layers.ReLU(name="relu2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(5, name="logits")(x), name=name)
+
+
+@pytest.mark.parametrize(
+    "make, error, pattern",
+    [
+        (lambda t, s: Distiller(t, t, L.LogitsDistillation()), ValueError,
+         "same model object \\('teacher'\\)"),
+        (lambda t, s: Distiller(t, s, [L.LogitsDistillation()], [1.0, 2.0]),
+         ValueError, "2 distillation_loss_weights.*1 distillation losses"),
+        (lambda t, s: Distiller(t, s, [L.LogitsDistillation()], [-1.0]),
+         ValueError, ">= 0"),
+        (lambda t, s: Distiller(t, s, "kl_divergence"), TypeError,
+         "DistillationLoss.*'kl_divergence'"),
+        (lambda t, s: Distiller(t, s, [L.LogitsDistillation(),
+                                       L.LogitsDistillation()]),
+         ValueError, "share the name"),
+        (lambda t, s: Distiller(t, s, L.ActivationBoundary("relu2", "rleu2")),
+         ValueError, "student model 'student' has no layer 'rleu2'.*relu2"),
+        (lambda t, s: Distiller(t, _spatial_student(),
+                                L.ActivationBoundary("relu2", "relu2")),
+         ValueError, "ActivationBoundary cannot pair.*\\(None, 8, 8, 8\\).*"
+                     "\\(None, 4, 4, 4\\)"),
+        (lambda t, s: Distiller(t, _spatial_student(valid=True),
+                                L.NeuronSelectivityTransfer("relu2", "relu2")),
+         ValueError, "cannot reconcile the spatial sizes.*\\(8, 8\\) vs \\(6, 6\\)"),
+        (lambda t, s: Distiller(t, s, L.NeuronSelectivityTransfer("pool", "pool")),
+         ValueError, "needs spatial feature maps.*\\(None, 8\\)"),
+        (lambda t, s: Distiller(t, s, L.AttentionTransfer("pool", "relu2")),
+         ValueError, "AttentionTransfer needs spatial"),
+        (lambda t, s: L.LogitsDistillation(temperature=0), ValueError,
+         "temperature=0"),
+        (lambda t, s: L.ActivationBoundary("a", "b", margin=-1.0), ValueError,
+         "margin=-1.0"),
+        (lambda t, s: L.ActivationBoundary(["a", "b"], ["c"]), ValueError,
+         "2 teacher layer"),
+        (lambda t, s: L.ActivationBoundary(["a", "b"], ["c", "d"],
+                                           pair_weights=[1.0]),
+         ValueError, "2 layer pair\\(s\\) but received 1 pair_weights"),
+        (lambda t, s: L.NeuronSelectivityTransfer("a", "b", kernel="rbf"),
+         ValueError, "rbf"),
+        (lambda t, s: Distiller(t, cnn(4, "small", size=16),
+                                L.LogitsDistillation()),
+         ValueError, "same inputs"),
+    ],
+)
+def test_bad_input_fails_before_training(make, error, pattern):
+    teacher, student = _pair()
+    with pytest.raises(error, match=pattern):
+        make(teacher, student)
+
+
+def test_subclassed_teacher_works_for_logits_but_not_features():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__(name="subnet")
+            self.flat = keras.layers.Flatten()
+            self.dense = keras.layers.Dense(5)
+
+        def call(self, x):
+            return self.dense(self.flat(x))
+
+    teacher = Net()
+    teacher(np.zeros((1, 8, 8, 3), "float32"))
+    student = cnn(4, "student")
+    with pytest.raises(ValueError, match="'subnet' is a subclassed model"):
+        Distiller(teacher, student, L.ActivationBoundary("dense", "relu2"))
+    distiller = Distiller(teacher, student, L.LogitsDistillation())
+    distiller.compile(optimizer="sgd", loss=sparse_ce())
+    x, y = data(n=4)
+    logs = distiller.fit(x, y, epochs=1, verbose=0).history
+    assert np.isfinite(logs["logits_distillation_loss"][-1])

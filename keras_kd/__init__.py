@@ -6,13 +6,25 @@ Public API:
         FitNetsHint, AttentionTransfer (and their pure functions).
     callbacks: LossWeightSchedule, StagedSchedule, ActivationBoundarySchedule.
     taps: Tap, build_extractor (tapping layers of functional models).
+    data: tf.data input pipelines (bundled data, .npz archives, tfds).
+    models: reference CNN / ResNet builders.
 """
 
 from keras_kd import callbacks
+from keras_kd import data
 from keras_kd import losses
+from keras_kd import models
 from keras_kd import taps
 from keras_kd.distiller import Distiller
 
 __version__ = "0.1.0"
 
-__all__ = ["Distiller", "callbacks", "losses", "taps", "__version__"]
+__all__ = [
+    "Distiller",
+    "callbacks",
+    "data",
+    "losses",
+    "models",
+    "taps",
+    "__version__",
+]

@@ -1,0 +1,112 @@
+"""Small reference CNNs for the `keras-kd` command, examples and benchmarks.
+
+Both builders name their layers so distillation taps read like the papers:
+each stage ends in `stage{i}_bn` (the pre-activation, the official AB / NST
+tap) followed by `stage{i}_relu`; the classifier is `logits` (no softmax).
+"""
+
+import keras
+
+
+def conv_net(input_shape, classes, widths=(16, 32, 64), *, name="conv_net"):
+    """A VGG-style CNN: per stage two 3x3 conv + BN + ReLU, then max-pool.
+
+    Args:
+        input_shape: `(H, W, C)` of the images.
+        classes: number of classes.
+        widths: channels of each stage. Defaults to `(16, 32, 64)`.
+        name: model name. Defaults to `"conv_net"`.
+
+    Returns:
+        A functional `keras.Model` returning logits. Taps: `stage{i}_relu`
+        (its pre-activation is `stage{i}_bn`), `stage{i}_bn`, `pool`.
+
+    Example:
+
+    >>> model = conv_net((28, 28, 1), 10, widths=(8, 16, 32))
+    >>> model.output.shape
+    (None, 10)
+    """
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    for i, width in enumerate(widths, start=1):
+        x = keras.layers.Conv2D(
+            width, 3, padding="same", use_bias=False, name=f"stage{i}_conv1"
+        )(x)
+        x = keras.layers.BatchNormalization(name=f"stage{i}_bn1")(x)
+        x = keras.layers.ReLU(name=f"stage{i}_relu1")(x)
+        x = keras.layers.Conv2D(
+            width, 3, padding="same", use_bias=False, name=f"stage{i}_conv"
+        )(x)
+        x = keras.layers.BatchNormalization(name=f"stage{i}_bn")(x)
+        x = keras.layers.ReLU(name=f"stage{i}_relu")(x)
+        if i < len(widths):
+            x = keras.layers.MaxPooling2D(name=f"stage{i}_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def resnet(input_shape, classes, widths=(16, 32, 64), blocks=2, *,
+           name="resnet"):
+    """A CIFAR-style post-activation ResNet (He et al. 2016, basic blocks).
+
+    Each block is conv-BN-ReLU-conv-BN, `Add` with the shortcut (1x1 conv +
+    BN when the shape changes), then ReLU. The last block of stage `i` names
+    its `Add` `stage{i}_add` and its ReLU `stage{i}_relu`: the `Add` output
+    is the pre-activation the official AB and NST code taps.
+
+    Args:
+        input_shape: `(H, W, C)` of the images.
+        classes: number of classes.
+        widths: channels of each stage (stage 2 onward halves the
+            resolution). Defaults to `(16, 32, 64)`.
+        blocks: basic blocks per stage (`6 * blocks + 2` layers deep:
+            `blocks=3` is ResNet-20). Defaults to `2`.
+        name: model name. Defaults to `"resnet"`.
+
+    Returns:
+        A functional `keras.Model` returning logits.
+
+    Example:
+
+    >>> model = resnet((32, 32, 3), 10, widths=(8, 16, 32), blocks=1)
+    >>> model.get_layer("stage3_add").output.shape
+    (None, 8, 8, 32)
+    """
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Conv2D(
+        widths[0], 3, padding="same", use_bias=False, name="stem_conv"
+    )(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    for i, width in enumerate(widths, start=1):
+        for j in range(1, blocks + 1):
+            last = j == blocks
+            prefix = f"stage{i}" if last else f"stage{i}_block{j}"
+            strides = 2 if (i > 1 and j == 1) else 1
+            shortcut = x
+            y = keras.layers.Conv2D(
+                width, 3, strides=strides, padding="same", use_bias=False,
+                name=f"{prefix}_conv1",
+            )(x)
+            y = keras.layers.BatchNormalization(name=f"{prefix}_bn1")(y)
+            y = keras.layers.ReLU(name=f"{prefix}_relu1")(y)
+            y = keras.layers.Conv2D(
+                width, 3, padding="same", use_bias=False,
+                name=f"{prefix}_conv2",
+            )(y)
+            y = keras.layers.BatchNormalization(name=f"{prefix}_bn2")(y)
+            if strides != 1 or shortcut.shape[-1] != width:
+                shortcut = keras.layers.Conv2D(
+                    width, 1, strides=strides, use_bias=False,
+                    name=f"{prefix}_proj",
+                )(shortcut)
+                shortcut = keras.layers.BatchNormalization(
+                    name=f"{prefix}_proj_bn"
+                )(shortcut)
+            x = keras.layers.Add(name=f"{prefix}_add")([y, shortcut])
+            x = keras.layers.ReLU(name=f"{prefix}_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -30,6 +30,9 @@ setup(
         # (tfds 4.9.10 imports importlib_resources without declaring it on
         # Python >= 3.9: tensorflow/datasets#11212.)
         "data": ["tensorflow-datasets>=4.9", "importlib_resources"],
+        # LiteRT interpreter for exported .tflite students (falls back to
+        # tf.lite.Interpreter without it).
+        "litert": ["ai-edge-litert>=2.0"],
         "test": ["pytest>=7", "tensorflow-datasets>=4.9", "importlib_resources"],
     },
     entry_points={"console_scripts": ["keras-kd=keras_kd.cli:main"]},

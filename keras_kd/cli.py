@@ -154,8 +154,14 @@ def distill(argv=None):
     shape = x_train.shape[1:]
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
+    steps = -(-len(x_train) // args.batch_size)
+
     def compile_fit(model, epochs, seed, callbacks=()):
-        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
+        # Cosine decay to zero: the final weights, not a noisy point, are
+        # what each model is judged by.
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            args.learning_rate, decay_steps=max(1, epochs * steps))
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                       loss=ce, metrics=["accuracy"])
         model.fit(train_ds(seed), epochs=epochs, verbose=2, shuffle=False,
                   callbacks=list(callbacks))

@@ -1,0 +1,622 @@
+"""Shipping the student: SavedModel and TFLite/LiteRT export with measured parity.
+
+`export_student` writes only the student (`distiller.student`): the teacher
+and the connectors inside the distillation losses never enter an export. The
+model is traced once with `training=False`, so BatchNormalization uses its
+moving statistics and the training-only augmentation layers are identities.
+
+Preprocessing layers in front of the student:
+
+- Kept (they compute something at inference): `Rescaling`, `Normalization`,
+  `Resizing`, `CenterCrop`, and `RandomCrop`, which at inference resizes and
+  center-crops to its target size (a deterministic op, not a random one).
+- Dropped (identity at inference; nothing of them reaches the graph):
+  `RandomFlip`, `RandomRotation`, `RandomZoom`, `RandomTranslation`,
+  `RandomContrast`, `RandomBrightness`, `RandomGrayscale`, `RandomErasing`,
+  `RandAugment`, `AugMix`, `MixUp`, `CutMix` (each checked with Keras 3.15).
+
+Note that calling a Keras model *without* `training=` while it contains an
+augmentation layer runs the whole model in training mode (augmentations on,
+BatchNormalization on batch statistics), and plain `model.export()` traces it
+that way; `export_student` always passes `training=False`.
+
+After writing, the artifact is loaded back and run on a check batch (the
+user's `check_data`, else a batch of `representative_data` held out from
+calibration, else random uniform inputs in `[0, 1)`), and compared with
+`student(x, training=False)`. Float formats pass when
+`max |export - keras| <= tolerance * max(1, max |keras|)`; quantized formats
+report the largest difference and the top-1 agreement.
+"""
+
+import argparse
+import dataclasses
+import difflib
+import itertools
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+
+import keras
+import numpy as np
+
+FORMATS = (
+    "saved_model",
+    "tflite_float32",
+    "tflite_float16",
+    "tflite_dynamic_int8",
+    "tflite_int8",
+)
+# Float formats: pass when max |diff| <= tolerance * max(1, max |keras|).
+DEFAULT_TOLERANCES = {
+    "saved_model": 1e-5,
+    "tflite_float32": 1e-5,
+    "tflite_float16": 1e-2,
+}
+SERVING_INPUT = "inputs"  # key of the input in the `serving_default` signature
+SERVING_OUTPUT = "output_0"  # key of the output in the `serving_default` signature
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What `export_student` wrote and how closely it matches the Keras student.
+
+    Attributes:
+        path: where the artifact was written.
+        format: one of `keras_kd.export.FORMATS`.
+        size_bytes: size of the file (or of the SavedModel directory).
+        max_abs_diff: largest `|export - keras|` on the check batch
+            (quantized outputs are dequantized first).
+        top1_agreement: fraction of check examples whose argmax matches the
+            Keras student's (`None` for a single-output-unit model).
+        tolerance: tolerance of a float format, `None` for quantized ones.
+        passed: `max_abs_diff <= tolerance * max(1, max |keras|)` for float
+            formats, `None` for quantized ones.
+        num_check_examples: number of examples compared.
+        check_data_source: where the check batch came from.
+        input_quantization: `(scale, zero_point)` of the int8 input of a
+            `"tflite_int8"` model: `q = clip(round(x / scale + zero_point),
+            -128, 127)`. `None` for the other formats.
+        output_quantization: `(scale, zero_point)` of its int8 output:
+            `y = (q - zero_point) * scale`. `None` for the other formats.
+    """
+
+    path: str
+    format: str
+    size_bytes: int
+    max_abs_diff: float
+    top1_agreement: object
+    tolerance: object
+    passed: object
+    num_check_examples: int
+    check_data_source: str
+    input_quantization: object = None
+    output_quantization: object = None
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def summary(self):
+        """A one-line summary (what `verbose=True` prints)."""
+        text = (
+            f"keras_kd export: {self.format} -> {self.path} "
+            f"({self.size_bytes / 1024:.1f} KiB); {self.num_check_examples} "
+            f"examples ({self.check_data_source}): max |diff| "
+            f"{self.max_abs_diff:.2e}"
+        )
+        if self.top1_agreement is not None:
+            text += f", top-1 agreement {100 * self.top1_agreement:.1f}%"
+        if self.passed is not None:
+            text += (
+                f", tolerance {self.tolerance:.0e}: "
+                f"{'ok' if self.passed else 'FAILED'}"
+            )
+        return text
+
+
+def export_student(
+    model,
+    path,
+    *,
+    format="saved_model",
+    representative_data=None,
+    num_calibration_batches=100,
+    check_data=None,
+    tolerance=None,
+    overwrite=False,
+    verbose=True,
+):
+    """Exports a student to a SavedModel or a TFLite/LiteRT flatbuffer.
+
+    Formats: `"saved_model"` (a directory; `serving_default` signature takes
+    `inputs`, float32 `(batch, *input_shape)`, and returns `output_0`);
+    `"tflite_float32"`; `"tflite_float16"` (float16 weights, float32 I/O);
+    `"tflite_dynamic_int8"` (int8 weights of tensors with at least 1024
+    elements, float32 I/O); `"tflite_int8"` (full integer: int8 weights,
+    activations, input and output, calibrated on `num_calibration_batches`
+    batches of `representative_data`; see `ExportResult.input_quantization`).
+    TFLite models have the same `serving_default` signature and a dynamic
+    batch size. The artifact is built in a temporary sibling of `path`,
+    checked, and only then moved to `path`; a failure leaves `path` as it was.
+
+    Args:
+        model: a `keras_kd.Distiller` (its `.student` is exported) or a built
+            single-input, single-output `keras.Model`.
+        path: target file (`.tflite`) or directory (SavedModel).
+        format: one of `FORMATS`. Defaults to `"saved_model"`.
+        representative_data: batches of inputs shaped like the model input: a
+            `tf.data.Dataset` (elements `x` or `(x, y, ...)`), an iterable of
+            batches or one array of examples (split into batches of 32).
+            Required for `"tflite_int8"`. Use the pipeline you train on,
+            before augmentation. Defaults to `None`.
+        num_calibration_batches: batches of `representative_data` used to
+            calibrate `"tflite_int8"`; the next one is held out as check
+            data. Defaults to `100`.
+        check_data: a batch (array, or `(x, y)`, or a dataset whose first
+            batch is used) on which the export is compared with the student.
+            Defaults to a held-out batch of `representative_data`, else 8
+            random uniform examples in `[0, 1)`.
+        tolerance: tolerance of a float format (see the module docstring).
+            Defaults to `DEFAULT_TOLERANCES[format]` (1e-5 for SavedModel
+            and TFLite float32, 1e-2 for float16).
+        overwrite: replace an existing `path`. Defaults to `False`.
+        verbose: print `ExportResult.summary()`. Defaults to `True`.
+
+    Returns:
+        An `ExportResult`. A float format that misses its tolerance emits a
+        warning and returns `passed=False`.
+
+    Raises:
+        TypeError: `model` is not a Keras model; `representative_data` has
+            a non-numeric dtype.
+        ValueError: unknown format, unbuilt model, several inputs/outputs,
+            missing or wrongly shaped `representative_data`.
+        FileExistsError: `path` exists and `overwrite=False`.
+
+    Example:
+
+    ```python
+    import keras, numpy as np, tensorflow as tf
+    from keras_kd.export import export_student, load_interpreter, tflite_predict
+
+    student = keras.Sequential([keras.Input((16, 16, 3)),
+                                keras.layers.Rescaling(1 / 255),
+                                keras.layers.Conv2D(8, 3, activation="relu"),
+                                keras.layers.GlobalAveragePooling2D(),
+                                keras.layers.Dense(10)])
+    images = np.random.randint(0, 256, (64, 16, 16, 3)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices(images).batch(16)
+    result = export_student(student, "/tmp/student_int8.tflite",
+                            format="tflite_int8", representative_data=data,
+                            num_calibration_batches=3, overwrite=True)
+    interpreter = load_interpreter(result.path)
+    logits = tflite_predict(interpreter, images[:4])  # (4, 10) float32
+    ```
+    """
+    student = _student_of(model)
+    fmt = _check_format(format)
+    path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(
+            f"'{path}' already exists. Pass overwrite=True to replace it, or "
+            "choose another path."
+        )
+    spec = _input_spec(student)
+    if not isinstance(num_calibration_batches, int) or num_calibration_batches < 1:
+        raise ValueError(
+            "`num_calibration_batches` must be an int >= 1; received "
+            f"{num_calibration_batches!r}."
+        )
+    if tolerance is not None and not (
+        isinstance(tolerance, (int, float)) and tolerance >= 0
+    ):
+        raise ValueError(
+            f"`tolerance` must be a number >= 0; received {tolerance!r}."
+        )
+    if fmt == "tflite_int8" and representative_data is None:
+        raise ValueError(
+            "format='tflite_int8' needs `representative_data` to calibrate "
+            "activation ranges: pass your input pipeline, e.g. "
+            "`tf.data.Dataset.from_tensor_slices(x_train).batch(32)`."
+        )
+    calibration, held_out = [], None
+    if representative_data is not None:
+        wanted = num_calibration_batches + 1 if fmt == "tflite_int8" else 1
+        batches = _take_batches(representative_data, wanted, spec, student.name)
+        calibration = batches[:num_calibration_batches]
+        if len(batches) > num_calibration_batches:
+            held_out = batches[-1]
+    if check_data is not None:
+        x_check = _take_batches(check_data, 1, spec, student.name, "check_data")[0]
+        source = "check_data"
+    elif held_out is not None:
+        x_check, source = held_out, "held-out representative batch"
+    elif calibration:
+        x_check = calibration[0]
+        source = "representative batch" + (
+            " (also calibrated on)" if fmt == "tflite_int8" else ""
+        )
+    else:
+        shape = [8] + [d or 1 for d in spec.shape[1:]]
+        x_check = np.random.default_rng(0).uniform(size=shape).astype(spec.dtype)
+        source = "random uniform [0, 1)"
+
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    try:
+        artifact = os.path.join(work, "artifact")
+        saved_model = artifact if fmt == "saved_model" else os.path.join(work, "sm")
+        _write_saved_model(student, spec, saved_model)
+        if fmt != "saved_model":
+            with open(artifact, "wb") as f:
+                f.write(_convert_tflite(saved_model, fmt, calibration))
+        result = _check_parity(
+            student, artifact, fmt, x_check, source, tolerance
+        )
+        _move_into_place(artifact, path, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = dataclasses.replace(result, path=path)
+    if verbose:
+        print(result.summary())
+    if result.passed is False:
+        warnings.warn(
+            f"The {fmt} export of '{student.name}' differs from the Keras "
+            f"model by {result.max_abs_diff:.3g}, above the tolerance "
+            f"{result.tolerance:g} (scaled by max(1, max |output|)).",
+            stacklevel=2,
+        )
+    return result
+
+
+def load_interpreter(path, num_threads=None):
+    """A TFLite/LiteRT interpreter with allocated tensors for `path`.
+
+    Uses `ai_edge_litert.interpreter.Interpreter` (`pip install
+    ai-edge-litert`, or `keras-kd[litert]`) when installed, else the
+    deprecated `tf.lite.Interpreter` (whose deprecation warning is silenced).
+
+    Example:
+
+    >>> interpreter = load_interpreter("/tmp/student_int8.tflite")  # doctest: +SKIP
+    >>> interpreter.get_input_details()[0]["dtype"]  # doctest: +SKIP
+    <class 'numpy.int8'>
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter")
+            interpreter = tf.lite.Interpreter(
+                model_path=os.fspath(path), num_threads=num_threads
+            )
+    else:
+        interpreter = Interpreter(model_path=os.fspath(path), num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def tflite_predict(interpreter, x):
+    """Runs a single-input, single-output TFLite model on the batch `x`.
+
+    Quantizes float inputs of an int8 model (`q = clip(round(x / scale +
+    zero_point), -128, 127)`) and dequantizes its int8 output (`y = (q -
+    zero_point) * scale`), so the result is float32 whatever the format.
+
+    Example:
+
+    >>> logits = tflite_predict(load_interpreter("m.tflite"), x)  # doctest: +SKIP
+    """
+    x = np.asarray(x)
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    if tuple(inp["shape"]) != x.shape:
+        interpreter.resize_tensor_input(inp["index"], list(x.shape))
+        interpreter.allocate_tensors()
+    if np.issubdtype(inp["dtype"], np.integer):
+        scale, zero_point = inp["quantization"]
+        info = np.iinfo(inp["dtype"])
+        q = np.round(x.astype(np.float64) / scale + zero_point)
+        x = np.clip(q, info.min, info.max)
+    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    interpreter.invoke()
+    y = interpreter.get_tensor(out["index"])
+    if np.issubdtype(out["dtype"], np.integer):
+        scale, zero_point = out["quantization"]
+        y = (y.astype(np.float32) - zero_point) * scale
+    return np.asarray(y, np.float32)
+
+
+# --- building --------------------------------------------------------------
+
+
+def _write_saved_model(student, spec, directory):
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(student)
+    archive.add_endpoint(
+        "serve",
+        lambda inputs: student(inputs, training=False),
+        input_signature=[
+            tf.TensorSpec(spec.shape, spec.dtype, name=SERVING_INPUT)
+        ],
+    )
+    archive.write_out(directory, verbose=False)
+
+
+def _convert_tflite(saved_model, fmt, calibration):
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+    if fmt != "tflite_float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if fmt == "tflite_float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if fmt == "tflite_int8":
+
+        def representative_dataset():
+            for batch in calibration:
+                yield [batch]
+
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def _check_parity(student, artifact, fmt, x, source, tolerance):
+    expected = keras.ops.convert_to_numpy(student(x, training=False))
+    expected = np.asarray(expected, np.float32)
+    result = {}
+    if fmt == "saved_model":
+        import tensorflow as tf
+
+        serve = tf.saved_model.load(artifact).signatures["serving_default"]
+        actual = serve(**{SERVING_INPUT: tf.constant(x)})[SERVING_OUTPUT].numpy()
+    else:
+        interpreter = load_interpreter(artifact)
+        actual = tflite_predict(interpreter, x)
+        if fmt == "tflite_int8":
+            for key, details in (
+                ("input_quantization", interpreter.get_input_details()[0]),
+                ("output_quantization", interpreter.get_output_details()[0]),
+            ):
+                scale, zero_point = details["quantization"]
+                result[key] = (float(scale), int(zero_point))
+    if actual.shape != expected.shape:
+        raise ValueError(
+            f"The {fmt} export returned shape {actual.shape}; the Keras "
+            f"student '{student.name}' returns {expected.shape}."
+        )
+    max_diff = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
+    top1 = None
+    if expected.ndim >= 2 and expected.shape[-1] > 1:
+        top1 = float(np.mean(actual.argmax(-1) == expected.argmax(-1)))
+    passed = None
+    if fmt in DEFAULT_TOLERANCES:
+        tolerance = DEFAULT_TOLERANCES[fmt] if tolerance is None else float(tolerance)
+        scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+        passed = bool(max_diff <= tolerance * scale)
+    else:
+        tolerance = None
+    return ExportResult(
+        path=artifact, format=fmt, size_bytes=_size(artifact),
+        max_abs_diff=max_diff, top1_agreement=top1, tolerance=tolerance,
+        passed=passed, num_check_examples=int(x.shape[0]),
+        check_data_source=source, **result,
+    )
+
+
+def _move_into_place(artifact, path, work):
+    """Renames `artifact` to `path`, restoring an old `path` on failure."""
+    previous = None
+    if os.path.lexists(path):
+        previous = os.path.join(work, "previous")
+        os.replace(path, previous)
+    try:
+        os.replace(artifact, path)
+    except BaseException:
+        if previous is not None:
+            os.replace(previous, path)
+        raise
+
+
+def _size(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(path)
+        for name in names
+    )
+
+
+# --- validation ------------------------------------------------------------
+
+
+def _student_of(model):
+    from keras_kd.distiller import Distiller
+
+    if isinstance(model, Distiller):
+        return model.student
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "export_student exports a `keras_kd.Distiller` (its student) or a "
+            f"`keras.Model`; received {type(model).__name__}."
+        )
+    return model
+
+
+def _check_format(fmt):
+    if fmt in FORMATS:
+        return fmt
+    close = difflib.get_close_matches(str(fmt), FORMATS, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ValueError(
+        f"Unknown export format {fmt!r}; expected one of {list(FORMATS)}.{hint}"
+    )
+
+
+def _input_spec(student):
+    if not student.built:
+        raise ValueError(
+            f"The model '{student.name}' is not built, so its input shape is "
+            "unknown. Call it on a batch, call `model.build(input_shape)`, or "
+            "start it with `keras.Input(shape)` before exporting."
+        )
+    try:
+        from keras.src.export.export_utils import get_input_signature
+
+        specs = get_input_signature(student)
+    except ImportError:  # pragma: no cover - older/newer Keras layouts
+        specs = [keras.InputSpec(shape=t.shape, dtype=t.dtype) for t in student.inputs]
+    specs = keras.tree.flatten(specs)
+    outputs = getattr(student, "outputs", None)
+    if len(specs) != 1 or (outputs is not None and len(outputs) != 1):
+        raise ValueError(
+            f"export_student handles single-input, single-output models; "
+            f"'{student.name}' has {len(specs)} inputs and "
+            f"{len(outputs) if outputs is not None else '?'} outputs. Export "
+            "it with `keras.export.ExportArchive` instead."
+        )
+    dtype = specs[0].dtype or "float32"
+    return keras.InputSpec(shape=tuple(specs[0].shape), dtype=dtype)
+
+
+def _features(element):
+    if isinstance(element, dict):
+        if len(element) != 1:
+            raise TypeError(
+                "Batches given as dicts must have a single entry (the model "
+                f"input); received keys {sorted(element)}."
+            )
+        element = next(iter(element.values()))
+    if isinstance(element, (tuple, list)):
+        element = element[0]  # (x, y) or (x, y, sample_weight)
+    return np.asarray(element)
+
+
+def _take_batches(data, n, spec, name, what="representative_data"):
+    """The first `n` batches of `data` as arrays of the model's input dtype."""
+    if isinstance(data, np.ndarray) or hasattr(data, "__array__") and not hasattr(
+        data, "element_spec"
+    ):
+        array = np.asarray(data)
+        if what == "check_data":
+            batches = [array]
+        else:
+            batches = [array[i:i + 32] for i in range(0, len(array), 32)][:n]
+    elif isinstance(data, (tuple, list, dict)) and what == "check_data":
+        batches = [_features(data)]
+    else:
+        batches = [_features(b) for b in itertools.islice(iter(data), n)]
+    if not batches:
+        raise ValueError(f"`{what}` is empty; pass at least one batch.")
+    expected = tuple(spec.shape)
+    for i, batch in enumerate(batches):
+        if not (np.issubdtype(batch.dtype, np.integer) or np.issubdtype(
+            batch.dtype, np.floating
+        )) or batch.dtype == np.bool_:
+            raise TypeError(
+                f"`{what}` batch {i} has dtype {batch.dtype}; the model "
+                f"'{name}' takes {spec.dtype}. Pass integer or float images "
+                "(uint8 images are cast), e.g. before any string decoding."
+            )
+        rank_ok = batch.ndim == len(expected)
+        if not rank_ok or any(
+            e is not None and e != s for e, s in zip(expected[1:], batch.shape[1:])
+        ):
+            hint = (
+                " It looks unbatched: call `.batch(32)` on the dataset."
+                if batch.ndim == len(expected) - 1 else ""
+            )
+            raise ValueError(
+                f"`{what}` batch {i} has shape {tuple(batch.shape)}; the model "
+                f"'{name}' takes {expected} (batch axis first).{hint}"
+            )
+    return [b.astype(spec.dtype) for b in batches]
+
+
+# --- command line ----------------------------------------------------------
+
+
+def export_command(argv=None):
+    """`keras-kd export MODEL.keras OUTPUT [--format ...]`; returns an exit code.
+
+    0: written and (float formats) within tolerance; 1: written but outside
+    the tolerance, or an error (nothing written); 2: bad arguments.
+
+    Example:
+
+    ```
+    keras-kd export distiller.keras student_int8.tflite --format tflite_int8 \\
+        --representative-data cifar_subset.npz --calibration-batches 20
+    ```
+    """
+    parser = argparse.ArgumentParser(
+        prog="keras-kd export",
+        description="Export the student of a saved Distiller (or a student "
+        "model) to a SavedModel or a TFLite/LiteRT flatbuffer, then check "
+        "it against the Keras model.",
+    )
+    parser.add_argument("model", help="a .keras file of a Distiller or student")
+    parser.add_argument("output", help="target file (.tflite) or directory")
+    parser.add_argument("--format", default="saved_model", choices=FORMATS)
+    parser.add_argument(
+        "--representative-data", metavar="NPZ",
+        help="an .npz with `x_train` (or `x`) images; `x_test`, if present, "
+        "is the check batch. Required for tflite_int8.",
+    )
+    parser.add_argument("--calibration-batches", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        import keras_kd  # noqa: F401  (registers the Distiller and losses)
+
+        model = keras.saving.load_model(args.model, compile=False)
+        representative, check = None, None
+        if args.representative_data:
+            with np.load(args.representative_data) as npz:
+                key = "x_train" if "x_train" in npz else "x"
+                if key not in npz:
+                    raise ValueError(
+                        f"'{args.representative_data}' has arrays "
+                        f"{sorted(npz.files)}; expected `x_train` or `x`."
+                    )
+                x = npz[key]
+                if "x_test" in npz:
+                    check = npz["x_test"][: args.batch_size]
+            representative = [
+                x[i:i + args.batch_size] for i in range(0, len(x), args.batch_size)
+            ]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            result = export_student(
+                model, args.output, format=args.format,
+                representative_data=representative,
+                num_calibration_batches=args.calibration_batches,
+                check_data=check, overwrite=args.overwrite,
+                verbose=not args.quiet,
+            )
+    except (ValueError, TypeError, OSError) as error:
+        print(f"keras-kd export: error: {error}", file=sys.stderr)
+        return 1
+    if result.passed is False:
+        print(
+            f"keras-kd export: parity check failed: max |diff| "
+            f"{result.max_abs_diff:.3g} > tolerance {result.tolerance:g}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -230,12 +230,6 @@ class ActivationBoundary(DistillationLoss):
         name="activation_boundary",
         **kwargs,
     ):
-        if teacher_layer_name is None or student_layer_name is None:
-            raise ValueError(
-                "ActivationBoundary reads hidden layers: pass "
-                "`teacher_layer_name` and `student_layer_name` (the "
-                "activation layers whose pre-activations to match)."
-            )
         if not isinstance(margin, (int, float)) or margin < 0:
             raise ValueError(
                 "`margin` must be a number >= 0; received "

@@ -10,8 +10,7 @@ from keras_kd.losses.reduction import to_float32
 from keras_kd.losses.reduction import validate_rank
 from keras_kd.losses.reduction import validate_reduction
 from keras_kd.losses.base import DistillationLoss
-from keras_kd.losses.spatial import average_pool
-from keras_kd.losses.spatial import spatial_pool_factors
+from keras_kd.losses.spatial import SpatialAlignment
 
 _RANK_WHAT = "Attention transfer needs spatial feature maps (B, H, W, C)"
 _RANK_HINT = "Tap a convolutional layer's output, not a pooled or dense one."
@@ -163,7 +162,7 @@ def attention_transfer_loss(
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class AttentionTransfer(DistillationLoss):
+class AttentionTransfer(SpatialAlignment, DistillationLoss):
     """Attention transfer over one or several layer pairs.
 
     Matches the networks' spatial attention maps
@@ -209,11 +208,6 @@ class AttentionTransfer(DistillationLoss):
         name="attention_transfer",
         **kwargs,
     ):
-        if teacher_layer_name is None or student_layer_name is None:
-            raise ValueError(
-                "AttentionTransfer reads hidden feature maps: pass "
-                "`teacher_layer_name` and `student_layer_name`."
-            )
         if not isinstance(p, (int, float)) or p <= 0:
             raise ValueError(
                 f"`p` must be a number > 0; received p={p!r}. The reference "
@@ -225,19 +219,6 @@ class AttentionTransfer(DistillationLoss):
             student_tap=student_tap, name=name, **kwargs,
         )
         self.p = p
-
-    def configure_pair(self, index, teacher_shape, student_shape, dtype, names):
-        self._pool = getattr(self, "_pool", {})
-        self._pool[index] = spatial_pool_factors(
-            teacher_shape, student_shape, "AttentionTransfer",
-            self.describe_pair(index, names),
-        )
-        return None
-
-    def prepare_pair(self, index, teacher, student, training):
-        t_k, s_k = self._pool[index]
-        teacher, student = super().prepare_pair(index, teacher, student, training)
-        return average_pool(teacher, t_k), average_pool(student, s_k)
 
     def pair_loss(self, index, teacher, student):
         return attention_transfer_loss(

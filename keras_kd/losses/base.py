@@ -56,6 +56,8 @@ class DistillationLoss(keras.layers.Layer):
     default_weight = 1.0
     #: Default tap positions.
     default_tap = "output"
+    #: Whether the loss reads hidden layers (and so needs layer names).
+    reads_hidden_layers = True
 
     def __init__(
         self,
@@ -70,6 +72,15 @@ class DistillationLoss(keras.layers.Layer):
     ):
         kwargs.setdefault("dtype", "float32")
         super().__init__(name=name, **kwargs)
+        if self.reads_hidden_layers and (
+            teacher_layer_name is None or student_layer_name is None
+        ):
+            raise ValueError(
+                f"{type(self).__name__} reads hidden layers: pass "
+                "`teacher_layer_name` and `student_layer_name` (a layer name "
+                f"each, or lists of names, one per pair); received "
+                f"{teacher_layer_name!r} and {student_layer_name!r}."
+            )
         teachers = _as_list(teacher_layer_name, "teacher_layer_name")
         students = _as_list(student_layer_name, "student_layer_name")
         if len(teachers) != len(students):

@@ -127,11 +127,6 @@ class FitNetsHint(DistillationLoss):
         name="fitnets_hint",
         **kwargs,
     ):
-        if teacher_layer_name is None or student_layer_name is None:
-            raise ValueError(
-                "FitNetsHint reads hidden layers: pass `teacher_layer_name` "
-                "(the hint) and `student_layer_name` (the guided layer)."
-            )
         if regressor not in ("always", "auto"):
             raise ValueError(
                 f"`regressor` must be 'always' or 'auto'; received "

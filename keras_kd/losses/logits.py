@@ -121,6 +121,7 @@ class LogitsDistillation(DistillationLoss):
     """
 
     default_weight = 1.0
+    reads_hidden_layers = False
 
     def __init__(self, temperature=4.0, *, name="logits_distillation", **kwargs):
         if not isinstance(temperature, (int, float)) or temperature <= 0:

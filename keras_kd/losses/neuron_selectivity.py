@@ -11,8 +11,7 @@ from keras_kd.losses.reduction import validate_rank
 from keras_kd.losses.reduction import validate_reduction
 import numpy
 from keras_kd.losses.base import DistillationLoss
-from keras_kd.losses.spatial import average_pool
-from keras_kd.losses.spatial import spatial_pool_factors
+from keras_kd.losses.spatial import SpatialAlignment
 
 KERNELS = ("linear", "polynomial", "gaussian")
 
@@ -225,7 +224,7 @@ def neuron_selectivity_loss(
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class NeuronSelectivityTransfer(DistillationLoss):
+class NeuronSelectivityTransfer(SpatialAlignment, DistillationLoss):
     """Neuron selectivity transfer over one or several layer pairs.
 
     Matches the distributions of the teacher's and the student's channel
@@ -283,11 +282,6 @@ class NeuronSelectivityTransfer(DistillationLoss):
         name="neuron_selectivity",
         **kwargs,
     ):
-        if teacher_layer_name is None or student_layer_name is None:
-            raise ValueError(
-                "NeuronSelectivityTransfer reads hidden feature maps: pass "
-                "`teacher_layer_name` and `student_layer_name`."
-            )
         super().__init__(
             teacher_layer_name, student_layer_name,
             pair_weights=pair_weights, teacher_tap=teacher_tap,
@@ -307,19 +301,6 @@ class NeuronSelectivityTransfer(DistillationLoss):
     @staticmethod
     def default_pair_weights(n):
         return [1.0] * n
-
-    def configure_pair(self, index, teacher_shape, student_shape, dtype, names):
-        self._pool = getattr(self, "_pool", {})
-        self._pool[index] = spatial_pool_factors(
-            teacher_shape, student_shape, "NeuronSelectivityTransfer",
-            self.describe_pair(index, names),
-        )
-        return None
-
-    def prepare_pair(self, index, teacher, student, training):
-        t_k, s_k = self._pool[index]
-        teacher, student = super().prepare_pair(index, teacher, student, training)
-        return average_pool(teacher, t_k), average_pool(student, s_k)
 
     def pair_loss(self, index, teacher, student):
         return neuron_selectivity_loss(

@@ -48,3 +48,26 @@ def average_pool(x, factor):
     if factor == 1:
         return x
     return keras.ops.average_pool(x, factor, strides=factor, padding="valid")
+
+
+class SpatialAlignment:
+    """Mixin for a `DistillationLoss`: pools each pair to a common H and W.
+
+    At configuration it validates that both features are spatial maps whose
+    sizes differ by an integer factor (else a clear error); at run time it
+    average-pools the larger map of the pair to the smaller.
+    """
+
+    def configure_pair(self, index, teacher_shape, student_shape, dtype, names):
+        if not hasattr(self, "_pool"):
+            self._pool = {}
+        self._pool[index] = spatial_pool_factors(
+            teacher_shape, student_shape, type(self).__name__,
+            self.describe_pair(index, names),
+        )
+        return None
+
+    def prepare_pair(self, index, teacher, student, training):
+        t_k, s_k = self._pool[index]
+        teacher, student = super().prepare_pair(index, teacher, student, training)
+        return average_pool(teacher, t_k), average_pool(student, s_k)

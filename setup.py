@@ -33,7 +33,26 @@ setup(
         # LiteRT interpreter for exported .tflite students (falls back to
         # tf.lite.Interpreter without it).
         "litert": ["ai-edge-litert>=2.0"],
-        "test": ["pytest>=7", "tensorflow-datasets>=4.9", "importlib_resources"],
+        "test": [
+            "pytest>=7",
+            "tensorflow-datasets>=4.9",
+            "importlib_resources",
+            "tensorboard",  # TensorFlow 2.21 no longer installs it
+        ],
+        # Tutorial notebooks (examples/) and tests/test_notebooks.py. keras-hub
+        # needs tensorflow-text, which installs the full `tensorflow` wheel
+        # next to tensorflow-cpu (same version; tested with 2.21.0).
+        "examples": [
+            "matplotlib",
+            "nbformat>=5.10",
+            "nbclient>=0.10",
+            "ipykernel",
+            "tensorboard",
+            "tensorflow-datasets>=4.9",
+            "importlib_resources",
+            "keras-cv>=0.9",
+            "keras-hub>=0.32",
+        ],
     },
     entry_points={"console_scripts": ["keras-kd=keras_kd.cli:main"]},
     classifiers=[

@@ -37,8 +37,8 @@ def test_setup_commands_match_ci():
     commands = re.findall(r"^pip install .*$", _section("Set up"), re.M)
     assert commands == [
         'pip install -e ".[cpu]" && keras-kd',
-        'pip install -e ".[cpu,test]" && python -m pytest tests -q',
+        'pip install -e ".[cpu,test,examples]" && python -m pytest tests -q',
     ]
     ci = (README.parent / ".ci" / "run").read_text()
-    assert 'pip install -e ".[cpu,test]"' in ci
+    assert 'pip install -e ".[cpu,test,examples]"' in ci
     assert "python -m pytest tests -q" in ci

@@ -85,21 +85,6 @@ def _losses(methods, teacher, student, stages):
     return chosen
 
 
-def _subset(x, y, fraction, seed):
-    import numpy as np
-
-    if fraction >= 1.0:
-        return x, y
-    rng = np.random.default_rng(seed)
-    keep = []
-    for label in np.unique(y):
-        idx = np.flatnonzero(y == label)
-        keep.append(rng.choice(idx, max(1, int(round(fraction * len(idx)))),
-                               replace=False))
-    keep = np.sort(np.concatenate(keep))
-    return x[keep], y[keep]
-
-
 def distill(argv=None):
     """Runs the main job; returns the results dict (also printed)."""
     args = _parser().parse_args(argv)
@@ -130,8 +115,9 @@ def distill(argv=None):
     started = time.time()
     keras.utils.set_random_seed(args.seed)
     arrays = data.load_arrays(args.data, data_dir=args.data_dir)
-    x_train, y_train = _subset(arrays["x_train"], arrays["y_train"],
-                               args.train_fraction, args.seed)
+    x_train, y_train = data.balanced_subset(
+        arrays["x_train"], arrays["y_train"], args.train_fraction,
+        seed=args.seed)
     x_test, y_test = arrays["x_test"], arrays["y_test"]
     classes = len(arrays["class_names"])
     name = args.data or "bundled Fashion-MNIST subset"

@@ -292,3 +292,17 @@ def test_channel_stats_grey_and_bad_dtype():
     np.testing.assert_allclose(mean[0], x.mean() / 255.0)
     with pytest.raises(TypeError, match="dtype float32"):
         data.channel_stats(x.astype(np.float32))
+
+
+def test_balanced_subset_keeps_each_class_share():
+    from keras_kd.data import balanced_subset
+
+    y = np.repeat(np.arange(3), [10, 20, 30])
+    x = np.arange(60)
+    xs, ys = balanced_subset(x, y, 0.1, seed=1)
+    assert np.bincount(ys).tolist() == [1, 2, 3]
+    np.testing.assert_array_equal(xs, np.sort(xs))  # order preserved
+    np.testing.assert_array_equal(y[xs], ys)
+    assert balanced_subset(x, y, 1.0)[0] is x
+    with pytest.raises(ValueError, match="received 0"):
+        balanced_subset(x, y, 0)

@@ -6,12 +6,16 @@ Public API:
         FitNetsHint, AttentionTransfer (and their pure functions).
     callbacks: LossWeightSchedule, StagedSchedule, ActivationBoundarySchedule.
     taps: Tap, build_extractor (tapping layers of functional models).
+    backup: AtomicBackupAndRestore (resume after a crash, nothing torn).
+    distribute: synchronize_batch_norm and multi-worker helpers.
     data: tf.data input pipelines (bundled data, .npz archives, tfds).
     models: reference CNN / ResNet builders.
 """
 
+from keras_kd import backup
 from keras_kd import callbacks
 from keras_kd import data
+from keras_kd import distribute
 from keras_kd import losses
 from keras_kd import models
 from keras_kd import taps
@@ -21,8 +25,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Distiller",
+    "backup",
     "callbacks",
     "data",
+    "distribute",
     "losses",
     "models",
     "taps",

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_kd import distribute as distribute_lib
+from keras_kd import numerics
 from keras_kd import taps as taps_lib
 from keras_kd.losses.base import DistillationLoss
 
@@ -47,6 +49,17 @@ class Distiller(keras.Model):
     distillation loss, per-layer values for multi-layer losses and extra
     metrics such as `boundary_agreement`. `predict()` and `call()` run the
     student only.
+
+    Scale: teacher and student may use different dtype policies
+    (`mixed_float16`, `mixed_bfloat16`); the losses are float32 and, when the
+    student computes in float16, `compile()` wraps the optimizer in a
+    `keras.optimizers.LossScaleOptimizer` even if the distiller's own policy
+    is float32. Under `tf.distribute` (`MirroredStrategy`,
+    `MultiWorkerMirroredStrategy`; build and compile the distiller inside
+    `strategy.scope()`) a step equals a single-device step on the same
+    global batch, provided the student's BatchNormalization layers are
+    `synchronized=True` (connectors' are made so automatically).
+    `jit_compile=True` is supported, with the same non-finite check.
 
     Args:
         teacher: the trained `keras.Model` to learn from. It is frozen
@@ -135,6 +148,7 @@ class Distiller(keras.Model):
             )
             for n, w in self._configured_weights.items()
         ]
+        self._finite_guard = _Untracked(flag=None)
         self._build_extractors()
         self._trackers = {}
         names = ["student_loss"] + [f"{loss.name}_loss" for loss in losses]
@@ -190,6 +204,9 @@ class Distiller(keras.Model):
         t_shapes = _output_shapes(teacher_extractor, self.teacher)
         s_shapes = _output_shapes(student_extractor, self.student)
         names = (self.teacher.name, self.student.name)
+        # Under a multi-replica strategy, connectors normalise over the
+        # global batch so a step does not depend on the number of devices.
+        synchronize = distribute_lib.replicas_in_sync() > 1
         for loss, pairs in zip(self.distillation_losses, self._feature_index):
             loss.configure(
                 [t_shapes[t] for t, _ in pairs],
@@ -197,6 +214,9 @@ class Distiller(keras.Model):
                 self.student.dtype_policy,
                 names,
             )
+            if synchronize:
+                for connector in loss.connectors:
+                    distribute_lib.synchronize_batch_norm(connector)
 
     # --- weights -------------------------------------------------------------
 
@@ -243,16 +263,18 @@ class Distiller(keras.Model):
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
-    def _run(self, x, training):
+    def _run_teacher(self, x):
         tf = _tf()
         teacher = self._extractors.teacher(x, training=False)
         if not self._extractors.teacher_multi:
             teacher = [teacher]
-        teacher = [tf.stop_gradient(t) for t in teacher]
+        return [tf.stop_gradient(t) for t in teacher]
+
+    def _run_student(self, x, training):
         student = self._extractors.student(x, training=training)
         if not self._extractors.student_multi:
             student = [student]
-        return teacher, list(student)
+        return list(student)
 
     def _loss_terms(self, x, y, sample_weight, teacher, student, training):
         """Total loss (scaled for the replicas) and per-term log values."""
@@ -308,21 +330,7 @@ class Distiller(keras.Model):
         total = regularization
         for _, weight, value in terms:
             total = total + weight * value
-        if self.check_finite:
-            checks = [
-                tf.debugging.check_numerics(
-                    value,
-                    f"keras_kd: the loss term '{name}' is not finite (NaN or "
-                    "Inf). Training stopped before this step's update was "
-                    "applied, so the weights are the last finite ones. Lower "
-                    "the learning rate or this term's weight, or check the "
-                    "input data for NaN/Inf.",
-                )
-                for name, _, value in terms
-            ]
-        else:
-            checks = []
-        return total, logged, checks
+        return total, logged, [(name, value) for name, _, value in terms]
 
     def _report(self, x, y, y_pred, sample_weight, total, logged):
         tf = _tf()
@@ -341,33 +349,108 @@ class Distiller(keras.Model):
     def train_step(self, data):
         tf = _tf()
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        # The frozen teacher runs outside the tape: nothing to record.
+        teacher = self._run_teacher(x)
         with tf.GradientTape() as tape:
-            teacher, student = self._run(x, training=True)
-            total, logged, checks = self._loss_terms(
+            student = self._run_student(x, training=True)
+            total, logged, terms = self._loss_terms(
                 x, y, sample_weight, teacher, student, training=True
             )
             scaled = self.optimizer.scale_loss(total)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
-        if checks:
-            with tf.control_dependencies(checks):
-                gradients = [
-                    None if g is None else tf.identity(g) for g in gradients
-                ]
-        self.optimizer.apply(gradients, variables)
-        return self._report(x, y, student[0], sample_weight, total, logged)
+        flag = self._finite_guard.flag
+        if self.check_finite and flag is not None:
+            # XLA drops check_numerics: skip the update, raise afterwards.
+            numerics.apply_if_finite(
+                self.optimizer, gradients, variables, terms, flag
+            )
+        else:
+            if self.check_finite:
+                gradients = numerics.check_numerics(gradients, terms)
+            self.optimizer.apply(gradients, variables)
+        logs = self._report(x, y, student[0], sample_weight, total, logged)
+        return distribute_lib.shape_logs(logs, self.distribute_strategy)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher, student = self._run(x, training=False)
+        teacher = self._run_teacher(x)
+        student = self._run_student(x, training=False)
         total, logged, _ = self._loss_terms(
             x, y, sample_weight, teacher, student, training=False
         )
-        return self._report(x, y, student[0], sample_weight, total, logged)
+        logs = self._report(x, y, student[0], sample_weight, total, logged)
+        return distribute_lib.shape_logs(logs, self.distribute_strategy)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self.student(x, training=False)
+
+    # --- compiling: loss scaling, XLA, multi-worker ------------------------
+
+    def compile(
+        self, optimizer="rmsprop", *args, auto_scale_loss=True, **kwargs
+    ):
+        """`keras.Model.compile`; wraps the optimizer for a float16 student.
+
+        Keras adds a `LossScaleOptimizer` only when the distiller's own
+        policy is `mixed_float16`; here it is also added when the student
+        (or a connector) computes in float16 under another policy. Pass
+        `auto_scale_loss=False` to opt out, or your own
+        `keras.optimizers.LossScaleOptimizer` to choose its settings.
+        """
+        optimizer = keras.optimizers.get(optimizer)
+        trained = [self.student]
+        for loss in self.distillation_losses:
+            trained += loss.connectors
+        if auto_scale_loss and numerics.needs_loss_scaling(optimizer, trained):
+            optimizer = keras.optimizers.LossScaleOptimizer(
+                optimizer, name="loss_scale_optimizer"
+            )
+        super().compile(
+            optimizer, *args, auto_scale_loss=auto_scale_loss, **kwargs
+        )
+
+    def compile_from_config(self, config):
+        # Keras skips this for models that override `compile`.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.optimizer is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force=force)
+        if self.check_finite and self.jit_compile and not self.run_eagerly:
+            tf = _tf()
+            if self._finite_guard.flag is None:
+                with tf.init_scope():
+                    self._finite_guard.flag = tf.Variable(
+                        -1, dtype=tf.int32, trainable=False,
+                        name="non_finite_term",
+                    )
+            names = ["student_loss"] + [
+                f"{loss.name}_loss" for loss in self.distillation_losses
+            ]
+            self.train_function = numerics.raise_on_non_finite(
+                self.train_function, self._finite_guard.flag, names
+            )
+        else:
+            self._finite_guard.flag = None
+        return self.train_function
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras reduces the first batch across replicas to build; the
+        # collective strategy cannot (keras-team/keras#20585). One replica's
+        # batch has the shapes the build needs.
+        strategy = self.distribute_strategy
+        if iterator is not None and distribute_lib.is_multi_worker(strategy):
+            data_batch = distribute_lib.first_local_batch(iterator, strategy)
+            iterator = None
+        return super()._maybe_symbolic_build(
+            iterator=iterator, data_batch=data_batch
+        )
 
     # --- serialisation ---------------------------------------------------------
 

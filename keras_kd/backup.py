@@ -1,0 +1,163 @@
+"""`AtomicBackupAndRestore`: resume after a crash without losing a checkpoint."""
+
+import json
+import os
+
+import keras
+
+_PREFIX = "checkpoint-"
+_SUFFIX = ".weights.h5"
+_TEMP = ".tmp-"
+
+
+def _fsync(path):
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path):
+    if not hasattr(os, "O_DIRECTORY"):  # Windows cannot open directories
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path, text):
+    """Writes `text` to `path` so that readers see the old or the new file.
+
+    Temp file in the same directory, flushed and fsynced, then `os.replace`.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    temp = os.path.join(directory, f"{_TEMP}{os.getpid()}-{name}")
+    with open(temp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+    _fsync_dir(directory)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` whose checkpoint survives any crash.
+
+    Keras 3.15's callback writes `latest.weights.h5` in place (opening it for
+    writing truncates the last good checkpoint) and then
+    `training_metadata.json`. A process killed during the first write leaves
+    a torn weights file that cannot be loaded, so training cannot resume;
+    one killed between the two writes leaves new weights beside the old
+    epoch number, so the resumed run silently trains an epoch twice.
+
+    This callback writes each checkpoint to a new file (a temporary name,
+    fsynced, renamed to `checkpoint-<n>.weights.h5`), then commits it by
+    replacing `training_metadata.json` atomically (temp file, fsync,
+    `os.replace`); the metadata names the weights file it belongs to. Only
+    then is the previous checkpoint deleted. Whenever the process dies, the
+    metadata names a complete weights file of the same step.
+
+    With a `keras_kd.Distiller` the checkpoint holds the student, the
+    connectors, the optimizer state (loss scale included), the loss weights
+    and temperatures; keras_kd's schedules set the weights from the epoch,
+    so a resumed run continues in the right stage. The finished run equals
+    an uninterrupted one when `save_freq="epoch"` (Keras restarts the
+    interrupted epoch from its first batch, so with an integer `save_freq`
+    the batches before the last save are trained twice), an epoch's input
+    order does not depend on how many epochs the process has run
+    (`shuffle=False`, or a pipeline seeded by the epoch) and ops are
+    deterministic (`tf.config.experimental.enable_op_determinism()`).
+
+    Local file systems only (`os.replace`). Give each worker of a
+    multi-worker job its own `backup_dir`.
+
+    Args:
+        backup_dir: directory for the checkpoint (created if missing).
+        save_freq: `"epoch"` or a number of batches. Defaults to `"epoch"`.
+        delete_checkpoint: delete `backup_dir` when training ends normally.
+            Defaults to `True`.
+
+    Example:
+
+    ```python
+    from keras_kd.backup import AtomicBackupAndRestore
+
+    backup = AtomicBackupAndRestore("/tmp/run1/backup")
+    distiller.fit(x, y, epochs=30, shuffle=False, callbacks=[
+        backup, keras_kd.callbacks.ActivationBoundarySchedule(5)])
+    # Killed? Run the same command again: it resumes at the last epoch.
+    ```
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        if "://" in str(backup_dir):
+            raise ValueError(
+                "AtomicBackupAndRestore writes to a local file system "
+                f"(os.replace); received backup_dir={backup_dir!r}. Use a "
+                "local directory, or keras.callbacks.BackupAndRestore for "
+                "remote storage."
+            )
+        super().__init__(
+            str(backup_dir),
+            save_freq=save_freq,
+            double_checkpoint=False,
+            delete_checkpoint=delete_checkpoint,
+        )
+        self._sequence = 0
+
+    def read_metadata(self):
+        """The committed checkpoint's metadata, or `None` if there is none."""
+        if not os.path.exists(self._training_metadata_path):
+            return None
+        with open(self._training_metadata_path) as f:
+            return json.load(f)
+
+    def _load_model(self):
+        metadata = self.read_metadata()
+        if metadata is None or "weights" not in metadata:
+            return super()._load_model()  # nothing, or Keras's own layout
+        model = self.model
+        if not model.built:
+            raise ValueError(
+                f"Cannot restore into the unbuilt model '{model.name}'. "
+                "Build it (call it on a batch) before `fit()`."
+            )
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
+        self._sequence = int(metadata.get("sequence", 0))
+        self._current_epoch = int(metadata["epoch"])
+        model._initial_epoch = self._current_epoch  # read by Keras's fit()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # A save in the middle of this epoch resumes at its start.
+        self._current_epoch = epoch
+
+    def _save_model(self):
+        directory = self.backup_dir
+        os.makedirs(directory, exist_ok=True)
+        self._sequence += 1
+        name = f"{_PREFIX}{self._sequence:08d}{_SUFFIX}"
+        temp = os.path.join(directory, f"{_TEMP}{os.getpid()}-{name}")
+        self.model.save_weights(temp, overwrite=True)
+        _fsync(temp)
+        os.replace(temp, os.path.join(directory, name))
+        metadata = {
+            "epoch": self._current_epoch,
+            "batch": self._last_batch_seen,
+            "weights": name,
+            "sequence": self._sequence,
+        }
+        write_atomically(self._training_metadata_path, json.dumps(metadata))
+        self._remove_stale(keep=name)
+
+    def _remove_stale(self, keep):
+        for entry in os.listdir(self.backup_dir):
+            ours = entry.startswith(_TEMP) or (
+                entry.startswith(_PREFIX) and entry.endswith(_SUFFIX)
+            )
+            if ours and entry != keep:
+                try:
+                    os.remove(os.path.join(self.backup_dir, entry))
+                except FileNotFoundError:
+                    pass

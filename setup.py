@@ -39,6 +39,8 @@ setup(
             "importlib_resources",
             "tensorboard",  # TensorFlow 2.21 no longer installs it
         ],
+        # Plots of benchmarks/ (speed.py, accuracy.py).
+        "bench": ["matplotlib"],
         # Tutorial notebooks (examples/) and tests/test_notebooks.py. keras-hub
         # needs tensorflow-text, which installs the full `tensorflow` wheel
         # next to tensorflow-cpu (same version; tested with 2.21.0).

@@ -1,0 +1,117 @@
+"""Shared helpers for the benchmark scripts: machine, versions, markdown.
+
+Not part of keras_kd and not a test: the scripts in this folder print
+measured numbers and write them under `benchmarks/results/`.
+"""
+
+import os
+import platform
+import shlex
+import sys
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def quiet_tensorflow():
+    """Hides TensorFlow's C++ start-up chatter (set before importing it)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def command_line():
+    """The exact command that ran this script, relative to the repository."""
+    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def machine():
+    """Cores, CPU model (from /proc/cpuinfo) and RAM, as a dict of strings."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    ram = "unknown"
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    ram = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+                    break
+    except OSError:
+        pass
+    try:
+        load = "%.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        load = "unknown"
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": model,
+        "ram": ram,
+        "os": platform.platform(),
+        "load average at start (1, 5, 15 min)": load,
+    }
+
+
+def versions():
+    """Python, TensorFlow, Keras and keras_kd versions."""
+    import keras
+    import tensorflow as tf
+
+    import keras_kd
+
+    try:
+        from importlib.metadata import version
+
+        kd_version = version("keras-kd")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        kd_version = getattr(keras_kd, "__version__", "unknown")
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_kd": kd_version,
+        "numpy": __import__("numpy").__version__,
+    }
+
+
+def header_markdown(title, started, extra=()):
+    """Title, command, machine and versions as markdown lines."""
+    lines = [f"# {title}", "", "Command (from the repository root):", "",
+             "```bash", command_line(), "```", "",
+             f"Started {started} UTC.", ""]
+    lines += ["| machine | |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in machine().items()]
+    lines += ["", "| package | version |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in versions().items()]
+    lines += [""] + list(extra)
+    return lines
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |",
+             "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def print_table(header, rows):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(header)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    print(fmt.format(*header))
+    print(fmt.format(*("-" * w for w in widths)))
+    for row in rows:
+        print(fmt.format(*(str(c) for c in row)))
+    sys.stdout.flush()
+
+
+def write_text(path, lines):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines).rstrip() + "\n")
+    os.replace(tmp, path)

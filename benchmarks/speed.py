@@ -1,0 +1,536 @@
+"""Step time and peak memory of keras_kd's Distiller against the floor.
+
+The floor of a distillation step is what it cannot avoid: one training step of
+the student on its own plus one inference pass of the teacher. In ONE process,
+on the same batches, this script times
+
+- `student`: the student's own train step (`student.compile(); train_on_batch`),
+- `teacher_inference`: `teacher(x, training=False)` in a compiled `tf.function`,
+- keras_kd's `Distiller` with KD, AB on 3 layer pairs + KD, NST + KD,
+  attention transfer, and a FitNets-style MSE on one equal-shape pair with no
+  regressor (the same math as `keras.distillation.FeatureDistillation`),
+- `keras.distillation.Distiller` with `LogitsDistillation` and with
+  `FeatureDistillation` on the same equal-shape pair,
+
+every training configuration through `train_on_batch` in a loop, interleaved
+round-robin over several rounds (the order rotates each round) so that machine
+noise hits all of them alike, and reports medians and each configuration's
+ratio to the floor `student + teacher_inference`. It then times the loss math
+alone (forward + backward of each loss function on fixed tensors of the real
+shapes), measures the peak RSS of each configuration in its own subprocess,
+and times `neuron_selectivity_loss` for several channel counts and spatial
+sizes.
+
+    python benchmarks/speed.py            # CIFAR sizes, batch 128 (~4 min on 2 cores)
+    python benchmarks/speed.py --quick    # small sizes, ~1.5 min
+
+Writes `benchmarks/results/speed[_quick].md` (+ `.json`, `.png`).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import common
+
+common.quiet_tensorflow()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_kd  # noqa: E402
+from keras_kd import losses  # noqa: E402
+from keras_kd.models import resnet  # noqa: E402
+
+SIZES = {
+    # ResNet-32 teacher (464k parameters) -> ResNet-8 student (78k), the same
+    # stage widths so that stage outputs have equal shapes (needed by
+    # keras.distillation.FeatureDistillation).
+    "default": dict(batch=128, image=32, widths=(16, 32, 64), teacher_blocks=5,
+                    student_blocks=1, warmup=3, rounds=8, steps_per_round=4,
+                    memory_steps=10, nst_repeats=10),
+    "quick": dict(batch=32, image=32, widths=(16, 32, 64), teacher_blocks=2,
+                  student_blocks=1, warmup=2, rounds=3, steps_per_round=3,
+                  memory_steps=4, nst_repeats=3),
+}
+ADDS = ["stage1_add", "stage2_add", "stage3_add"]
+RELUS = ["stage1_relu", "stage2_relu", "stage3_relu"]
+FEATURE_PAIR = "stage3_add"  # equal shapes in teacher and student
+
+# name -> (family, description)
+CONFIGS = {
+    "student": ("floor", "(a) student train step alone"),
+    "teacher_inference": ("floor", "(b) teacher(x, training=False), compiled"),
+    "kd": ("keras_kd", "Distiller: KD (T=4)"),
+    "ab_kd": ("keras_kd", "Distiller: AB on 3 pairs (connectors) + KD"),
+    "ab_kd_noconn": ("keras_kd", "Distiller: AB on 3 pairs, no connectors (equal widths) + KD"),
+    "nst_kd": ("keras_kd", "Distiller: NST (stage 3) + KD"),
+    "at": ("keras_kd", "Distiller: attention transfer, 3 pairs"),
+    "mse": ("keras_kd", f"Distiller: MSE on `{FEATURE_PAIR}` (FitNetsHint, no regressor)"),
+    "keras_logits": ("keras.distillation", "keras Distiller: LogitsDistillation (T=4)"),
+    "keras_feature": ("keras.distillation",
+                      f"keras Distiller: FeatureDistillation mse on `{FEATURE_PAIR}`"),
+}
+
+
+def cross_entropy():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def optimizer():
+    return keras.optimizers.SGD(0.05, momentum=0.9)
+
+
+def make_models(s):
+    keras.utils.set_random_seed(0)
+    shape = (s["image"], s["image"], 3)
+    teacher = resnet(shape, 10, widths=s["widths"], blocks=s["teacher_blocks"],
+                     name="teacher")
+    return teacher, shape
+
+
+def new_student(s, shape):
+    keras.utils.set_random_seed(1)  # every configuration starts from the same student
+    return resnet(shape, 10, widths=s["widths"], blocks=s["student_blocks"],
+                  name="student")
+
+
+def keras_kd_losses(name):
+    kd = losses.LogitsDistillation(temperature=4.0)
+    return {
+        "kd": [kd],
+        "ab_kd": [losses.ActivationBoundary(ADDS, ADDS, teacher_tap="output",
+                                            student_tap="output", connector="always"), kd],
+        "ab_kd_noconn": [losses.ActivationBoundary(ADDS, ADDS, teacher_tap="output",
+                                                   student_tap="output", connector="auto"), kd],
+        "nst_kd": [losses.NeuronSelectivityTransfer(
+            "stage3_add", "stage3_add", teacher_tap="output", student_tap="output"), kd],
+        "at": [losses.AttentionTransfer(RELUS, RELUS)],
+        "mse": [losses.FitNetsHint(FEATURE_PAIR, FEATURE_PAIR, regressor="auto")],
+    }[name]
+
+
+def build_step(name, s, teacher, shape):
+    """A function `step(x, y)` that runs one step of `name` to completion."""
+    if name == "teacher_inference":
+        fn = tf.function(lambda x: tf.reduce_sum(teacher(x, training=False)))
+        return (lambda x, y: fn(x).numpy()), None
+    student = new_student(s, shape)
+    if name == "student":
+        model = student
+    elif CONFIGS[name][0] == "keras_kd":
+        model = keras_kd.Distiller(teacher, student, keras_kd_losses(name))
+    elif name == "keras_logits":
+        model = keras.distillation.Distiller(
+            teacher, student, [keras.distillation.LogitsDistillation(temperature=4.0)])
+    elif name == "keras_feature":
+        model = keras.distillation.Distiller(
+            teacher, student, [keras.distillation.FeatureDistillation(
+                loss="mse", teacher_layer_name=FEATURE_PAIR,
+                student_layer_name=FEATURE_PAIR)])
+    else:
+        raise ValueError(name)
+    model.compile(optimizer=optimizer(), loss=cross_entropy())
+    return (lambda x, y: model.train_on_batch(x, y)), model
+
+
+def batches(s, count=4):
+    rng = np.random.default_rng(0)
+    return [(tf.constant(rng.standard_normal((s["batch"], s["image"], s["image"], 3),
+                                             dtype=np.float32)),
+             tf.constant(rng.integers(0, 10, s["batch"]))) for _ in range(count)]
+
+
+def time_interleaved(steps, data, s):
+    """Round-robin timing; returns {name: [seconds per step]}."""
+    names = list(steps)
+    for name in names:  # warm-up: tracing, first allocations
+        for i in range(s["warmup"]):
+            steps[name](*data[i % len(data)])
+    times = {name: [] for name in names}
+    k = 0
+    for r in range(s["rounds"]):
+        order = names[r % len(names):] + names[: r % len(names)]
+        if r % 2:
+            order = order[::-1]
+        for name in order:
+            for _ in range(s["steps_per_round"]):
+                x, y = data[k % len(data)]
+                k += 1
+                start = time.perf_counter()
+                steps[name](x, y)
+                times[name].append(time.perf_counter() - start)
+        print(f"  round {r + 1}/{s['rounds']} done", flush=True)
+    return times
+
+
+# --- loss math alone -------------------------------------------------------------
+
+
+def loss_math_times(s, teacher, shape, repeats):
+    """Forward + backward of each configuration's loss functions on fixed tensors."""
+    student = new_student(s, shape)
+    x = batches(s, 1)[0][0]
+    t_model = keras.Model(teacher.input, [teacher.output]
+                          + [teacher.get_layer(n).output for n in ADDS + RELUS])
+    s_model = keras.Model(student.input, [student.output]
+                          + [student.get_layer(n).output for n in ADDS + RELUS])
+    t_out = [tf.constant(v) for v in t_model(x, training=False)]
+    s_out = [tf.Variable(v) for v in s_model(x, training=False)]
+    t = dict(zip(["logits"] + ADDS + RELUS, t_out))
+    v = dict(zip(["logits"] + ADDS + RELUS, s_out))
+    from keras_kd.losses import (activation_boundary_loss, attention_transfer_loss,
+                                 fitnets_hint_loss, logits_distillation_loss,
+                                 neuron_selectivity_loss)
+
+    def kd():
+        return logits_distillation_loss(t["logits"], v["logits"], 4.0)
+
+    formulas = {
+        "kd (loss functions)": kd,
+        "ab_kd (loss functions, no connectors or metrics)": lambda: kd() + 3e-3 * sum(
+            w * activation_boundary_loss(t[n], v[n]) for w, n in zip((0.25, 0.5, 1.0), ADDS)),
+        "nst_kd (loss functions)": lambda: kd() + 50 * neuron_selectivity_loss(t["stage3_add"],
+                                                              v["stage3_add"]),
+        "at (loss functions)": lambda: 1000 * sum(attention_transfer_loss(t[n], v[n]) for n in RELUS) / 3,
+        "mse (loss functions)": lambda: 100 * fitnets_hint_loss(t[FEATURE_PAIR], v[FEATURE_PAIR]),
+    }
+    results = {}
+    for name, formula in formulas.items():
+        @tf.function
+        def step(formula=formula):
+            with tf.GradientTape() as tape:
+                value = formula()
+            grads = tape.gradient(value, s_out)
+            return value + sum(tf.reduce_sum(g) for g in grads if g is not None)
+
+        for _ in range(2):
+            step().numpy()
+        ts = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step().numpy()
+            ts.append(time.perf_counter() - start)
+        results[name] = float(np.median(ts))
+    return results
+
+
+def distiller_loss_times(built, teacher, batch, repeats):
+    """Forward + backward of each keras_kd Distiller's distillation losses.
+
+    Every `DistillationLoss.compute` of the Distiller (with its connectors,
+    in training mode, and its metrics such as `boundary_agreement`), weighted
+    by the Distiller's loss weights, on fixed teacher/student features of
+    the real shapes; gradients with respect to the student features and the
+    connectors. Excludes the forward/backward passes of the networks.
+    """
+    x, _ = batch
+    results = {}
+    for name, (_, model) in built.items():
+        if CONFIGS[name][0] != "keras_kd":
+            continue
+        weights = model.configured_loss_weights
+        student = model.student
+
+        def features(net, names):
+            names = names if isinstance(names, (list, tuple)) else [names]
+            outputs = [net.output if n is None else net.get_layer(n).output for n in names]
+            values = keras.Model(net.input, outputs)(x, training=False)
+            if not isinstance(values, (list, tuple)):
+                values = [values]
+            return [tf.constant(v) for v in values]
+
+        t_feats = [features(teacher, loss.teacher_layer_name)
+                   for loss in model.distillation_losses]
+        s_feats = [[tf.Variable(v) for v in features(student, loss.student_layer_name)]
+                   for loss in model.distillation_losses]
+        s_flat = [v for group in s_feats for v in group]
+        extra = [v for loss in model.distillation_losses for v in loss.trainable_variables]
+
+        @tf.function
+        def step(model=model, t_feats=t_feats, s_feats=s_feats, s_flat=s_flat,
+                 extra=extra, weights=weights):
+            logged = 0.0
+            with tf.GradientTape() as tape:
+                total = 0.0
+                for loss, t, sv in zip(model.distillation_losses, t_feats, s_feats):
+                    pair_losses, metrics = loss.compute(t, list(sv), training=True)
+                    value = sum(w * tf.reduce_mean(v)
+                                for w, v in zip(loss.pair_weights, pair_losses))
+                    total = total + weights[loss.name] * value
+                    logged = logged + sum(tf.reduce_mean(m) for m in metrics.values())
+            grads = tape.gradient(total, s_flat + extra)
+            return total + logged + sum(tf.reduce_sum(g) for g in grads if g is not None)
+
+        for _ in range(2):
+            step().numpy()
+        ts = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step().numpy()
+            ts.append(time.perf_counter() - start)
+        results[f"{name} (Distiller's losses: connectors + metrics included)"] = (
+            float(np.median(ts)))
+    return results
+
+
+# --- NST scaling -----------------------------------------------------------------
+
+
+def nst_scaling(batch, repeats):
+    from keras_kd.losses import neuron_selectivity_loss
+
+    rows = []
+    for side in (8, 16, 32):
+        for channels in (16, 32, 64, 128, 256):
+            rng = np.random.default_rng(0)
+            t = tf.constant(rng.standard_normal((batch, side, side, channels), np.float32))
+            s_var = tf.Variable(rng.standard_normal((batch, side, side, channels), np.float32))
+
+            @tf.function
+            def step():
+                with tf.GradientTape() as tape:
+                    value = neuron_selectivity_loss(t, s_var)
+                return value + tf.reduce_sum(tape.gradient(value, s_var))
+
+            step().numpy()
+            ts = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                step().numpy()
+                ts.append(time.perf_counter() - start)
+            seconds = float(np.median(ts))
+            flops = batch * channels * channels * side * side
+            rows.append(dict(hw=side * side, channels=channels, seconds=seconds,
+                             ns_per_bc2hw=1e9 * seconds / flops))
+            print(f"  NST C={channels:4d} HW={side * side:5d}: {1e3 * seconds:8.2f} ms",
+                  flush=True)
+    return rows
+
+
+# --- memory ----------------------------------------------------------------------
+
+
+def current_rss_mb():
+    with open("/proc/self/statm", encoding="utf-8") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_child(name, size):
+    s = SIZES[size]
+    teacher, shape = make_models(s)
+    data = batches(s)
+    step, _ = build_step(name, s, teacher, shape)
+    before = current_rss_mb()
+    reset = True
+    try:  # reset the high-water mark (VmHWM) so it covers the steps only
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+            f.write("5")
+    except OSError:
+        reset = False
+    for i in range(s["warmup"] + s["memory_steps"]):
+        step(*data[i % len(data)])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if reset:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) / 1024
+    print(json.dumps({"name": name, "peak_mb": peak, "before_steps_mb": before,
+                      "hwm_reset": reset,
+                      "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def measure_memory(size):
+    results = {}
+    for name in CONFIGS:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--size", size,
+                              "--memory-child", name], capture_output=True, text=True,
+                             check=False)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+        if out.returncode or not lines:
+            print(out.stderr[-2000:])
+            raise RuntimeError(f"memory child {name} failed")
+        results[name] = json.loads(lines[-1])
+        print(f"  {name:18s} peak RSS {results[name]['peak_mb']:7.0f} MB "
+              f"(+{results[name]['peak_mb'] - results[name]['before_steps_mb']:.0f} MB "
+              "over the RSS after building)", flush=True)
+    return results
+
+
+# --- report ----------------------------------------------------------------------
+
+
+def plot(path, medians, floor):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install matplotlib)")
+        return
+    names = [n for n in CONFIGS if CONFIGS[n][0] != "floor"]
+    colors = ["C0" if CONFIGS[n][0] == "keras_kd" else "C1" for n in names]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.bar(names, [1e3 * medians[n] for n in names], color=colors)
+    ax.axhline(1e3 * floor, color="k", ls="--", lw=1, label="floor (a)+(b)")
+    ax.axhline(1.05e3 * floor, color="grey", ls=":", lw=1, label="1.05 x floor")
+    ax.set_ylabel("median step time (ms)")
+    ax.set_title("keras_kd (blue) and keras.distillation (orange)")
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, ~1.5 min")
+    parser.add_argument("--size", choices=sorted(SIZES), default=None)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--note", default="", help="a sentence on the machine's load, "
+                        "written into the results file")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args(argv)
+    size = args.size or ("quick" if args.quick else "default")
+    if args.memory_child:
+        memory_child(args.memory_child, size)
+        return 0
+    s = SIZES[size]
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    load_at_start = os.getloadavg()
+    wall = time.time()
+    stem = args.output or os.path.join(
+        common.RESULTS_DIR, "speed" if size == "default" else f"speed_{size}")
+
+    teacher, shape = make_models(s)
+    student_params = new_student(s, shape).count_params()
+    print(f"sizes {size}: {json.dumps(s)}; teacher {teacher.count_params():,} params, "
+          f"student {student_params:,}", flush=True)
+    data = batches(s)
+    built = {name: build_step(name, s, teacher, shape) for name in CONFIGS}
+    steps = {name: b[0] for name, b in built.items()}
+    print("timing steps (interleaved)", flush=True)
+    times = time_interleaved(steps, data, s)
+    medians = {n: float(np.median(v)) for n, v in times.items()}
+    floor = medians["student"] + medians["teacher_inference"]
+
+    print("timing the loss math alone", flush=True)
+    math = loss_math_times(s, teacher, shape, max(10, s["nst_repeats"]))
+    math.update(distiller_loss_times(built, teacher, data[0], max(10, s["nst_repeats"])))
+    print("NST scaling", flush=True)
+    nst = nst_scaling(s["batch"], s["nst_repeats"])
+    memory = {} if args.skip_memory else (print("peak memory (one subprocess each)",
+                                                flush=True) or measure_memory(size))
+    load_at_end = os.getloadavg()
+
+    header = ["config", "what", "median ms", "IQR ms", "steps", "× floor",
+              "peak RSS MB", "Δ RSS MB"]
+    rows = []
+    for name, (family, what) in CONFIGS.items():
+        v = 1e3 * np.asarray(times[name])
+        q1, q3 = np.percentile(v, [25, 75])
+        ratio = "—" if family == "floor" else f"{medians[name] / floor:.3f}"
+        mem = memory.get(name)
+        rows.append([name, what, f"{1e3 * medians[name]:.1f}", f"{q1:.0f}–{q3:.0f}", len(v),
+                     ratio, f"{mem['peak_mb']:.0f}" if mem else "",
+                     f"{mem['peak_mb'] - mem['before_steps_mb']:.0f}" if mem else ""])
+    rows.append(["floor", "(a) + (b)", f"{1e3 * floor:.1f}", "", "", "1.000", "", ""])
+    print()
+    common.print_table(header, rows)
+
+    vs = [["KD", medians["kd"], medians["keras_logits"]],
+          ["equal-shape feature MSE", medians["mse"], medians["keras_feature"]]]
+    vs_rows = [[w, f"{1e3 * a:.1f}", f"{1e3 * b:.1f}", f"{b / a:.2f}×"] for w, a, b in vs]
+    vs_header = ["workload", "keras_kd ms", "keras.distillation ms", "keras / keras_kd"]
+    print()
+    common.print_table(vs_header, vs_rows)
+
+    math_header = ["loss functions (forward + backward, fixed tensors)", "median ms",
+                   "config step − floor, ms"]
+    math_rows = []
+    for name, sec in math.items():
+        key = name.split(" ")[0]
+        math_rows.append([name, f"{1e3 * sec:.2f}", f"{1e3 * (medians[key] - floor):.1f}"])
+    print()
+    common.print_table(math_header, math_rows)
+
+    nst_header = ["H·W", "C", "ms (fwd + bwd)", "ns per B·C²·HW"]
+    nst_rows = [[r["hw"], r["channels"], f"{1e3 * r['seconds']:.2f}",
+                 f"{r['ns_per_bc2hw']:.4f}"] for r in nst]
+    print()
+    common.print_table(nst_header, nst_rows)
+
+    wall = time.time() - wall
+    note = [args.note, ""] if args.note else []
+    lines = common.header_markdown(
+        "Step time and memory: keras_kd against the floor and keras.distillation", started,
+        note + [f"Load average (1, 5, 15 min) at start {load_at_start[0]:.2f} "
+                f"{load_at_start[1]:.2f} {load_at_start[2]:.2f}, at end {load_at_end[0]:.2f} "
+                f"{load_at_end[1]:.2f} {load_at_end[2]:.2f}; wall time {wall / 60:.1f} min.", ""])
+    lines += [
+        "## Setup", "",
+        f"- Teacher `resnet(widths={s['widths']}, blocks={s['teacher_blocks']})`, "
+        f"{teacher.count_params():,} parameters; student `resnet(widths={s['widths']}, "
+        f"blocks={s['student_blocks']})`, {student_params:,} parameters; inputs "
+        f"{s['batch']}×{s['image']}×{s['image']}×3 (the same {len(data)} random batches "
+        "for every configuration), SGD with momentum, cross-entropy from logits.",
+        "- Every training configuration runs `model.train_on_batch(x, y)` in a loop (one "
+        "compiled `train_function` each); `teacher_inference` is a `tf.function` of "
+        "`teacher(x, training=False)`, synchronised by fetching a scalar.",
+        f"- {s['warmup']} warm-up steps each, then {s['rounds']} rounds; each round runs "
+        f"{s['steps_per_round']} steps of every configuration, the order rotated (and "
+        "reversed every other round). Medians over all "
+        f"{s['rounds'] * s['steps_per_round']} timed steps; IQR = interquartile range.",
+        "- Floor = median (a) + median (b): a student step and a teacher forward pass.",
+        "- keras_kd feature taps: AB on `stage{1,2,3}_add` (pre-activation, "
+        "`connector=\"always\"` as the official code, so three 1×1 conv + BN connectors); "
+        "NST on `stage3_add`; AT on `stage{1,2,3}_relu`; MSE (`FitNetsHint`, "
+        f"`regressor=\"auto\"`, no regressor for equal shapes) and keras "
+        f"`FeatureDistillation` on `{FEATURE_PAIR}`. keras Distillers use their default "
+        "`student_loss_weight=0.5`.",
+        "- Peak RSS: each configuration in its own subprocess (imports, build, then "
+        f"{s['warmup'] + s['memory_steps']} steps including the first, traced one). "
+        "The peak is the process's high-water mark `VmHWM` (/proc/self/status), reset "
+        "(`/proc/self/clear_refs` = 5) after building so that it covers the steps only "
+        "(importing TensorFlow alone peaks near 550 MB and would hide the differences; "
+        "`resource.getrusage(RUSAGE_SELF).ru_maxrss` is the fallback where the reset is not "
+        "allowed). Δ RSS = that peak minus the RSS just before the first step.", "",
+        "## Step time", ""]
+    lines += common.markdown_table(header, rows)
+    lines += ["", "![step time](" + os.path.basename(stem) + ".png)", "",
+              "## keras_kd against keras.distillation (same student, teacher, batches)", ""]
+    lines += common.markdown_table(vs_header, vs_rows)
+    lines += ["", "## The loss math alone", "",
+              "Forward + backward (gradient with respect to the student tensors) of the "
+              "loss functions alone, on fixed teacher and student tensors of the real "
+              "shapes, in one `tf.function`; compare with each configuration's step time "
+              "minus the floor.", ""]
+    lines += common.markdown_table(math_header, math_rows)
+    lines += ["", "## Cost of `neuron_selectivity_loss` (polynomial kernel)", "",
+              f"Batch {s['batch']}, C_T = C_S = C, forward + backward (gradient with respect "
+              "to the student map), medians of "
+              f"{s['nst_repeats']} calls. The matmul form costs O(B·C²·HW): the last "
+              "column is roughly constant once the matmul dominates (small C is dominated "
+              "by the O(B·C·HW) normalisation and fixed per-call costs).", ""]
+    lines += common.markdown_table(nst_header, nst_rows)
+    common.write_text(stem + ".md", lines)
+    with open(stem + ".json", "w", encoding="utf-8") as f:
+        json.dump({"sizes": s, "times": times, "medians": medians, "floor": floor,
+                   "loss_math": math, "nst": nst, "memory": memory}, f, indent=1)
+    plot(stem + ".png", medians, floor)
+    print(f"\nwrote {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -38,6 +38,7 @@ setup(
             "tensorflow-datasets>=4.9",
             "importlib_resources",
             "tensorboard",  # TensorFlow 2.21 no longer installs it
+            "ai-edge-litert>=2.0",  # the export tests run the LiteRT interpreter
         ],
         # Plots of benchmarks/ (speed.py, accuracy.py).
         "bench": ["matplotlib"],

@@ -150,14 +150,10 @@ class Distiller(keras.Model):
         ]
         self._finite_guard = _Untracked(flag=None)
         self._build_extractors()
-        self._trackers = {}
-        names = ["student_loss"] + [f"{loss.name}_loss" for loss in losses]
+        names = self._term_names()
         for loss in losses:
             if loss.num_pairs > 1:
-                names += [
-                    f"{loss.name}_{loss.pair_label(i)}"
-                    for i in range(loss.num_pairs)
-                ]
+                names += [loss.pair_log_name(i) for i in range(loss.num_pairs)]
             names += loss.metric_names()
         self.term_trackers = [keras.metrics.Mean(name=n) for n in names]
         self._trackers = {m.name: m for m in self.term_trackers}
@@ -217,6 +213,12 @@ class Distiller(keras.Model):
             if synchronize:
                 for connector in loss.connectors:
                     distribute_lib.synchronize_batch_norm(connector)
+
+    def _term_names(self):
+        """Log names of the weighted terms: task loss, then each loss."""
+        return ["student_loss"] + [
+            f"{loss.name}_loss" for loss in self.distillation_losses
+        ]
 
     # --- weights -------------------------------------------------------------
 
@@ -293,8 +295,9 @@ class Distiller(keras.Model):
             task = ops.cast(self._compile_loss(y, y_pred, sample_weight), "float32")
         else:
             task = ops.zeros((), "float32")
-        logged["student_loss"] = (task * replicas, None)
-        terms.append(("student_loss", weights[0], task))
+        term_names = self._term_names()
+        logged[term_names[0]] = (task * replicas, None)
+        terms.append((term_names[0], weights[0], task))
 
         for i, loss in enumerate(self.distillation_losses):
             pairs = self._feature_index[i]
@@ -309,13 +312,11 @@ class Distiller(keras.Model):
             if example_weight is not None:
                 per_example = per_example * example_weight
             value = ops.sum(per_example) / global_batch
-            logged[f"{loss.name}_loss"] = (value * replicas, None)
-            terms.append((f"{loss.name}_loss", weights[i + 1], value))
+            logged[term_names[i + 1]] = (value * replicas, None)
+            terms.append((term_names[i + 1], weights[i + 1], value))
             if loss.num_pairs > 1:
                 for j, pair_value in enumerate(pair_losses):
-                    logged[f"{loss.name}_{loss.pair_label(j)}"] = (
-                        pair_value, "examples"
-                    )
+                    logged[loss.pair_log_name(j)] = (pair_value, "examples")
             for name, value in metrics.items():
                 logged[name] = (value, "examples")
 
@@ -430,11 +431,9 @@ class Distiller(keras.Model):
                         -1, dtype=tf.int32, trainable=False,
                         name="non_finite_term",
                     )
-            names = ["student_loss"] + [
-                f"{loss.name}_loss" for loss in self.distillation_losses
-            ]
             self.train_function = numerics.raise_on_non_finite(
-                self.train_function, self._finite_guard.flag, names
+                self.train_function, self._finite_guard.flag,
+                self._term_names(),
             )
         else:
             self._finite_guard.flag = None

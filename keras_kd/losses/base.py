@@ -137,6 +137,13 @@ class DistillationLoss(keras.layers.Layer):
         tap = self.student_taps[index]
         return "logits" if tap is None else tap.layer_name.replace("/", "_")
 
+    def _pair_metric_name(self, base, index):
+        return f"{base}_{self.pair_label(index)}"
+
+    def pair_log_name(self, index):
+        """The log name of one pair's loss value (`<loss>_<student layer>`)."""
+        return f"{self.name}_{self.pair_label(index)}"
+
     # --- configuration (called once by the Distiller, before any tracing) --
 
     def configure(self, teacher_shapes, student_shapes, student_dtype, names):
@@ -198,7 +205,7 @@ class DistillationLoss(keras.layers.Layer):
             values = [m[base] for m in per_pair_metrics]
             if self.num_pairs > 1:
                 for index, value in enumerate(values):
-                    metrics[f"{base}_{self.pair_label(index)}"] = value
+                    metrics[self._pair_metric_name(base, index)] = value
             metrics[base] = keras.ops.mean(keras.ops.stack(values), axis=0)
         return pair_losses, metrics
 
@@ -228,7 +235,7 @@ class DistillationLoss(keras.layers.Layer):
         for base in self.pair_metric_names:
             if self.num_pairs > 1:
                 names += [
-                    f"{base}_{self.pair_label(i)}" for i in range(self.num_pairs)
+                    self._pair_metric_name(base, i) for i in range(self.num_pairs)
                 ]
             names.append(base)
         return names

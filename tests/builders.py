@@ -57,3 +57,20 @@ def data(n=16, size=8, classes=5, seed=0):
 
 def sparse_ce():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def all_losses():
+    """One of each distillation loss, on `cnn()`'s layer names.
+
+    AB reads `relu1`/`relu2` pre-activations (the student's `conv1` carries a
+    fused ReLU, see `cnn(fused=True)`), with connectors when widths differ.
+    """
+    from keras_kd import losses
+
+    return [
+        losses.LogitsDistillation(temperature=4.0),
+        losses.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"]),
+        losses.NeuronSelectivityTransfer("relu2", "relu2"),
+        losses.FitNetsHint("bn2", "bn2"),
+        losses.AttentionTransfer("relu2", "relu2"),
+    ]

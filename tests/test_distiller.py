@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from builders import all_losses
 from builders import cnn
 from builders import data
 from builders import sparse_ce
@@ -14,16 +15,6 @@ from keras_kd import losses as L
 from keras_kd.callbacks import ActivationBoundarySchedule
 from keras_kd.taps import Tap
 from keras_kd.taps import build_extractor
-
-
-def _all_losses():
-    return [
-        L.LogitsDistillation(temperature=4.0),
-        L.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"]),
-        L.NeuronSelectivityTransfer("relu2", "relu2"),
-        L.FitNetsHint("bn2", "bn2"),
-        L.AttentionTransfer("relu2", "relu2"),
-    ]
 
 
 def _pair(teacher_width=8, student_width=4, **kwargs):
@@ -66,7 +57,7 @@ def _np_ab(t, s, margin=1.0):
 def test_each_network_runs_once_per_step():
     teacher = cnn(8, "teacher", counter=True)
     student = cnn(4, "student", fused=True, counter=True)
-    distiller = Distiller(teacher, student, _all_losses())
+    distiller = Distiller(teacher, student, all_losses())
     distiller.compile(optimizer="sgd", loss=sparse_ce(), run_eagerly=True)
     x, y = data(n=12)
     t_counter = teacher.get_layer("counter")
@@ -84,7 +75,7 @@ def test_teacher_is_frozen_and_unchanged_by_fit():
     teacher, student = _pair()
     x, y = data(n=16)
     before = _weights(teacher)
-    distiller = Distiller(teacher, student, _all_losses())
+    distiller = Distiller(teacher, student, all_losses())
     distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=sparse_ce())
     distiller.fit(x, y, batch_size=8, epochs=2, verbose=0)
     after = _weights(teacher)
@@ -96,7 +87,7 @@ def test_teacher_is_frozen_and_unchanged_by_fit():
 
 def test_gradients_reach_student_and_connectors_only():
     teacher, student = _pair()
-    losses = _all_losses()
+    losses = all_losses()
     distiller = Distiller(teacher, student, losses)
     connectors = [c for loss in losses for c in loss.connectors]
     assert len(connectors) == 3  # AB conv1 (4->8), AB relu2 (4->8), hint
@@ -116,7 +107,7 @@ def test_gradients_reach_student_and_connectors_only():
 def test_connectors_are_not_part_of_the_student():
     teacher, student = _pair()
     n_before = len(student.weights)
-    Distiller(teacher, student, _all_losses())
+    Distiller(teacher, student, all_losses())
     assert len(student.weights) == n_before
     names = {v.path for v in student.weights}
     assert not any("connector" in n or "regressor" in n for n in names)
@@ -191,7 +182,7 @@ def test_temperature_variable_changes_the_compiled_step():
 
 def test_loss_weight_variables_change_the_compiled_step():
     teacher, student = _pair()
-    distiller = Distiller(teacher, student, _all_losses()[:2])
+    distiller = Distiller(teacher, student, all_losses()[:2])
     distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=sparse_ce())
     x, y = data(n=8)
     distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)  # trace the step
@@ -218,10 +209,10 @@ def test_unlabelled_data_train_on_distillation_alone():
     assert history.history["logits_distillation_loss"][-1] > 0.0
 
 
-@pytest.mark.parametrize("index", range(5), ids=lambda i: _all_losses()[i].name)
+@pytest.mark.parametrize("index", range(5), ids=lambda i: all_losses()[i].name)
 def test_short_fit_lowers_each_loss(index):
     teacher, student = _pair()
-    loss = _all_losses()[index]
+    loss = all_losses()[index]
     distiller = Distiller(teacher, student, loss, [1.0], student_loss_weight=0.0)
     distiller.compile(optimizer=keras.optimizers.Adam(1e-2), loss=sparse_ce())
     x, y = data(n=16)
@@ -304,7 +295,7 @@ def test_non_finite_term_stops_training_before_the_update():
 
 def test_save_and_load_round_trip(tmp_path):
     teacher, student = _pair()
-    losses = _all_losses()
+    losses = all_losses()
     distiller = Distiller(teacher, student, losses)
     distiller.compile(optimizer="adam", loss=sparse_ce(), metrics=["accuracy"])
     x, y = data(n=8)

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from builders import all_losses
 from builders import cnn
 from builders import data
 from builders import sparse_ce
@@ -25,16 +26,6 @@ def _restore_policy():
     keras.config.set_dtype_policy("float32")
 
 
-def _losses():
-    return [
-        L.LogitsDistillation(temperature=4.0),
-        L.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"]),
-        L.NeuronSelectivityTransfer("relu2", "relu2"),
-        L.FitNetsHint("bn2", "bn2"),
-        L.AttentionTransfer("relu2", "relu2"),
-    ]
-
-
 def _build(name, width, policy, **kwargs):
     keras.config.set_dtype_policy("float32")
     keras.utils.set_random_seed(0 if name == "teacher" else 1)
@@ -50,7 +41,7 @@ def _distiller(teacher_policy, student_policy, distiller_policy):
     student = _build("student", 4, student_policy, fused=True)
     keras.config.set_dtype_policy(distiller_policy)
     keras.utils.set_random_seed(2)  # connectors' initial weights
-    distiller = Distiller(teacher, student, _losses())
+    distiller = Distiller(teacher, student, all_losses())
     distiller.compile(optimizer=keras.optimizers.SGD(1e-2), loss=sparse_ce())
     keras.config.set_dtype_policy("float32")
     return distiller

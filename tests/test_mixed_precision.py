@@ -10,7 +10,6 @@ from builders import cnn
 from builders import data
 from builders import sparse_ce
 from keras_kd import Distiller
-from keras_kd import losses as L
 
 STEPS = 4
 # Largest relative difference from the float32 run over the STEPS per-step

@@ -21,7 +21,6 @@ Writes `benchmarks/results/ab_loss_cost.md`.
 import datetime
 import os
 import sys
-import time
 
 import common
 
@@ -76,14 +75,8 @@ def main():
             grads = tape.gradient(total, variables)
             return total + extra + sum(tf.reduce_sum(g) for g in grads)
 
-        for _ in range(3):
-            step().numpy()
-        times = []
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            step().numpy()
-            times.append(time.perf_counter() - start)
-        return 1e3 * float(np.median(times))
+        return 1e3 * common.median_seconds(lambda: step().numpy(), REPEATS,
+                                           warmup=3)
 
     cases = [
         ("activation_boundary_loss (keras_kd)", current_form, False, False),

@@ -8,6 +8,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -115,3 +116,20 @@ def write_text(path, lines):
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines).rstrip() + "\n")
     os.replace(tmp, path)
+
+
+def median_seconds(call, repeats, warmup=2):
+    """Median wall time of `call()` over `repeats` calls, after `warmup` calls.
+
+    `call` must block until its work is done (e.g. end in `.numpy()`).
+    """
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    mid = len(times) // 2
+    return times[mid] if len(times) % 2 else 0.5 * (times[mid - 1] + times[mid])

@@ -210,14 +210,7 @@ def loss_math_times(s, teacher, shape, repeats):
             grads = tape.gradient(value, s_out)
             return value + sum(tf.reduce_sum(g) for g in grads if g is not None)
 
-        for _ in range(2):
-            step().numpy()
-        ts = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step().numpy()
-            ts.append(time.perf_counter() - start)
-        results[name] = float(np.median(ts))
+        results[name] = common.median_seconds(lambda: step().numpy(), repeats)
     return results
 
 
@@ -268,15 +261,8 @@ def distiller_loss_times(built, teacher, batch, repeats):
             grads = tape.gradient(total, s_flat + extra)
             return total + logged + sum(tf.reduce_sum(g) for g in grads if g is not None)
 
-        for _ in range(2):
-            step().numpy()
-        ts = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step().numpy()
-            ts.append(time.perf_counter() - start)
         results[f"{name} (Distiller's losses: connectors + metrics included)"] = (
-            float(np.median(ts)))
+            common.median_seconds(lambda: step().numpy(), repeats))
     return results
 
 
@@ -299,13 +285,8 @@ def nst_scaling(batch, repeats):
                     value = neuron_selectivity_loss(t, s_var)
                 return value + tf.reduce_sum(tape.gradient(value, s_var))
 
-            step().numpy()
-            ts = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                step().numpy()
-                ts.append(time.perf_counter() - start)
-            seconds = float(np.median(ts))
+            seconds = common.median_seconds(lambda: step().numpy(), repeats,
+                                            warmup=1)
             flops = batch * channels * channels * side * side
             rows.append(dict(hw=side * side, channels=channels, seconds=seconds,
                              ns_per_bc2hw=1e9 * seconds / flops))

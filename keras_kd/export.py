@@ -26,17 +26,76 @@ calibration, else random uniform inputs in `[0, 1)`), and compared with
 `student(x, training=False)`. Float formats pass when
 `max |export - keras| <= tolerance * max(1, max |keras|)`; quantized formats
 report the largest difference and the top-1 agreement.
+
+What `overwrite=True` may replace (the rule is the same for
+`keras-kd export --overwrite`): only what an export writes, and only of the
+kind being written.
+
+- TFLite formats replace a regular file (not a symbolic link) whose content
+  is a TFLite flatbuffer (the identifier `TFL3` at bytes 4..8), with one
+  atomic `os.replace`: at every instant `path` holds the old or the new file.
+- `"saved_model"` replaces a directory (not a symbolic link) holding
+  `saved_model.pb` or `saved_model.pbtxt` and nothing but what a SavedModel
+  holds: `variables/` (only `variables.index` and `variables.data-*`),
+  `assets/`, `assets.extra/`, `fingerprint.pb`, `keras_metadata.pb`. On
+  Linux the two directories are swapped atomically (`renameat2` with
+  `RENAME_EXCHANGE`); elsewhere the old one is moved into a hidden sibling
+  `.NAME.partial-*` directory, the new one moved to `path`, and the old one
+  deleted.
+- Anything else is refused with a `ValueError` whatever `overwrite` says: an
+  empty path, `/`, the home or the current directory or any directory that
+  contains them, a symbolic link, a directory that is not a SavedModel, a
+  file that is not a TFLite flatbuffer, or an artifact of the other kind.
+
+A killed export can leave a hidden `.NAME.partial-*` sibling of `path`. The
+next export to the same `path` handles it first: when `path` is missing and
+the leftover holds the old artifact (`previous`, moved aside by a run killed
+between its two renames), that copy is moved back to `path`; the leftover is
+then removed, and a warning says what was restored or removed. Leftovers of
+exports still running (each holds an `fcntl.flock` on its directory) are
+left alone.
+
+TensorFlow is imported only by the functions that need it (export and the
+SavedModel check), and the export runs under the TensorFlow backend. A
+student trained under JAX or PyTorch is exported through a `.keras` file:
+`student.save("student.keras")` in that process, then
+`export_student("student.keras", ...)` (or `keras-kd export student.keras
+...`) in a process with `KERAS_BACKEND=tensorflow`.
+
+Input-range check: calibration and check data come from the user and nothing
+in a Keras model records what it was trained on, except the moving
+statistics of BatchNormalization. So before exporting, the inputs that the
+first BatchNormalization layer sees on the given data are compared with its
+`moving_mean` / `moving_variance`; when their per-channel standard deviation
+is more than 10x off (median over channels), or their mean is more than 10
+moving standard deviations away, a warning says so (typically raw 0..255
+pixels given to a student trained on inputs normalised outside the model, or
+the reverse) and `ExportResult.data_warning` holds it. It cannot see a
+mismatch in a model without BatchNormalization, in one whose moving
+statistics are still at their initial values (skipped), or one that a
+BatchNormalization layer does not see (e.g. a wrong channel order of
+similarly scaled data); it is skipped for random check data.
 """
 
 import argparse
+import ctypes
 import dataclasses
 import difflib
+import errno
+import fnmatch
 import itertools
+import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import warnings
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 import keras
 import numpy as np
@@ -56,6 +115,17 @@ DEFAULT_TOLERANCES = {
 }
 SERVING_INPUT = "inputs"  # key of the input in the `serving_default` signature
 SERVING_OUTPUT = "output_0"  # key of the output in the `serving_default` signature
+TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8
+_SAVED_MODEL_ENTRIES = frozenset({
+    "saved_model.pb", "saved_model.pbtxt", "variables", "assets",
+    "assets.extra", "fingerprint.pb", "keras_metadata.pb",
+})
+_VARIABLE_FILE = re.compile(r"variables\.(index|data-\d+-of-\d+)\Z")
+_PREVIOUS = "previous"  # the old artifact, inside a `.NAME.partial-*` dir
+
+
+class ExportWarning(UserWarning):
+    """Input data unlike the training inputs; a killed export repaired."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +150,9 @@ class ExportResult:
             -128, 127)`. `None` for the other formats.
         output_quantization: `(scale, zero_point)` of its int8 output:
             `y = (q - zero_point) * scale`. `None` for the other formats.
+        data_warning: the text of the input-range warning (see
+            `input_range_warning`) when the given data look unlike what the
+            model was trained on, else `None`.
     """
 
     path: str
@@ -93,6 +166,7 @@ class ExportResult:
     check_data_source: str
     input_quantization: object = None
     output_quantization: object = None
+    data_warning: object = None
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -140,9 +214,25 @@ def export_student(
     batch size. The artifact is built in a temporary sibling of `path`,
     checked, and only then moved to `path`; a failure leaves `path` as it was.
 
+    Overwrite rule: an existing `path` is replaced only when it is what an
+    export of this kind writes: a TFLite flatbuffer file (identifier `TFL3`)
+    for TFLite formats, a SavedModel directory (`saved_model.pb[txt]` plus
+    only `variables/`, `assets/`, `assets.extra/`, `fingerprint.pb`,
+    `keras_metadata.pb`) for `"saved_model"`; never a symbolic link. Anything
+    else (an empty path, `/`, the home or current directory or a directory
+    containing them, any other file or directory) raises `ValueError`
+    whatever `overwrite` says. A file is replaced with one atomic rename; a
+    SavedModel directory with an atomic swap on Linux, else two renames whose
+    interruption the next export to `path` repairs (see the module
+    docstring).
+
+    Runs under the TensorFlow backend. For a model trained under JAX or
+    PyTorch, save it as `.keras` there and pass that path here.
+
     Args:
-        model: a `keras_kd.Distiller` (its `.student` is exported) or a built
-            single-input, single-output `keras.Model`.
+        model: a `keras_kd.Distiller` (its `.student` is exported), a built
+            single-input, single-output `keras.Model`, or the path of a
+            `.keras` file of either (e.g. saved under JAX or PyTorch).
         path: target file (`.tflite`) or directory (SavedModel).
         format: one of `FORMATS`. Defaults to `"saved_model"`.
         representative_data: batches of inputs shaped like the model input: a
@@ -160,19 +250,26 @@ def export_student(
         tolerance: tolerance of a float format (see the module docstring).
             Defaults to `DEFAULT_TOLERANCES[format]` (1e-5 for SavedModel
             and TFLite float32, 1e-2 for float16).
-        overwrite: replace an existing `path`. Defaults to `False`.
+        overwrite: replace an existing `path` that the overwrite rule above
+            allows. Defaults to `False`.
         verbose: print `ExportResult.summary()`. Defaults to `True`.
 
     Returns:
         An `ExportResult`. A float format that misses its tolerance emits a
-        warning and returns `passed=False`.
+        warning and returns `passed=False`. Data that look unlike the
+        model's training inputs emit a warning (`result.data_warning`; see
+        `input_range_warning`).
 
     Raises:
-        TypeError: `model` is not a Keras model; `representative_data` has
-            a non-numeric dtype.
+        TypeError: `model` is not a Keras model or a `.keras` path;
+            `representative_data` has a non-numeric dtype.
         ValueError: unknown format, unbuilt model, several inputs/outputs,
-            missing or wrongly shaped `representative_data`.
-        FileExistsError: `path` exists and `overwrite=False`.
+            missing or wrongly shaped `representative_data`; a `path` that
+            the overwrite rule refuses.
+        FileExistsError: `path` is a replaceable artifact and
+            `overwrite=False`.
+        RuntimeError: the Keras backend is not TensorFlow.
+        ImportError: TensorFlow is not installed.
 
     Example:
 
@@ -194,14 +291,19 @@ def export_student(
     logits = tflite_predict(interpreter, images[:4])  # (4, 10) float32
     ```
     """
-    student = _student_of(model)
     fmt = _check_format(format)
-    path = os.path.abspath(os.fspath(path))
-    if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(
-            f"'{path}' already exists. Pass overwrite=True to replace it, or "
-            "choose another path."
-        )
+    path = _target_path(path)
+    _check_backend()
+    student = _student_of(model)
+    _protect(path)
+    _recover_interrupted(path)
+    if os.path.lexists(path):
+        _check_replaceable(path, fmt)
+        if not overwrite:
+            raise FileExistsError(
+                f"'{path}' already exists. Pass overwrite=True to replace it, "
+                "or choose another path."
+            )
     spec = _input_spec(student)
     if not isinstance(num_calibration_batches, int) or num_calibration_batches < 1:
         raise ValueError(
@@ -241,10 +343,16 @@ def export_student(
         shape = [8] + [d or 1 for d in spec.shape[1:]]
         x_check = np.random.default_rng(0).uniform(size=shape).astype(spec.dtype)
         source = "random uniform [0, 1)"
+    data_warning = None
+    if check_data is not None or calibration:
+        data_warning = input_range_warning(student, [x_check] + calibration[:4])
+        if data_warning:
+            warnings.warn(data_warning, ExportWarning, stacklevel=2)
 
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    work = tempfile.mkdtemp(prefix=_partial_prefix(path), dir=parent)
+    lock = _lock_directory(work)
     try:
         artifact = os.path.join(work, "artifact")
         saved_model = artifact if fmt == "saved_model" else os.path.join(work, "sm")
@@ -258,7 +366,9 @@ def export_student(
         _move_into_place(artifact, path, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = dataclasses.replace(result, path=path)
+        if lock is not None:
+            os.close(lock)
+    result = dataclasses.replace(result, path=path, data_warning=data_warning)
     if verbose:
         print(result.summary())
     if result.passed is False:
@@ -287,8 +397,7 @@ def load_interpreter(path, num_threads=None):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        import tensorflow as tf
-
+        tf = _tf()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter")
             interpreter = tf.lite.Interpreter(
@@ -331,12 +440,87 @@ def tflite_predict(interpreter, x):
     return np.asarray(y, np.float32)
 
 
+def input_range_warning(model, batches, ratio=10.0):
+    """Why `batches` look unlike `model`'s training inputs, or `None`.
+
+    Runs `model(x, training=False)` on each batch and records what its first
+    BatchNormalization layer (the first one called, nested models included)
+    receives. Per channel, the data's standard deviation is compared with
+    `sqrt(moving_variance)` and its mean with `moving_mean` (in moving
+    standard deviations). The text is returned when, as a median over
+    channels, the standard deviation is more than `ratio` times too large or
+    too small, or the mean more than `ratio` moving standard deviations off.
+
+    `None` also when nothing can be said: no BatchNormalization layer is
+    called, or its moving statistics are still at their initial values
+    (mean 0, variance 1: never trained).
+
+    Example:
+
+    >>> text = input_range_warning(student, [x_raw_uint8_pixels])  # doctest: +SKIP
+    """
+    layers = [
+        layer for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    if not layers:
+        return None
+    seen = []
+
+    def recorder(layer):
+        original = layer.call
+
+        def call(inputs, *args, **kwargs):
+            if not seen or seen[0][0] is layer:
+                seen.append((layer, keras.ops.convert_to_numpy(inputs)))
+            return original(inputs, *args, **kwargs)
+
+        return call
+
+    for layer in layers:
+        object.__setattr__(layer, "call", recorder(layer))
+    try:
+        for x in batches:
+            model(x, training=False)
+    finally:
+        for layer in layers:
+            object.__delattr__(layer, "call")
+    if not seen:
+        return None
+    layer = seen[0][0]
+    moving_mean = keras.ops.convert_to_numpy(layer.moving_mean).astype(np.float64)
+    moving_var = keras.ops.convert_to_numpy(layer.moving_variance).astype(
+        np.float64
+    )
+    if np.all(moving_mean == 0) and np.all(moving_var == 1):
+        return None  # never updated: says nothing about the training data
+    axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+    values = [np.moveaxis(v.astype(np.float64), axis, -1) for _, v in seen]
+    values = np.concatenate([v.reshape(-1, v.shape[-1]) for v in values])
+    moving_std = np.sqrt(moving_var + layer.epsilon)
+    scale = np.median(np.sqrt(values.var(0) + layer.epsilon) / moving_std)
+    shift = np.median(np.abs(values.mean(0) - moving_mean) / moving_std)
+    if 1 / ratio <= scale <= ratio and shift <= ratio:
+        return None
+    return (
+        f"The calibration/check data look unlike what '{model.name}' was "
+        f"trained on: at its first BatchNormalization layer '{layer.name}' "
+        f"their standard deviation is {scale:.3g}x the one it saw in "
+        f"training and their mean {shift:.3g} training standard deviations "
+        "away (medians over channels). Typical cause: raw 0..255 pixels "
+        "given to a model trained on inputs scaled or normalised outside it, "
+        "or the reverse. Pass the data preprocessed as in training (the "
+        "quantization and the parity check are only meaningful then), or "
+        "put the preprocessing (`keras.layers.Rescaling`, `Normalization`) "
+        "inside the model."
+    )
+
+
 # --- building --------------------------------------------------------------
 
 
 def _write_saved_model(student, spec, directory):
-    import tensorflow as tf
-
+    tf = _tf()
     archive = keras.export.ExportArchive()
     archive.track(student)
     archive.add_endpoint(
@@ -350,8 +534,7 @@ def _write_saved_model(student, spec, directory):
 
 
 def _convert_tflite(saved_model, fmt, calibration):
-    import tensorflow as tf
-
+    tf = _tf()
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
     if fmt != "tflite_float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -375,8 +558,7 @@ def _check_parity(student, artifact, fmt, x, source, tolerance):
     expected = np.asarray(expected, np.float32)
     result = {}
     if fmt == "saved_model":
-        import tensorflow as tf
-
+        tf = _tf()
         serve = tf.saved_model.load(artifact).signatures["serving_default"]
         actual = serve(**{SERVING_INPUT: tf.constant(x)})[SERVING_OUTPUT].numpy()
     else:
@@ -414,17 +596,211 @@ def _check_parity(student, artifact, fmt, x, source, tolerance):
 
 
 def _move_into_place(artifact, path, work):
-    """Renames `artifact` to `path`, restoring an old `path` on failure."""
-    previous = None
-    if os.path.lexists(path):
-        previous = os.path.join(work, "previous")
-        os.replace(path, previous)
+    """Moves `artifact` to `path`; the old `path` is never lost.
+
+    A file, or a directory onto a missing path: one `os.replace`. A directory
+    onto an old one: an atomic swap where the OS has one (the old one then
+    lies in `work`, deleted with it); else old -> `work/previous`, new ->
+    `path`. A run killed between those two renames leaves the old copy in
+    `work/previous`, which the next export to `path` moves back
+    (`_recover_interrupted`).
+    """
+    if not os.path.isdir(artifact) or not os.path.lexists(path):
+        os.replace(artifact, path)
+        return
+    if _exchange(artifact, path):
+        return
+    previous = os.path.join(work, _PREVIOUS)
+    os.replace(path, previous)
     try:
         os.replace(artifact, path)
     except BaseException:
-        if previous is not None:
-            os.replace(previous, path)
+        os.replace(previous, path)
         raise
+
+
+def _exchange(a, b):
+    """Swaps the paths `a` and `b` atomically; `False` where unsupported.
+
+    Linux `renameat2(..., RENAME_EXCHANGE)` (kernel 3.15, glibc 2.28).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                          ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b),
+                 rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # this file system or kernel cannot swap
+    raise OSError(code, os.strerror(code), b)
+
+
+# --- what an export may replace ----------------------------------------------
+
+
+def _target_path(path):
+    if path is None or not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(
+            "`path` must be a file or directory path (str or os.PathLike); "
+            f"received {type(path).__name__}."
+        )
+    raw = os.fsdecode(os.fspath(path))
+    if not raw.strip():
+        raise ValueError(
+            f"`path` is empty ({raw!r}), which would mean the current "
+            "directory. Pass the file (`student.tflite`) or directory "
+            "(`student_savedmodel`) to write."
+        )
+    return os.path.abspath(raw)
+
+
+def _protect(path):
+    """Refuses `/`, home, the current directory and directories holding them."""
+    real = os.path.realpath(path)
+    for what, place in (("the current directory", os.getcwd()),
+                        ("your home directory", os.path.expanduser("~"))):
+        place = os.path.realpath(place)
+        if real == place or place.startswith(real.rstrip(os.sep) + os.sep):
+            raise ValueError(
+                f"Refusing to write the export to '{path}': it is {what}"
+                + ("" if real == place else f" ('{place}') or contains it")
+                + ", which an export never replaces, whatever `overwrite` "
+                "says. Pass a new file (`student.tflite`) or directory "
+                "(`student_savedmodel`) inside it."
+            )
+
+
+def _is_tflite_file(path):
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return len(head) == 8 and head[4:8] == TFLITE_IDENTIFIER
+
+
+def _saved_model_problems(path):
+    """Why the directory `path` is not a SavedModel (empty list if it is)."""
+    entries = sorted(os.listdir(path))
+    problems = [e for e in entries if e not in _SAVED_MODEL_ENTRIES]
+    if "saved_model.pb" not in entries and "saved_model.pbtxt" not in entries:
+        problems.insert(0, "no saved_model.pb")
+    variables = os.path.join(path, "variables")
+    if os.path.islink(variables) or (
+        os.path.lexists(variables) and not os.path.isdir(variables)
+    ):
+        problems.append("variables (not a directory)")
+    elif os.path.isdir(variables):
+        problems += [
+            f"variables/{e}" for e in sorted(os.listdir(variables))
+            if not _VARIABLE_FILE.match(e)
+        ]
+    return problems
+
+
+def _check_replaceable(path, fmt):
+    """Raises ValueError unless `path` is an artifact `fmt` may replace."""
+    wanted = (
+        "a SavedModel directory" if fmt == "saved_model"
+        else "a TFLite file (a flatbuffer with identifier TFL3)"
+    )
+    if os.path.islink(path):
+        found = "a symbolic link"
+    elif fmt == "saved_model":
+        if not os.path.isdir(path):
+            found = (
+                "a TFLite file" if _is_tflite_file(path)
+                else "a file, not a directory"
+            )
+        else:
+            problems = _saved_model_problems(path)
+            if not problems:
+                return
+            shown = ", ".join(problems[:5]) + (
+                f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+            )
+            found = f"a directory that is not a SavedModel ({shown})"
+    elif os.path.isdir(path):
+        found = "a directory"
+    elif os.path.isfile(path) and _is_tflite_file(path):
+        return
+    else:
+        found = "a file that is not a TFLite flatbuffer"
+    raise ValueError(
+        f"'{path}' exists and is {found}. An export replaces only {wanted} "
+        f"for format '{fmt}', whatever `overwrite` says, so that nothing "
+        "else is ever deleted. Move it away or choose another path."
+    )
+
+
+def _partial_prefix(path):
+    return f".{os.path.basename(path)}.partial-"
+
+
+def _lock_directory(directory):
+    """An exclusive `flock` on `directory` (its fd), or `None` if unavailable."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _recover_interrupted(path):
+    """Restores or removes what killed exports to `path` left behind."""
+    parent = os.path.dirname(path)
+    prefix = _partial_prefix(path)
+    try:
+        names = sorted(
+            (e for e in os.listdir(parent)
+             if e.startswith(prefix) and fnmatch.fnmatch(e, prefix + "*")),
+            key=lambda e: -os.path.getmtime(os.path.join(parent, e)),
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in names:
+        leftover = os.path.join(parent, name)
+        if os.path.islink(leftover) or not os.path.isdir(leftover):
+            continue
+        if fcntl is None:  # pragma: no cover - Windows
+            warnings.warn(
+                f"'{leftover}' is left from an interrupted export; it may "
+                f"hold the previous '{path}' in '{_PREVIOUS}'. Check and "
+                "remove it.", ExportWarning, stacklevel=3,
+            )
+            continue
+        try:
+            lock = _lock_directory(leftover)
+        except OSError:
+            continue  # an export to this path is running now
+        try:
+            previous = os.path.join(leftover, _PREVIOUS)
+            if os.path.lexists(previous) and not os.path.lexists(path):
+                os.replace(previous, path)
+                warnings.warn(
+                    f"Restored '{path}' from '{previous}': an export killed "
+                    "while replacing it had moved it aside.", ExportWarning,
+                    stacklevel=3,
+                )
+            shutil.rmtree(leftover)
+            warnings.warn(
+                f"Removed '{leftover}', left by an interrupted export.",
+                ExportWarning, stacklevel=3,
+            )
+        finally:
+            os.close(lock)
 
 
 def _size(path):
@@ -440,15 +816,54 @@ def _size(path):
 # --- validation ------------------------------------------------------------
 
 
+def _tf():
+    """`tensorflow`, or an ImportError saying how to install it."""
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise ImportError(
+            "Exporting to SavedModel or TFLite needs TensorFlow, which is not "
+            f"installed ({error}). Install it with `pip install "
+            '"keras-kd[cpu]"` (or `pip install tensorflow-cpu`), then run the '
+            "export with KERAS_BACKEND=tensorflow."
+        ) from error
+    return tf
+
+
+def _check_backend():
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            "export_student traces the model with TensorFlow and runs under "
+            f"the TensorFlow backend; this process uses '{backend}'. Save the "
+            "model trained here (`model.save('student.keras')`), then export "
+            "it in a process started with KERAS_BACKEND=tensorflow: "
+            "`export_student('student.keras', ...)` or `keras-kd export "
+            "student.keras student.tflite --format tflite_float32`."
+        )
+
+
 def _student_of(model):
     from keras_kd.distiller import Distiller
 
+    if isinstance(model, (str, os.PathLike)):
+        name = os.fspath(model)
+        if not name.endswith(".keras"):
+            raise TypeError(
+                "export_student exports a `keras_kd.Distiller` (its student), "
+                "a `keras.Model`, or the path of a `.keras` file; received "
+                f"{type(model).__name__} {name!r}."
+            )
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"No .keras file at '{name}'.")
+        model = keras.saving.load_model(name, compile=False)
     if isinstance(model, Distiller):
         return model.student
     if not isinstance(model, keras.Model):
         raise TypeError(
-            "export_student exports a `keras_kd.Distiller` (its student) or a "
-            f"`keras.Model`; received {type(model).__name__}."
+            "export_student exports a `keras_kd.Distiller` (its student), a "
+            "`keras.Model`, or the path of a `.keras` file; received "
+            f"{type(model).__name__}."
         )
     return model
 
@@ -575,12 +990,17 @@ def export_command(argv=None):
     )
     parser.add_argument("--calibration-batches", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace OUTPUT if it is a TFLite file (TFLite formats) or a "
+        "SavedModel directory (saved_model); anything else is refused",
+    )
     parser.add_argument("--quiet", action="store_true")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    caught = None
     try:
         import keras_kd  # noqa: F401  (registers the Distiller and losses)
 
@@ -600,8 +1020,9 @@ def export_command(argv=None):
             representative = [
                 x[i:i + args.batch_size] for i in range(0, len(x), args.batch_size)
             ]
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("always", ExportWarning)
             result = export_student(
                 model, args.output, format=args.format,
                 representative_data=representative,
@@ -609,9 +1030,11 @@ def export_command(argv=None):
                 check_data=check, overwrite=args.overwrite,
                 verbose=not args.quiet,
             )
-    except (ValueError, TypeError, OSError) as error:
+    except (ValueError, TypeError, OSError, RuntimeError, ImportError) as error:
+        _print_export_warnings(caught)
         print(f"keras-kd export: error: {error}", file=sys.stderr)
         return 1
+    _print_export_warnings(caught)
     if result.passed is False:
         print(
             f"keras-kd export: parity check failed: max |diff| "
@@ -620,3 +1043,9 @@ def export_command(argv=None):
         )
         return 1
     return 0
+
+
+def _print_export_warnings(caught):
+    for warning in caught or ():
+        if issubclass(warning.category, ExportWarning):
+            print(f"keras-kd export: warning: {warning.message}", file=sys.stderr)

@@ -278,8 +278,10 @@ def test_unbuilt_model(tmp_path):
     model = keras.Sequential([keras.layers.Dense(3)], name="unbuilt")
     with pytest.raises(ValueError, match="'unbuilt' is not built"):
         export_student(model, tmp_path / "m")
-    with pytest.raises(TypeError, match="received str"):
-        export_student("model.keras", tmp_path / "m")
+    with pytest.raises(TypeError, match="received str 'model.h5'"):
+        export_student("model.h5", tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="missing.keras"):
+        export_student(str(tmp_path / "missing.keras"), tmp_path / "m")
 
 
 def test_unknown_format(setup, tmp_path):
@@ -287,16 +289,17 @@ def test_unknown_format(setup, tmp_path):
         export_student(setup[0], tmp_path / "m", format="tflite-int8")
 
 
-def test_existing_path_refused_unless_overwrite(setup, tmp_path):
+def test_existing_path_refused_unless_overwrite(setup, exports, tmp_path):
     target = tmp_path / "m.tflite"
-    target.write_bytes(b"old")
+    old = open(exports["tflite_int8"].path, "rb").read()  # a TFLite file
+    target.write_bytes(old)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         export_student(setup[0], target, format="tflite_float32")
-    assert target.read_bytes() == b"old"
+    assert target.read_bytes() == old
     result = export_student(
         setup[0], target, format="tflite_float32", overwrite=True, verbose=False
     )
-    assert result.passed and target.read_bytes() != b"old"
+    assert result.passed and target.read_bytes() != old
     assert sorted(os.listdir(tmp_path)) == ["m.tflite"]
 
 
@@ -341,11 +344,18 @@ def test_failure_leaves_target_untouched(setup, tmp_path, monkeypatch, fmt):
         export_student(distiller, target, format=fmt,
                        representative_data=data, num_calibration_batches=1)
     assert os.listdir(tmp_path) == []  # no target, no temporary sibling
-    target.write_bytes(b"old")
+    # An old artifact of the same kind (what overwrite may replace).
+    content = b"\x1c\0\0\0TFL3 old"
+    if fmt == "saved_model":
+        target.mkdir()
+        old = target / "saved_model.pb"
+    else:
+        old = target
+    old.write_bytes(content)
     with pytest.raises(RuntimeError, match="boom"):
         export_student(distiller, target, format=fmt, overwrite=True,
                        representative_data=data, num_calibration_batches=1)
-    assert target.read_bytes() == b"old"
+    assert old.read_bytes() == content
     assert os.listdir(tmp_path) == ["m"]
 
 

@@ -2,12 +2,26 @@
 
 import json
 import os
+import socket
+import time
 
 import keras
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 _PREFIX = "checkpoint-"
 _SUFFIX = ".weights.h5"
 _TEMP = ".tmp-"
+_LOCK = ".writer.lock"
+# realpath of a backup_dir -> [fd of its locked .writer.lock, owning callback]
+_HELD = {}
+
+
+class BackupDirectoryInUseError(RuntimeError):
+    """Another training is writing to the same `backup_dir`."""
 
 
 def _fsync(path):
@@ -71,6 +85,18 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     Local file systems only (`os.replace`). Give each worker of a
     multi-worker job its own `backup_dir`.
 
+    One writer per directory: `fit` takes an exclusive `fcntl.flock` on
+    `backup_dir/.writer.lock` (which records the pid, host and start time)
+    and holds it until training ends. A second training given the same
+    directory, in another process, raises `BackupDirectoryInUseError` at
+    the start of its `fit`, naming the holder, before it reads or writes
+    anything there. The operating system releases the lock when the holder
+    exits, so a killed or crashed run never blocks the next one. Within one
+    process a new callback for the same directory takes the lock over (a
+    `fit` that raised never reached `on_train_end`; rerunning it must
+    work), so two threads training into one directory are not detected.
+    Without `fcntl` (Windows) there is no check.
+
     Args:
         backup_dir: directory for the checkpoint (created if missing).
         save_freq: `"epoch"` or a number of batches. Defaults to `"epoch"`.
@@ -104,6 +130,62 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             delete_checkpoint=delete_checkpoint,
         )
         self._sequence = 0
+
+    def on_train_begin(self, logs=None):
+        self._acquire_lock()
+        super().on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        try:
+            super().on_train_end(logs)
+        finally:
+            self._release_lock()
+
+    def _acquire_lock(self):
+        """Holds `backup_dir/.writer.lock`, or raises if another run does."""
+        if fcntl is None:  # pragma: no cover - Windows
+            return
+        os.makedirs(self.backup_dir, exist_ok=True)
+        key = os.path.realpath(self.backup_dir)
+        if key in _HELD:  # this process holds it: take over
+            _HELD[key][1] = self
+            return
+        path = os.path.join(key, _LOCK)
+        while True:
+            os.makedirs(key, exist_ok=True)  # a finishing run may delete it
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 4096).decode(errors="replace")
+                os.close(fd)
+                raise BackupDirectoryInUseError(_in_use_message(key, holder))
+            try:  # a finishing run may have just unlinked the file
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        record = json.dumps({
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        })
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record.encode(), 0)
+        _HELD[key] = [fd, self]
+
+    def _release_lock(self):
+        key = os.path.realpath(self.backup_dir)
+        held = _HELD.get(key)
+        if held is None or held[1] is not self:
+            return
+        del _HELD[key]
+        try:
+            os.remove(os.path.join(key, _LOCK))  # still locked: no race
+        except FileNotFoundError:
+            pass
+        os.close(held[0])
 
     def read_metadata(self):
         """The committed checkpoint's metadata, or `None` if there is none."""
@@ -161,3 +243,21 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                     os.remove(os.path.join(self.backup_dir, entry))
                 except FileNotFoundError:
                     pass
+
+
+def _in_use_message(directory, holder):
+    try:
+        info = json.loads(holder)
+        who = (
+            f"pid {info['pid']} on host '{info['host']}' (since "
+            f"{info['since']})"
+        )
+    except (ValueError, KeyError, TypeError):
+        who = "another process"
+    return (
+        f"The backup directory '{directory}' is in use by another training: "
+        f"{who}. Two trainings sharing one backup_dir delete each other's "
+        "checkpoints. Give this run its own backup_dir, or wait for that "
+        f"one to end. (The lock is an flock on '{_LOCK}' there; the system "
+        "drops it when that process exits, so a crashed run never blocks.)"
+    )

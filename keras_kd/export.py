@@ -497,8 +497,11 @@ def input_range_warning(model, batches, ratio=10.0):
     axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
     values = [np.moveaxis(v.astype(np.float64), axis, -1) for _, v in seen]
     values = np.concatenate([v.reshape(-1, v.shape[-1]) for v in values])
-    moving_std = np.sqrt(moving_var + layer.epsilon)
-    scale = np.median(np.sqrt(values.var(0) + layer.epsilon) / moving_std)
+    # A floor relative to the training variance (not BatchNormalization's
+    # epsilon, which would hide data scaled down by 255 in small layers).
+    floor = 1e-6 * float(np.median(moving_var)) + 1e-12
+    moving_std = np.sqrt(moving_var + floor)
+    scale = np.median(np.sqrt(values.var(0) + floor) / moving_std)
     shift = np.median(np.abs(values.mean(0) - moving_mean) / moving_std)
     if 1 / ratio <= scale <= ratio and shift <= ratio:
         return None

@@ -320,3 +320,13 @@ def test_kill_leaves_nothing_lost_for_files(model, tmp_path, monkeypatch):
                        verbose=False)
     assert target.read_bytes() == b"\x1c\0\0\0TFL3 old"
     assert os.listdir(tmp_path) == ["m.tflite"]
+
+
+def test_readme_states_the_overwrite_rule():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    start = text.index("## Ship the student")
+    section = text[start:text.index("\n## ", start + 1)]
+    for phrase in ("Overwrite rule", "TFL3", "saved_model.pb",
+                   "current directory", "whatever the flag", ".partial-"):
+        assert phrase in section, phrase

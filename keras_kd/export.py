@@ -81,7 +81,6 @@ import argparse
 import ctypes
 import dataclasses
 import difflib
-import errno
 import fnmatch
 import itertools
 import json
@@ -457,7 +456,7 @@ def input_range_warning(model, batches, ratio=10.0):
 
     Example:
 
-    >>> text = input_range_warning(student, [x_raw_uint8_pixels])  # doctest: +SKIP
+    >>> text = input_range_warning(student, [raw_pixels])  # doctest: +SKIP
     """
     layers = [
         layer for layer in model._flatten_layers(include_self=False)
@@ -477,21 +476,23 @@ def input_range_warning(model, batches, ratio=10.0):
 
         return call
 
+    own = [vars(layer).get("call") for layer in layers]  # usually None
     for layer in layers:
         object.__setattr__(layer, "call", recorder(layer))
     try:
         for x in batches:
             model(x, training=False)
     finally:
-        for layer in layers:
-            object.__delattr__(layer, "call")
+        for layer, call in zip(layers, own):
+            if call is None:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", call)
     if not seen:
         return None
     layer = seen[0][0]
-    moving_mean = keras.ops.convert_to_numpy(layer.moving_mean).astype(np.float64)
-    moving_var = keras.ops.convert_to_numpy(layer.moving_variance).astype(
-        np.float64
-    )
+    moving_mean = np.float64(keras.ops.convert_to_numpy(layer.moving_mean))
+    moving_var = np.float64(keras.ops.convert_to_numpy(layer.moving_variance))
     if np.all(moving_mean == 0) and np.all(moving_var == 1):
         return None  # never updated: says nothing about the training data
     axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
@@ -637,13 +638,10 @@ def _exchange(a, b):
                           ctypes.c_char_p, ctypes.c_uint]
     renameat2.restype = ctypes.c_int
     at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b),
-                 rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False  # this file system or kernel cannot swap
-    raise OSError(code, os.strerror(code), b)
+    # Any failure (EINVAL, ENOSYS: this file system or kernel cannot swap)
+    # changed nothing, so the caller can take the two-rename route.
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b),
+                     rename_exchange) == 0
 
 
 # --- what an export may replace ----------------------------------------------
@@ -749,7 +747,7 @@ def _partial_prefix(path):
 
 
 def _lock_directory(directory):
-    """An exclusive `flock` on `directory` (its fd), or `None` if unavailable."""
+    """An exclusive `flock` on `directory` (its fd); `None` without fcntl."""
     if fcntl is None:  # pragma: no cover - Windows
         return None
     fd = os.open(directory, os.O_RDONLY)
@@ -1051,4 +1049,5 @@ def export_command(argv=None):
 def _print_export_warnings(caught):
     for warning in caught or ():
         if issubclass(warning.category, ExportWarning):
-            print(f"keras-kd export: warning: {warning.message}", file=sys.stderr)
+            print(f"keras-kd export: warning: {warning.message}",
+                  file=sys.stderr)

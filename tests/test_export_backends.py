@@ -39,7 +39,8 @@ TRAIN = textwrap.dedent("""
         keras.layers.BatchNormalization(), keras.layers.ReLU(),
         keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5),
     ], name="student")
-    student.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    student.compile(optimizer="adam", loss=keras.losses.
+                    SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (16, 8, 8, 3)).astype("float32")
     student.fit(x, rng.integers(0, 5, 16), batch_size=16, epochs=1, verbose=0)
@@ -127,7 +128,8 @@ NO_TENSORFLOW = textwrap.dedent("""
         report["package"] = "ok"
     except ImportError:
         frames = traceback.extract_tb(sys.exc_info()[2])
-        report["package"] = [f.filename for f in frames if "keras_kd" in f.filename][-1]
+        report["package"] = [f.filename for f in frames
+                             if "keras_kd" in f.filename][-1]
     print(json.dumps(report))
 """)
 

@@ -77,7 +77,7 @@ def _user_files(root):
 
 
 def test_current_directory_is_never_replaced(model, tmp_path, monkeypatch):
-    """The reported loss: `keras-kd export m.keras . --overwrite` deleted cwd."""
+    """The reported loss: `keras-kd export m.keras . --overwrite` ate cwd."""
     _user_files(tmp_path)
     monkeypatch.chdir(tmp_path)
     before = _tree(tmp_path)

@@ -101,6 +101,23 @@ def test_cli_overwrite_refuses_current_directory(model, tmp_path, monkeypatch,
     assert _tree(tmp_path) == before
 
 
+@pytest.mark.slow
+def test_keras_kd_command_in_a_subprocess_keeps_the_directory(model, tmp_path):
+    """The issue's command line, run as the user ran it."""
+    _user_files(tmp_path)
+    model.save(tmp_path / "student.keras")
+    before = _tree(tmp_path)
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
+               KERAS_BACKEND="tensorflow")
+    process = subprocess.run(
+        [sys.executable, "-m", "keras_kd", "export", "student.keras", ".",
+         "--overwrite", "--format", "tflite_float32"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 1, process.stderr[-3000:]
+    assert "current directory" in process.stderr
+    assert _tree(tmp_path) == before
+
+
 def test_home_root_and_their_parents_are_refused(model, tmp_path, monkeypatch):
     home = tmp_path / "users" / "me"
     home.mkdir(parents=True)

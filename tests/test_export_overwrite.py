@@ -287,6 +287,43 @@ def test_sigkill_between_renames_then_next_export_restores(model, artifacts,
     assert os.listdir(tmp_path) == ["sm"]  # leftover removed
 
 
+KILL_BEFORE_RENAME = textwrap.dedent("""
+    import os, signal, sys
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    from keras_kd import export as export_lib
+    sys.path.insert(0, {tests!r})
+    from test_export_overwrite import _model
+
+    def killed(*args, **kwargs):  # built and written, not yet checked
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    export_lib._check_parity = killed
+    export_lib.export_student(_model(), sys.argv[1], format="tflite_float32",
+                              overwrite=True)
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_tflite_export_then_next_export_cleans(model, artifacts,
+                                                           tmp_path):
+    tflite, _ = artifacts
+    target = tmp_path / "m.tflite"
+    target.write_bytes(tflite.read_bytes())
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    code = KILL_BEFORE_RENAME.format(tests=os.path.join(ROOT, "tests"))
+    process = subprocess.run([sys.executable, "-c", code, str(target)],
+                             env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+    assert target.read_bytes() == tflite.read_bytes()  # untouched
+    (leftover,) = [p for p in tmp_path.iterdir() if p.name != "m.tflite"]
+    assert leftover.name.startswith(".m.tflite.partial-")
+    with pytest.warns(ExportWarning, match="Removed"):
+        export_student(model, target, format="tflite_float32",
+                       overwrite=True, verbose=False)
+    assert os.listdir(tmp_path) == ["m.tflite"]
+
+
 def test_leftover_without_old_copy_is_removed(model, tmp_path):
     target = tmp_path / "m.tflite"
     leftover = tmp_path / ".m.tflite.partial-abc123"

@@ -4,7 +4,6 @@ import keras
 from keras import ops
 
 from keras_kd.losses.reduction import flatten_per_example
-from keras_kd.losses.reduction import is_python_number
 from keras_kd.losses.reduction import reduce_per_example
 from keras_kd.losses.reduction import to_float32
 from keras_kd.losses.reduction import validate_rank
@@ -12,11 +11,22 @@ from keras_kd.losses.reduction import validate_reduction
 from keras_kd.losses.reduction import validate_same_shape
 from keras_kd.connectors import Connector
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.validation import check_real
+from keras_kd.losses.validation import is_graph_value
 
 _RANK_HINT = (
     "Pass a dense pre-activation (B, C) or a feature map (B, H, W, C); map "
     "the student to the teacher's shape with a connector first."
 )
+
+
+def _check_margin(margin):
+    return check_real(
+        margin, "margin", minimum=0.0,
+        hint="The margin is the distance the student pre-activation must "
+        "keep from zero; pass a finite number >= 0, e.g. the official "
+        "margin=1.0.",
+    )
 
 
 def _validate_inputs(teacher, student, what):
@@ -66,8 +76,8 @@ def activation_boundary_loss(
             `(B, H, W, C)`.
         student_preactivation: Student pre-activation after the connector,
             same shape as `teacher_preactivation`.
-        margin: The margin `mu >= 0` (Python number, or a tensor / variable,
-            which is not validated). Defaults to `1.0`.
+        margin: The margin `mu`, a finite number `>= 0` (not a bool), or a
+            tensor / variable, which is not validated. Defaults to `1.0`.
         reduction: `"mean"` for the batch mean (a scalar) or `"none"` for
             per-example values of shape `(B,)`. Defaults to `"mean"`.
 
@@ -76,8 +86,9 @@ def activation_boundary_loss(
         (`reduction="none"`).
 
     Raises:
-        ValueError: If `margin` is negative, the inputs are not rank 2 or 4,
-            their shapes differ, or `reduction` is unknown.
+        ValueError: If `margin` is negative, NaN or infinite, the inputs are
+            not rank 2 or 4, their shapes differ, or `reduction` is unknown.
+        TypeError: If `margin` is not a number (a bool included).
 
     Example:
 
@@ -89,12 +100,8 @@ def activation_boundary_loss(
     16.25
     """
     validate_reduction(reduction)
-    if is_python_number(margin) and margin < 0:
-        raise ValueError(
-            "`margin` must be >= 0 (the distance the student pre-activation "
-            f"must keep from zero); received margin={margin!r}. Pass a "
-            "non-negative margin, e.g. the default margin=1.0."
-        )
+    if not is_graph_value(margin):
+        _check_margin(margin)
     teacher = ops.stop_gradient(to_float32(teacher_preactivation))
     student = to_float32(student_preactivation)
     _validate_inputs(teacher, student, "activation_boundary_loss")
@@ -195,8 +202,10 @@ class ActivationBoundary(DistillationLoss):
         teacher_layer_name: teacher layer name, or a list (one per pair,
             shallowest first).
         student_layer_name: student layer name(s), same length.
-        margin: the margin `mu >= 0`. Defaults to `1.0`.
-        pair_weights: one weight per pair. Defaults to `2^(i - n + 1)`.
+        margin: the margin `mu`, a finite number `>= 0` (not a bool).
+            Defaults to `1.0`.
+        pair_weights: one weight per pair, each a finite number `>= 0`.
+            Defaults to `2^(i - n + 1)`.
         connector: `"auto"` (a connector when channel counts differ, as in
             the method description), `"always"` (as the official code, which
             builds one for every pair) or `"never"`. Defaults to `"auto"`.
@@ -231,11 +240,7 @@ class ActivationBoundary(DistillationLoss):
         name="activation_boundary",
         **kwargs,
     ):
-        if not isinstance(margin, (int, float)) or margin < 0:
-            raise ValueError(
-                "`margin` must be a number >= 0; received "
-                f"margin={margin!r}. The official value is 1.0."
-            )
+        margin = _check_margin(margin)
         if connector not in ("auto", "always", "never"):
             raise ValueError(
                 f"`connector` must be 'auto', 'always' or 'never'; received "

@@ -14,7 +14,7 @@ from keras_kd.losses.reduction import validate_reduction
 from keras_kd.losses.reduction import validate_same_shape
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.validation import check_temperature
-from keras_kd.losses.validation import is_real_number
+from keras_kd.losses.validation import is_graph_value
 
 _RANK_WHAT = "logits_distillation_loss needs logits of shape (B, num_classes)"
 
@@ -163,9 +163,7 @@ def logits_distillation_loss(
     True
     """
     validate_reduction(reduction)
-    if isinstance(temperature, (bool, np.bool_, str)) or is_real_number(
-        temperature
-    ):
+    if not is_graph_value(temperature):
         check_temperature(temperature)
     teacher = ops.stop_gradient(to_float32(teacher_logits))
     student = to_float32(student_logits)

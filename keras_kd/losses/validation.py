@@ -11,12 +11,13 @@ is not taken as 1), a `ValueError` for a number out of range.
 import math
 import numbers
 
+import keras
 import numpy as np
 
 #: Temperatures `LogitsDistillation` and `logits_distillation_loss` accept.
 #: Far below `MIN_TEMPERATURE`, `z / T` overflows float32; long before
 #: `MAX_TEMPERATURE`, `T^2 * KL` has reached its limit
-#: `0.5 * Var_k(z_t - z_s)` (logit matching: within 0.2% at `T = 1e3` for
+#: `0.5 * Var_k(z_t - z_s)` (logit matching: within 0.2% at `T = 100` for
 #: logits of spread ~3), so larger values only hide a typo.
 MIN_TEMPERATURE = 1e-4
 MAX_TEMPERATURE = 1e4
@@ -26,6 +27,15 @@ def is_real_number(value):
     """True for Python / NumPy real scalars; False for bools and tensors."""
     return isinstance(value, numbers.Real) and not isinstance(
         value, (bool, np.bool_)
+    )
+
+
+def is_graph_value(value):
+    """True for tensors, variables and arrays: values the loss functions
+    take as they are (their value may be unknown while a step is traced)."""
+    return (
+        isinstance(value, (keras.Variable, np.ndarray))
+        or keras.ops.is_tensor(value)
     )
 
 
@@ -55,9 +65,13 @@ def check_real(
     prefix = f"{owner}: " if owner else ""
     suffix = f" {hint}" if hint else ""
     if not is_real_number(value):
+        # A tensor's repr may not be computable (symbolic) or be long.
+        shown = (
+            "a tensor/array" if is_graph_value(value) else f"{name}={value!r}"
+        )
         raise TypeError(
             f"{prefix}`{name}` must be a real number; received "
-            f"{name}={value!r} of type {type(value).__name__}."
+            f"{shown} of type {type(value).__name__}."
             + (" A bool is not accepted as a number." if isinstance(
                 value, (bool, np.bool_)) else "")
             + suffix

@@ -1,5 +1,7 @@
 """Activation boundary (AB) distillation: Heo et al., AAAI 2019."""
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -11,6 +13,7 @@ from keras_kd.losses.reduction import validate_reduction
 from keras_kd.losses.reduction import validate_same_shape
 from keras_kd.connectors import Connector
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.tap_check import describe_boundary_problem
 from keras_kd.losses.validation import check_real
 from keras_kd.losses.validation import is_graph_value
 
@@ -290,6 +293,45 @@ class ActivationBoundary(DistillationLoss):
                 name=f"{self.name}_connector_{index}",
             )
         return None
+
+    def check_models(self, teacher, student):
+        """Warns when a teacher tap cannot hold a ReLU boundary at zero.
+
+        AB reads only the sign of the teacher tensor, so that tensor must be
+        a pre-activation feeding a ReLU-like activation (the output of a
+        linear layer, `BatchNormalization` or `Add` right before the ReLU,
+        or `where="preactivation"` of the ReLU / of a layer with a fused
+        ReLU), or a ReLU-like output (same sign). A `UserWarning` names the
+        layer and what to tap instead when it reads a one-signed activation
+        (sigmoid, softmax, softplus: every neuron always "on"), another
+        non-ReLU activation, a pooling layer, the model's logits (a final
+        layer without activation) or a linear output that does not feed a
+        ReLU. Training still runs. The Distiller calls this once.
+
+        Args:
+            teacher: the teacher `keras.Model`.
+            student: the student `keras.Model` (not checked: its tensor
+                goes through a connector and is trained to fit).
+
+        Returns:
+            `None`.
+        """
+        for tap in self.teacher_taps:
+            if tap is None:
+                continue
+            problem = describe_boundary_problem(teacher, tap)
+            if problem is None:
+                continue
+            warnings.warn(
+                f"{type(self).__name__} '{self.name}': the teacher "
+                f"'{teacher.name}' {problem}. Activation boundaries need a "
+                "tensor whose sign is a ReLU's on/off state: tap the "
+                "BatchNormalization / Add / linear layer right before a ReLU "
+                "with teacher_tap='output', or name the ReLU (or a layer "
+                "with a fused ReLU) with teacher_tap='preactivation'.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def pair_loss(self, index, teacher, student):
         return activation_boundary_loss(

@@ -25,11 +25,9 @@ _RANK_WHAT = "logits_distillation_loss needs logits of shape (B, num_classes)"
 # |x| <= _SERIES_LIMIT, below float32 resolution.
 _PHI_SERIES = tuple(2.0 * (-1.0) ** n / math.factorial(n) for n in range(2, 10))
 _SERIES_LIMIT = 0.5
-# exp(_EXP_CAP) * num_classes stays far from float32 overflow (3.4e38).
+# Largest exponent used before a row is rescaled: exp(60) * num_classes
+# stays far from float32 overflow (3.4e38).
 _EXP_CAP = 60.0
-# Above this, log1p(S) > 46: the plain log-softmax form is accurate to
-# ~1e-7 relative and is used instead (this also covers any capped exp).
-_LARGE_S = 1e20
 
 
 def _phi_over_half_square(x):
@@ -38,14 +36,6 @@ def _phi_over_half_square(x):
     for coefficient in reversed(_PHI_SERIES[:-1]):
         result = coefficient + x * result
     return result
-
-
-def _log1p_over(s):
-    """log1p(s) / s for s >= 0, with the series near 0 (value 1 at 0)."""
-    tiny = ops.less(s, 1e-3)
-    safe = ops.where(tiny, 1.0, s)
-    series = 1.0 - s / 2.0 + ops.square(s) / 3.0 - s * ops.square(s) / 4.0
-    return ops.where(tiny, series, ops.log1p(safe) / safe)
 
 
 def _scaled_kl(teacher, student, temperature):
@@ -57,14 +47,14 @@ def _scaled_kl(teacher, student, temperature):
     with `g = z_t - z_s`, `h = g - sum_k p_t,k g_k` (so `E_pt[h] = 0`) and
     `e = h / T`, the exact identity
 
-        KL = log E_pt[exp(-e)] = log1p( sum_k p_t,k * phi(e_k) ),
+        KL = log E_pt[exp(-e)] = log1p(S),  S = sum_k p_t,k * phi(e_k),
         phi(x) = exp(-x) - 1 + x >= 0,
 
     has no cancellation: every term is >= 0, `phi` comes from its Taylor
-    series where `|e| <= 0.5`, and the `T^2` is folded into the series
-    (`T^2 phi(h/T) = h^2/2 * (1 - e/3 + ...)`), so no `1/T^2` underflows.
-    `log1p(S)` is written `S * log1p(S)/S`. Rows where `S` is huge (KL > 46,
-    far from any subtle regime) use the textbook form, clamped at 0.
+    series where `|e| <= 0.5`, and `log1p` keeps the relative precision of
+    a tiny `S` (`S ~ Var(e)/2 ~ 1/T^2`). The student's log-softmax is never formed. A row whose largest term
+    `p_t,k exp(-e_k)` would pass `exp(60)` (KL > ~60, nothing subtle there)
+    is rescaled by `exp(-M)` first: `KL = M + log(exp(-M) + S exp(-M))`.
     """
     log_p_t = ops.log_softmax(teacher / temperature, axis=-1)
     p_t = ops.exp(log_p_t)
@@ -74,28 +64,28 @@ def _scaled_kl(teacher, student, temperature):
     small = ops.less_equal(ops.abs(e), _SERIES_LIMIT)
     # Each branch only sees inputs it handles, so gradients stay finite.
     e_small = ops.where(small, e, 0.0)
-    h_small = ops.where(small, h, 0.0)
     e_big = ops.where(small, 1.0, e)
-    series = _phi_over_half_square(e_small)
-    # Direct phi for |e| > 0.5: p * exp(-e) written exp(log p - e).
-    direct = (
-        ops.exp(ops.minimum(log_p_t - e_big, _EXP_CAP)) - p_t + p_t * e_big
-    )
-    direct = ops.maximum(direct, 0.0)
+    # log of p_t,k exp(-e_k), the term that can overflow; rows shifted by M.
+    exponent = log_p_t - e_big
+    shift = ops.stop_gradient(ops.maximum(
+        ops.max(ops.where(small, -math.inf, exponent), axis=-1, keepdims=True)
+        - _EXP_CAP,
+        0.0,
+    ))
+    scale = ops.exp(-shift)  # 1 for every ordinary row
+    series = p_t * 0.5 * ops.square(e_small) * _phi_over_half_square(e_small)
+    # Direct phi for |e| > 0.5 (>= 0.1 there, so no cancellation).
+    direct = ops.exp(exponent - shift) - scale * p_t * (1.0 - e_big)
+    terms = ops.where(small, scale * series, direct)
+    s = ops.sum(ops.maximum(terms, 0.0), axis=-1)  # (e^KL - 1) * exp(-M)
+    shift = ops.squeeze(shift, axis=-1)
+    rescaled = ops.greater(shift, 0.0)
     t_squared = ops.square(temperature)
-    terms_s = ops.where(small, p_t * 0.5 * ops.square(e_small) * series, direct)
-    terms_y = ops.where(
-        small, p_t * 0.5 * ops.square(h_small) * series, t_squared * direct
+    precise = t_squared * ops.log1p(ops.where(rescaled, 0.0, s))
+    huge = t_squared * (
+        shift + ops.log(ops.exp(-shift) + ops.where(rescaled, s, 1.0))
     )
-    s = ops.sum(ops.maximum(terms_s, 0.0), axis=-1)  # sum p_t phi(e) = e^KL - 1
-    y = ops.sum(ops.maximum(terms_y, 0.0), axis=-1)  # T^2 * s
-    large = ops.greater(s, _LARGE_S)
-    precise = y * _log1p_over(ops.where(large, 0.0, s))
-    log_p_s = ops.log_softmax(student / temperature, axis=-1)
-    textbook = t_squared * ops.maximum(
-        ops.sum(p_t * (log_p_t - log_p_s), axis=-1), 0.0
-    )
-    return ops.where(large, textbook, precise)
+    return ops.where(rescaled, huge, precise)
 
 
 def logits_distillation_loss(

@@ -341,3 +341,23 @@ def test_temperature_setter_and_assign_change_the_variable():
 
     set_in_graph(tf.constant(3.0))
     assert float(variable.numpy()) == 3.0
+
+
+def test_huge_kl_rows_are_rescaled_not_overflowed():
+    # At T = 0.01 the teacher is one-hot on class 1 and the student puts
+    # class 1 at (-2 - 9) / T = -1100 below its best class: KL = 1100 and
+    # p_t * exp(-e) = exp(1100) would overflow float32; that row is
+    # computed as M + log(exp(-M) + S exp(-M)). T^2 * KL = 0.01 * 11.
+    z_t = np.array([[0.0, 5.0, -3.0]], "float32")
+    z_s = np.array([[9.0, -2.0, 1.0]], "float32")
+    s_tensor = tf.constant(z_s)
+    with tf.GradientTape() as tape:
+        tape.watch(s_tensor)
+        loss = logits_distillation_loss(tf.constant(z_t), s_tensor, 0.01)
+    np.testing.assert_allclose(float(loss), 0.11, rtol=1e-6)
+    np.testing.assert_allclose(float(loss),
+                               decimal_kd_per_example(z_t, z_s, 0.01)[0],
+                               rtol=1e-6)
+    # d/dz_s = T * (p_s - p_t) = 0.01 * ([1, 0, 0] - [0, 1, 0]).
+    np.testing.assert_allclose(tape.gradient(loss, s_tensor).numpy(),
+                               [[0.01, -0.01, 0.0]], atol=1e-7)

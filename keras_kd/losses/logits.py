@@ -106,10 +106,11 @@ def logits_distillation_loss(
     `keras.distillation.LogitsDistillation`, the inputs are raw logits: the
     softmax and the `T^2` are applied here.
 
-    Precision: the value is always `>= 0` and keeps float32 relative
-    precision (about 1e-6) over the whole accepted temperature range
-    `[1e-4, 1e4]`, including large `T` where the textbook float32 formula is
-    round-off (it returns negative values at `T = 1e3` and above): the KL is
+    Precision: the value is always `>= 0` and stays within 1e-4 relative
+    (typically 1e-7) of a 50-digit reference over the whole accepted
+    temperature range `[1e-4, 1e4]` (tests/losses/test_logits.py), including
+    large `T` where the textbook float32 formula is round-off (negative
+    values from `T = 1e3` on): the KL is
     computed as `log1p(sum_k p_t,k * phi(e_k))` on the centred logit
     differences `e = (z_t - z_s - mean_pt(z_t - z_s)) / T`, with
     `phi(x) = exp(-x) - 1 + x >= 0` from its Taylor series near 0.

@@ -23,7 +23,9 @@ _RANK_WHAT = "logits_distillation_loss needs logits of shape (B, num_classes)"
 # phi(x) = sum_{n>=2} (-x)^n / n!, so phi(x) = x^2/2 * sum_n c_n x^(n-2) with
 # c_n = 2 (-1)^n / n!. Eight terms: relative truncation error < 1e-8 on
 # |x| <= _SERIES_LIMIT, below float32 resolution.
-_PHI_SERIES = tuple(2.0 * (-1.0) ** n / math.factorial(n) for n in range(2, 10))
+_PHI_SERIES = tuple(
+    2.0 * (-1.0) ** n / math.factorial(n) for n in range(2, 10)
+)
 _SERIES_LIMIT = 0.5
 # Largest exponent used before a row is rescaled: exp(60) * num_classes
 # stays far from float32 overflow (3.4e38).
@@ -52,9 +54,10 @@ def _scaled_kl(teacher, student, temperature):
 
     has no cancellation: every term is >= 0, `phi` comes from its Taylor
     series where `|e| <= 0.5`, and `log1p` keeps the relative precision of
-    a tiny `S` (`S ~ Var(e)/2 ~ 1/T^2`). The student's log-softmax is never formed. A row whose largest term
-    `p_t,k exp(-e_k)` would pass `exp(60)` (KL > ~60, nothing subtle there)
-    is rescaled by `exp(-M)` first: `KL = M + log(exp(-M) + S exp(-M))`.
+    a tiny `S` (`S ~ Var(e)/2 ~ 1/T^2`). The student's log-softmax is
+    never formed. A row whose largest term `p_t,k exp(-e_k)` would pass
+    `exp(60)` (KL > ~60, nothing subtle there) is rescaled by `exp(-M)`
+    first: `KL = M + log(exp(-M) + S exp(-M))`.
     """
     log_p_t = ops.log_softmax(teacher / temperature, axis=-1)
     p_t = ops.exp(log_p_t)
@@ -262,7 +265,9 @@ class LogitsDistillation(DistillationLoss):
     reads_hidden_layers = False
 
     def __init__(self, temperature=4.0, *, name="logits_distillation", **kwargs):
-        temperature = check_temperature(temperature, owner="LogitsDistillation")
+        temperature = check_temperature(
+            temperature, owner="LogitsDistillation"
+        )
         kwargs.pop("teacher_layer_name", None)
         kwargs.pop("student_layer_name", None)
         super().__init__(None, None, name=name, **kwargs)

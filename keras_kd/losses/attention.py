@@ -31,7 +31,11 @@ def attention_map(features, *, p=2, epsilon=1e-12):
 
         Q = vec( mean_c |A_c|^p ) / max( ||vec( mean_c |A_c|^p )||_2, eps )
 
-    (`eps` as in torch `F.normalize`). Computed in float32.
+    (`eps` as in torch `F.normalize`). Computed in float32, on `A` divided
+    by its largest `|A|` per example (the same `Q`, as `Q` does not change
+    when `A` is scaled, but no float32 overflow for large `p` or large
+    activations; `eps` then only matters for an all-zero map, whose `Q` is
+    0).
 
     Reference:
         Zagoruyko, Komodakis, "Paying More Attention to Attention: Improving
@@ -69,10 +73,21 @@ def attention_map(features, *, p=2, epsilon=1e-12):
     validate_rank(
         features, (4,), name="features", what=_RANK_WHAT, hint=_RANK_HINT
     )
+    # The map is L2-normalised per example, so scaling an example's features
+    # by a constant does not change it: dividing by the example's largest
+    # |A| first keeps |A|^p and its square inside float32 for any p and any
+    # activation size (|A|^16 of 100 is 1e32; squared, inf: the map used to
+    # become 0 or NaN). The map is scale-invariant, so the gradient through
+    # the stop_gradient'ed peak is unchanged.
+    magnitude = ops.abs(features)
+    peak = ops.stop_gradient(
+        ops.max(magnitude, axis=(1, 2, 3), keepdims=True)
+    )
+    magnitude = magnitude / ops.where(ops.greater(peak, 0.0), peak, 1.0)
     if p == 2:
-        powered = ops.square(features)
+        powered = ops.square(magnitude)
     else:
-        powered = ops.power(ops.abs(features), float(p))
+        powered = ops.power(magnitude, float(p))
     attention = flatten_per_example(ops.mean(powered, axis=-1))  # (B, HW)
     squared_norm = ops.sum(ops.square(attention), axis=1, keepdims=True)
     # x * rsqrt(max(||x||^2, eps^2)) == x / max(||x||, eps), with a finite

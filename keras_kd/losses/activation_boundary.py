@@ -1,10 +1,11 @@
 """Activation boundary (AB) distillation: Heo et al., AAAI 2019."""
 
+import warnings
+
 import keras
 from keras import ops
 
 from keras_kd.losses.reduction import flatten_per_example
-from keras_kd.losses.reduction import is_python_number
 from keras_kd.losses.reduction import reduce_per_example
 from keras_kd.losses.reduction import to_float32
 from keras_kd.losses.reduction import validate_rank
@@ -12,11 +13,23 @@ from keras_kd.losses.reduction import validate_reduction
 from keras_kd.losses.reduction import validate_same_shape
 from keras_kd.connectors import Connector
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.tap_check import describe_boundary_problem
+from keras_kd.losses.validation import check_real
+from keras_kd.losses.validation import is_graph_value
 
 _RANK_HINT = (
     "Pass a dense pre-activation (B, C) or a feature map (B, H, W, C); map "
     "the student to the teacher's shape with a connector first."
 )
+
+
+def _check_margin(margin):
+    return check_real(
+        margin, "margin", minimum=0.0,
+        hint="The margin is the distance the student pre-activation must "
+        "keep from zero; pass a finite number >= 0, e.g. the official "
+        "margin=1.0.",
+    )
 
 
 def _validate_inputs(teacher, student, what):
@@ -66,8 +79,8 @@ def activation_boundary_loss(
             `(B, H, W, C)`.
         student_preactivation: Student pre-activation after the connector,
             same shape as `teacher_preactivation`.
-        margin: The margin `mu >= 0` (Python number, or a tensor / variable,
-            which is not validated). Defaults to `1.0`.
+        margin: The margin `mu`, a finite number `>= 0` (not a bool), or a
+            tensor / variable, which is not validated. Defaults to `1.0`.
         reduction: `"mean"` for the batch mean (a scalar) or `"none"` for
             per-example values of shape `(B,)`. Defaults to `"mean"`.
 
@@ -76,8 +89,9 @@ def activation_boundary_loss(
         (`reduction="none"`).
 
     Raises:
-        ValueError: If `margin` is negative, the inputs are not rank 2 or 4,
-            their shapes differ, or `reduction` is unknown.
+        ValueError: If `margin` is negative, NaN or infinite, the inputs are
+            not rank 2 or 4, their shapes differ, or `reduction` is unknown.
+        TypeError: If `margin` is not a number (a bool included).
 
     Example:
 
@@ -89,12 +103,8 @@ def activation_boundary_loss(
     16.25
     """
     validate_reduction(reduction)
-    if is_python_number(margin) and margin < 0:
-        raise ValueError(
-            "`margin` must be >= 0 (the distance the student pre-activation "
-            f"must keep from zero); received margin={margin!r}. Pass a "
-            "non-negative margin, e.g. the default margin=1.0."
-        )
+    if not is_graph_value(margin):
+        _check_margin(margin)
     teacher = ops.stop_gradient(to_float32(teacher_preactivation))
     student = to_float32(student_preactivation)
     _validate_inputs(teacher, student, "activation_boundary_loss")
@@ -195,8 +205,10 @@ class ActivationBoundary(DistillationLoss):
         teacher_layer_name: teacher layer name, or a list (one per pair,
             shallowest first).
         student_layer_name: student layer name(s), same length.
-        margin: the margin `mu >= 0`. Defaults to `1.0`.
-        pair_weights: one weight per pair. Defaults to `2^(i - n + 1)`.
+        margin: the margin `mu`, a finite number `>= 0` (not a bool).
+            Defaults to `1.0`.
+        pair_weights: one weight per pair, each a finite number `>= 0`.
+            Defaults to `2^(i - n + 1)`.
         connector: `"auto"` (a connector when channel counts differ, as in
             the method description), `"always"` (as the official code, which
             builds one for every pair) or `"never"`. Defaults to `"auto"`.
@@ -231,11 +243,7 @@ class ActivationBoundary(DistillationLoss):
         name="activation_boundary",
         **kwargs,
     ):
-        if not isinstance(margin, (int, float)) or margin < 0:
-            raise ValueError(
-                "`margin` must be a number >= 0; received "
-                f"margin={margin!r}. The official value is 1.0."
-            )
+        margin = _check_margin(margin)
         if connector not in ("auto", "always", "never"):
             raise ValueError(
                 f"`connector` must be 'auto', 'always' or 'never'; received "
@@ -285,6 +293,45 @@ class ActivationBoundary(DistillationLoss):
                 name=f"{self.name}_connector_{index}",
             )
         return None
+
+    def check_models(self, teacher, student):
+        """Warns when a teacher tap cannot hold a ReLU boundary at zero.
+
+        AB reads only the sign of the teacher tensor, so that tensor must be
+        a pre-activation feeding a ReLU-like activation (the output of a
+        linear layer, `BatchNormalization` or `Add` right before the ReLU,
+        or `where="preactivation"` of the ReLU / of a layer with a fused
+        ReLU), or a ReLU-like output (same sign). A `UserWarning` names the
+        layer and what to tap instead when it reads a one-signed activation
+        (sigmoid, softmax, softplus: every neuron always "on"), another
+        non-ReLU activation, a pooling layer, the model's logits (a final
+        layer without activation) or a linear output that does not feed a
+        ReLU. Training still runs. The Distiller calls this once.
+
+        Args:
+            teacher: the teacher `keras.Model`.
+            student: the student `keras.Model` (not checked: its tensor
+                goes through a connector and is trained to fit).
+
+        Returns:
+            `None`.
+        """
+        for tap in self.teacher_taps:
+            if tap is None:
+                continue
+            problem = describe_boundary_problem(teacher, tap)
+            if problem is None:
+                continue
+            warnings.warn(
+                f"{type(self).__name__} '{self.name}': the teacher "
+                f"'{teacher.name}' {problem}. Activation boundaries need a "
+                "tensor whose sign is a ReLU's on/off state: tap the "
+                "BatchNormalization / Add / linear layer right before a ReLU "
+                "with teacher_tap='output', or name the ReLU (or a layer "
+                "with a fused ReLU) with teacher_tap='preactivation'.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def pair_loss(self, index, teacher, student):
         return activation_boundary_loss(

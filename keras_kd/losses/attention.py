@@ -4,12 +4,12 @@ import keras
 from keras import ops
 
 from keras_kd.losses.reduction import flatten_per_example
-from keras_kd.losses.reduction import is_python_number
 from keras_kd.losses.reduction import reduce_per_example
 from keras_kd.losses.reduction import to_float32
 from keras_kd.losses.reduction import validate_rank
 from keras_kd.losses.reduction import validate_reduction
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.validation import check_real
 from keras_kd.losses.spatial import SpatialAlignment
 
 _RANK_WHAT = "Attention transfer needs spatial feature maps (B, H, W, C)"
@@ -17,16 +17,10 @@ _RANK_HINT = "Tap a convolutional layer's output, not a pooled or dense one."
 
 
 def _validate_p(p):
-    if not is_python_number(p):
-        raise TypeError(
-            f"`p` must be a Python number; received p={p!r} of type "
-            f"{type(p).__name__}. Pass e.g. p=2 (the reference choice)."
-        )
-    if p <= 0:
-        raise ValueError(
-            f"`p` must be a positive number; received p={p!r}. Pass e.g. "
-            "p=2 (the reference choice)."
-        )
+    return check_real(
+        p, "p", minimum=0.0, strict=True,
+        hint="Pass a finite number > 0, e.g. p=2 (the reference choice).",
+    )
 
 
 def attention_map(features, *, p=2, epsilon=1e-12):
@@ -37,7 +31,11 @@ def attention_map(features, *, p=2, epsilon=1e-12):
 
         Q = vec( mean_c |A_c|^p ) / max( ||vec( mean_c |A_c|^p )||_2, eps )
 
-    (`eps` as in torch `F.normalize`). Computed in float32.
+    (`eps` as in torch `F.normalize`). Computed in float32, on `A` divided
+    by its largest `|A|` per example (the same `Q`, as `Q` does not change
+    when `A` is scaled, but no float32 overflow for large `p` or large
+    activations; `eps` then only matters for an all-zero map, whose `Q` is
+    0).
 
     Reference:
         Zagoruyko, Komodakis, "Paying More Attention to Attention: Improving
@@ -47,7 +45,8 @@ def attention_map(features, *, p=2, epsilon=1e-12):
 
     Args:
         features: Feature map, shape `(B, H, W, C)`.
-        p: Exponent applied to the absolute activations. Defaults to `2`.
+        p: Exponent applied to the absolute activations, a finite number
+            `> 0` (not a bool). Defaults to `2`.
         epsilon: Lower bound on the map's L2 norm. Defaults to `1e-12`.
 
     Returns:
@@ -55,8 +54,9 @@ def attention_map(features, *, p=2, epsilon=1e-12):
         (or all zeros for an all-zero feature map).
 
     Raises:
-        ValueError: If `features` is not rank 4 or `p <= 0`.
-        TypeError: If `p` is not a number.
+        ValueError: If `features` is not rank 4, or `p` is NaN, infinite
+            or `<= 0`.
+        TypeError: If `p` is not a number (a bool included).
 
     Example:
 
@@ -73,10 +73,21 @@ def attention_map(features, *, p=2, epsilon=1e-12):
     validate_rank(
         features, (4,), name="features", what=_RANK_WHAT, hint=_RANK_HINT
     )
+    # The map is L2-normalised per example, so scaling an example's features
+    # by a constant does not change it: dividing by the example's largest
+    # |A| first keeps |A|^p and its square inside float32 for any p and any
+    # activation size (|A|^16 of 100 is 1e32; squared, inf: the map used to
+    # become 0 or NaN). The map is scale-invariant, so the gradient through
+    # the stop_gradient'ed peak is unchanged.
+    magnitude = ops.abs(features)
+    peak = ops.stop_gradient(
+        ops.max(magnitude, axis=(1, 2, 3), keepdims=True)
+    )
+    magnitude = magnitude / ops.where(ops.greater(peak, 0.0), peak, 1.0)
     if p == 2:
-        powered = ops.square(features)
+        powered = ops.square(magnitude)
     else:
-        powered = ops.power(ops.abs(features), float(p))
+        powered = ops.power(magnitude, float(p))
     attention = flatten_per_example(ops.mean(powered, axis=-1))  # (B, HW)
     squared_norm = ops.sum(ops.square(attention), axis=1, keepdims=True)
     # x * rsqrt(max(||x||^2, eps^2)) == x / max(||x||, eps), with a finite
@@ -111,7 +122,8 @@ def attention_transfer_loss(
     Args:
         teacher_features: Teacher feature map, shape `(B, H, W, C_T)`.
         student_features: Student feature map, shape `(B, H, W, C_S)`.
-        p: Exponent of the attention map. Defaults to `2`.
+        p: Exponent of the attention map, a finite number `> 0` (not a
+            bool). Defaults to `2`.
         reduction: `"mean"` for the batch mean (a scalar) or `"none"` for
             per-example values of shape `(B,)`. Defaults to `"mean"`.
 
@@ -121,8 +133,8 @@ def attention_transfer_loss(
 
     Raises:
         ValueError: If an input is not rank 4, the spatial sizes differ,
-            `p <= 0`, or `reduction` is unknown.
-        TypeError: If `p` is not a number.
+            `p` is NaN, infinite or `<= 0`, or `reduction` is unknown.
+        TypeError: If `p` is not a number (a bool included).
 
     Example:
 
@@ -181,8 +193,10 @@ class AttentionTransfer(SpatialAlignment, DistillationLoss):
     Args:
         teacher_layer_name: teacher layer name, or a list (one per pair).
         student_layer_name: student layer name(s), same length.
-        p: exponent of the attention map. Defaults to `2`.
-        pair_weights: one weight per pair. Defaults to `1/n` each.
+        p: exponent of the attention map, a finite number `> 0` (not a
+            bool). Defaults to `2`.
+        pair_weights: one weight per pair, each a finite number `>= 0`.
+            Defaults to `1/n` each.
         teacher_tap, student_tap: where to read the layers. Default
             `"output"`.
         name: name used in logs. Defaults to `"attention_transfer"`.
@@ -208,11 +222,7 @@ class AttentionTransfer(SpatialAlignment, DistillationLoss):
         name="attention_transfer",
         **kwargs,
     ):
-        if not isinstance(p, (int, float)) or p <= 0:
-            raise ValueError(
-                f"`p` must be a number > 0; received p={p!r}. The reference "
-                "value is 2."
-            )
+        _validate_p(p)
         super().__init__(
             teacher_layer_name, student_layer_name,
             pair_weights=pair_weights, teacher_tap=teacher_tap,

@@ -14,6 +14,7 @@ distiller. All loss math is float32 whatever the dtype policy.
 
 import keras
 
+from keras_kd.losses.validation import check_pair_weights
 from keras_kd.taps import Tap
 
 
@@ -45,7 +46,8 @@ class DistillationLoss(keras.layers.Layer):
         teacher_layer_name: a layer name, a list of names (one per pair), or
             `None` for the teacher's logits.
         student_layer_name: the same for the student (same length).
-        pair_weights: one weight per layer pair. Defaults to
+        pair_weights: one weight per layer pair, each a finite number
+            `>= 0` (not a bool; `0` turns a pair off). Defaults to
             `default_pair_weights(n)` of the subclass.
         teacher_tap: where to read the teacher layers (`"output"`,
             `"input"`, `"preactivation"`).
@@ -105,15 +107,11 @@ class DistillationLoss(keras.layers.Layer):
         if pair_weights is None:
             weights = self.default_pair_weights(n)
         else:
-            weights = [float(w) for w in pair_weights]
-            if len(weights) != n:
-                raise ValueError(
-                    f"{type(self).__name__} has {n} layer pair(s) but "
-                    f"received {len(weights)} pair_weights {list(weights)}. "
-                    "Pass one weight per pair."
-                )
+            weights = check_pair_weights(pair_weights, n, type(self).__name__)
         self.pair_weights = [float(w) for w in weights]
-        self._pair_weights_arg = pair_weights
+        self._pair_weights_arg = (
+            None if pair_weights is None else list(self.pair_weights)
+        )
         self.teacher_taps = [
             None if t is None else Tap(t, self.teacher_tap) for t in teachers
         ]
@@ -173,6 +171,23 @@ class DistillationLoss(keras.layers.Layer):
 
     def configure_pair(self, index, teacher_shape, student_shape, dtype, names):
         """Validates one pair; returns a connector layer or `None`."""
+        return None
+
+    def check_models(self, teacher, student):
+        """Warns about taps the method cannot use well (a no-op here).
+
+        The Distiller calls it once, when it is built, with the teacher and
+        the student models. The default does nothing; a subclass overrides it
+        to warn (`UserWarning`) about taps that are valid but make the method
+        meaningless, e.g. `ActivationBoundary` on a sigmoid output.
+
+        Args:
+            teacher: the teacher `keras.Model`.
+            student: the student `keras.Model`.
+
+        Returns:
+            `None`.
+        """
         return None
 
     def describe_pair(self, index, names):

@@ -101,7 +101,8 @@ class FitNetsHint(DistillationLoss):
         student_layer_name: the guided layer(s) of the student.
         regressor: `"always"` (FitNets) or `"auto"` (only when the shapes
             differ). Defaults to `"always"`.
-        pair_weights: one weight per pair. Defaults to `1.0` each.
+        pair_weights: one weight per pair, each a finite number `>= 0`.
+            Defaults to `1.0` each.
         teacher_tap, student_tap: where to read the layers. Default
             `"output"`.
         name: name used in logs. Defaults to `"fitnets_hint"`.

@@ -4,14 +4,14 @@ import keras
 from keras import ops
 
 from keras_kd.losses.reduction import is_python_integer
-from keras_kd.losses.reduction import is_python_number
 from keras_kd.losses.reduction import reduce_per_example
 from keras_kd.losses.reduction import to_float32
 from keras_kd.losses.reduction import validate_rank
 from keras_kd.losses.reduction import validate_reduction
-import numpy
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.spatial import SpatialAlignment
+from keras_kd.losses.validation import check_real
+from keras_kd.losses.validation import is_graph_value
 
 KERNELS = ("linear", "polynomial", "gaussian")
 
@@ -21,7 +21,7 @@ _RANK_HINT = (
 )
 
 
-def _validate_options(kernel, degree, bandwidth, epsilon):
+def _validate_options(kernel, degree, offset, bandwidth, epsilon):
     if not isinstance(kernel, str) or kernel not in KERNELS:
         raise ValueError(
             f"Unknown NST kernel: received kernel={kernel!r}. Expected one "
@@ -40,16 +40,26 @@ def _validate_options(kernel, degree, bandwidth, epsilon):
                 f"`degree` must be an integer >= 1; received degree={degree}. "
                 "Pass e.g. degree=2 (the official choice)."
             )
-    if kernel == "gaussian" and is_python_number(bandwidth) and bandwidth <= 0:
-        raise ValueError(
-            "`bandwidth` (sigma of the Gaussian kernel) must be > 0; received "
-            f"bandwidth={bandwidth!r}. Pass a positive value, e.g. "
-            "bandwidth=1.0."
+    # Tensors / variables are used as they are (their value may be unknown
+    # while a step is traced).
+    if not is_graph_value(offset):
+        check_real(
+            offset, "offset", minimum=0.0,
+            hint="The polynomial kernel (x.y + offset)^degree is only a "
+            "valid (positive semi-definite) kernel for offset >= 0; with a "
+            "negative offset MMD^2 can be negative. Pass e.g. offset=0.0 "
+            "(the official choice).",
         )
-    if is_python_number(epsilon) and epsilon <= 0:
-        raise ValueError(
-            f"`epsilon` must be > 0; received epsilon={epsilon!r}. Pass a "
-            "small positive value, e.g. epsilon=1e-12."
+    if not is_graph_value(bandwidth):
+        check_real(
+            bandwidth, "bandwidth", minimum=0.0, strict=True,
+            hint="`bandwidth` is sigma of the Gaussian kernel; pass a "
+            "finite value > 0, e.g. bandwidth=1.0.",
+        )
+    if not is_graph_value(epsilon):
+        check_real(
+            epsilon, "epsilon", minimum=0.0, strict=True,
+            hint="Pass a small positive value, e.g. epsilon=1e-12.",
         )
 
 
@@ -164,23 +174,29 @@ def neuron_selectivity_loss(
         kernel: One of `"linear"`, `"polynomial"`, `"gaussian"`. Defaults to
             `"polynomial"`.
         degree: Polynomial kernel degree, an integer >= 1. Defaults to `2`.
-        offset: Polynomial kernel offset `c`. Defaults to `0.0`.
-        bandwidth: Gaussian kernel bandwidth `sigma > 0` (Python number, or a
-            tensor / variable, which is not validated). Defaults to `1.0`.
+        offset: Polynomial kernel offset `c`, a finite number `>= 0` (a
+            negative offset is not a valid kernel: MMD^2 could be negative),
+            or a tensor / variable, which is not validated. Defaults to
+            `0.0`.
+        bandwidth: Gaussian kernel bandwidth `sigma`, a finite number `> 0`
+            (checked whatever the kernel), or a tensor / variable, which is
+            not validated. Defaults to `1.0`.
         reduction: `"mean"` for the batch mean (a scalar) or `"none"` for
             per-example values of shape `(B,)`. Defaults to `"mean"`.
         epsilon: Lower bound on each row's L2 norm, as in torch
-            `F.normalize`. Defaults to `1e-12`.
+            `F.normalize`, a finite number `> 0`. Defaults to `1e-12`.
 
     Returns:
         A float32 scalar (`reduction="mean"`) or a float32 `(B,)` tensor
         (`reduction="none"`).
 
     Raises:
-        ValueError: For an unknown kernel, `degree < 1`, `bandwidth <= 0`,
-            inputs that are not rank 4, different H*W, or an unknown
-            `reduction`.
-        TypeError: If `degree` is not an integer.
+        ValueError: For an unknown kernel, `degree < 1`, `offset < 0`,
+            `bandwidth <= 0`, `epsilon <= 0` (or any of them NaN or
+            infinite), inputs that are not rank 4, different H*W, or an
+            unknown `reduction`.
+        TypeError: If `degree` is not an integer, or `offset`, `bandwidth`
+            or `epsilon` is not a number (a bool included).
 
     Example:
 
@@ -199,7 +215,7 @@ def neuron_selectivity_loss(
     0.0
     """
     validate_reduction(reduction)
-    _validate_options(kernel, degree, bandwidth, epsilon)
+    _validate_options(kernel, degree, offset, bandwidth, epsilon)
     teacher = ops.stop_gradient(to_float32(teacher_features))
     student = to_float32(student_features)
     _validate_shapes(teacher, student)
@@ -249,11 +265,13 @@ class NeuronSelectivityTransfer(SpatialAlignment, DistillationLoss):
         kernel: `"polynomial"`, `"linear"` or `"gaussian"`. Defaults to
             `"polynomial"`.
         degree: polynomial degree `d`. Defaults to `2`.
-        offset: polynomial offset `c`. Defaults to `0.0`.
-        bandwidth: Gaussian `sigma` in `exp(-||x-y||^2 / (2 sigma^2))`; rows
-            are unit vectors, so squared distances lie in [0, 4].
-            Defaults to `1.0`.
-        pair_weights: one weight per pair. Defaults to `1.0` each.
+        offset: polynomial offset `c`, a finite number `>= 0`. Defaults to
+            `0.0`.
+        bandwidth: Gaussian `sigma` in `exp(-||x-y||^2 / (2 sigma^2))`, a
+            finite number `> 0`; rows are unit vectors, so squared distances
+            lie in [0, 4]. Defaults to `1.0`.
+        pair_weights: one weight per pair, each a finite number `>= 0`.
+            Defaults to `1.0` each.
         teacher_tap, student_tap: where to read the layers. Default
             `"output"`; pass `"preactivation"` to read before an activation.
         name: name used in logs. Defaults to `"neuron_selectivity"`.
@@ -287,12 +305,12 @@ class NeuronSelectivityTransfer(SpatialAlignment, DistillationLoss):
             pair_weights=pair_weights, teacher_tap=teacher_tap,
             student_tap=student_tap, name=name, **kwargs,
         )
-        # Validate the kernel options now, on a tiny input, not mid-fit.
-        probe = numpy.ones((1, 1, 1, 1), "float32")
-        neuron_selectivity_loss(
-            probe, probe, kernel, degree=degree, offset=offset,
-            bandwidth=bandwidth,
-        )
+        # Validate the kernel options now, not mid-fit. The class stores
+        # them in its config, so they must be numbers (not tensors).
+        _validate_options(kernel, degree, offset, bandwidth, 1e-12)
+        for option, value in (("offset", offset), ("bandwidth", bandwidth)):
+            if is_graph_value(value):
+                check_real(value, option, owner="NeuronSelectivityTransfer")
         self.kernel = kernel
         self.degree = degree
         self.offset = float(offset)

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import doctest  # noqa: E402
+import re  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -218,3 +219,173 @@ def test_docstring_examples_run():
                 fn, fn.__name__, globs=dict(vars(ab_module))):
             runner.run(test)
     assert runner.failures == 0 and runner.tries > 0
+
+
+# --- check_models: warn when the teacher tensor has no boundary at zero ----
+
+import warnings  # noqa: E402
+
+from keras import layers  # noqa: E402
+
+from keras_kd import taps as taps_lib  # noqa: E402
+from keras_kd.losses import ActivationBoundary  # noqa: E402
+from keras_kd.losses import DistillationLoss  # noqa: E402
+from keras_kd.losses import LogitsDistillation  # noqa: E402
+
+
+def _teacher(softmax_head=False):
+    x = inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, padding="same", name="conv1")(x)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    shortcut = x
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="conv2")(x)
+    x = layers.Conv2D(4, 1, name="conv3")(x)
+    x = layers.Add(name="add")([x, shortcut])
+    x = layers.Activation("relu", name="add_relu")(x)
+    x = layers.Conv2D(4, 1, activation="sigmoid", name="gate")(x)
+    x = layers.MaxPooling2D(name="pool")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(8, name="fc")(x)
+    x = layers.Dropout(0.1, name="drop")(x)
+    x = layers.ReLU(name="fc_relu")(x)
+    x = layers.Dense(5, activation="softmax" if softmax_head else None,
+                     name="logits")(x)
+    return keras.Model(inputs, x, name="teacher")
+
+
+def _warnings_of(loss, teacher, student=None):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert loss.check_models(teacher, student or teacher) is None
+    return [w for w in caught if issubclass(w.category, UserWarning)]
+
+
+@pytest.mark.parametrize("layer,where", [
+    ("relu1", "preactivation"),   # input of a ReLU layer
+    ("conv2", "preactivation"),   # fused ReLU, split off
+    ("bn1", "output"),            # BN right before a ReLU (official tap)
+    ("add", "output"),            # Add right before a ReLU (official tap)
+    ("relu1", "output"),          # post-ReLU: same sign
+    ("conv2", "output"),          # fused ReLU output
+    ("fc", "output"),             # Dense -> Dropout -> ReLU
+    ("relu1", "input"),           # input of a ReLU = its pre-activation
+    ("conv2", "input"),           # the output of relu1
+])
+def test_check_models_quiet_on_preactivations_and_relu_outputs(layer, where):
+    loss = ActivationBoundary(layer, "s", teacher_tap=where)
+    assert _warnings_of(loss, _teacher()) == []
+
+
+@pytest.mark.parametrize("layer,where,expected", [
+    ("gate", "output", "sigmoid activation, whose values are always > 0: "
+                       "every teacher neuron is always on"),
+    ("gate", "preactivation", "input of a sigmoid activation, not of a "
+                              "ReLU-like one"),
+    ("pool", "output", "is a pooling layer"),
+    ("gap", "output", "is a pooling layer"),
+    ("pool", "input", "reads the output of 'gate'.*always > 0"),
+    ("logits", "output", "final layer with no activation, i.e. its logits"),
+    ("conv1", "output", "feeds 'bn1' \\(BatchNormalization\\), not a "
+                        "ReLU-like activation"),
+    ("conv3", "output", "feeds 'add' \\(Add\\)"),
+])
+def test_check_models_warns_naming_the_layer(layer, where, expected):
+    loss = ActivationBoundary(layer, "s", teacher_tap=where)
+    caught = _warnings_of(loss, _teacher())
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert f"layer '{layer}'" in message and "teacher 'teacher'" in message
+    assert re.search(expected, message), message
+    # ... and says what to tap instead.
+    assert "teacher_tap='preactivation'" in message
+    assert "right before a ReLU" in message
+
+
+def test_check_models_softmax_head():
+    teacher = _teacher(softmax_head=True)
+    for where, expected in (("output", "softmax activation, whose values "
+                                       "are always > 0"),
+                            ("preactivation", "i.e. the model's logits")):
+        caught = _warnings_of(
+            ActivationBoundary("logits", "s", teacher_tap=where), teacher)
+        assert len(caught) == 1 and expected in str(caught[0].message)
+
+
+def test_check_models_one_warning_per_bad_pair():
+    loss = ActivationBoundary(["bn1", "gate", "logits"], ["a", "b", "c"],
+                              teacher_tap="output")
+    caught = _warnings_of(loss, _teacher())
+    assert [("gate" in str(w.message), "logits" in str(w.message))
+            for w in caught] == [(True, False), (False, True)]
+
+
+def test_check_models_nested_and_sequential_models():
+    inner_in = keras.Input((6,))
+    h = layers.Dense(4, name="dense")(inner_in)
+    h = layers.BatchNormalization(name="bn")(h)
+    backbone = keras.Model(inner_in, h, name="backbone")
+    x = inputs = keras.Input((6,))
+    x = backbone(x)
+    x = layers.ReLU(name="relu")(x)
+    x = layers.Dense(3, name="head")(x)
+    outer = keras.Model(inputs, x, name="outer")
+    # backbone/bn is the nested model's output, consumed by a ReLU outside.
+    assert _warnings_of(
+        ActivationBoundary("backbone/bn", "s", teacher_tap="output"),
+        outer) == []
+    caught = _warnings_of(
+        ActivationBoundary("backbone/dense", "s", teacher_tap="output"),
+        outer)
+    assert len(caught) == 1 and "feeds 'bn'" in str(caught[0].message)
+    # A nested model that ends the outer model: its last Dense is logits.
+    y = inputs2 = keras.Input((6,))
+    y = layers.Dense(4, activation="relu", name="hidden")(y)
+    y = layers.Dense(3, name="out")(y)
+    classifier = keras.Model(inputs2, y, name="classifier")
+    z = inputs3 = keras.Input((6,))
+    wrapped = keras.Model(inputs3, classifier(z), name="wrapped")
+    caught = _warnings_of(
+        ActivationBoundary("classifier/out", "s", teacher_tap="output"),
+        wrapped)
+    assert len(caught) == 1 and "its logits" in str(caught[0].message)
+
+    sequential = keras.Sequential([
+        keras.Input((6,)),
+        layers.Dense(4, name="d1"),
+        layers.ReLU(name="r1"),
+        layers.Dense(2, activation="sigmoid", name="d2"),
+    ], name="seq")
+    assert _warnings_of(
+        ActivationBoundary("d1", "s", teacher_tap="output"), sequential) == []
+    caught = _warnings_of(
+        ActivationBoundary("d2", "s", teacher_tap="output"), sequential)
+    assert len(caught) == 1 and "sigmoid" in str(caught[0].message)
+
+
+def test_check_models_judges_the_model_not_other_uses_of_its_layers():
+    # The Distiller's extractor re-calls the teacher's layers; that must not
+    # change what the check sees in the teacher itself.
+    teacher = _teacher()
+    taps_lib.build_extractor(teacher, [taps_lib.Tap("bn1", "output"),
+                                       taps_lib.Tap("relu1", "preactivation")])
+    assert _warnings_of(
+        ActivationBoundary("bn1", "s", teacher_tap="output"), teacher) == []
+    assert len(_warnings_of(
+        ActivationBoundary("logits", "s", teacher_tap="output"), teacher)) == 1
+
+
+def test_check_models_silent_when_it_cannot_judge():
+    # Unknown layer (the Distiller reports it) and a subclassed model.
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    assert _warnings_of(ActivationBoundary("nope", "s"), _teacher()) == []
+    assert _warnings_of(ActivationBoundary("relu1", "s"), Sub()) == []
+
+
+def test_check_models_default_is_a_no_op():
+    assert DistillationLoss.check_models(LogitsDistillation(), None, None) \
+        is None
+    assert _warnings_of(LogitsDistillation(), _teacher()) == []

@@ -185,3 +185,45 @@ def test_docstring_examples_run():
                 fn, fn.__name__, globs=dict(vars(attention_module))):
             runner.run(test)
     assert runner.failures == 0 and runner.tries > 0
+
+
+@pytest.mark.parametrize("p,scale", [(8, 100.0), (16, 100.0), (4, 1e6)])
+def test_large_p_and_large_activations_stay_in_float32(p, scale):
+    # |A|^p and its square used to overflow float32 (p=16, |A| ~ 100: a zero
+    # or NaN map, so a loss that silently says nothing). The map does not
+    # change when A is scaled, so it is computed on A / max|A|; the float64
+    # reference works on the raw features (no overflow in float64 here).
+    t, s = random_maps(seed=12)
+    t, s = (scale * t).astype("float32"), (scale * s).astype("float32")
+    q = ops.convert_to_numpy(attention_map(t, p=p))
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(q, np_attention(t, p), rtol=RTOL, atol=ATOL)
+    s_tensor = tf.constant(s)
+    with tf.GradientTape() as tape:
+        tape.watch(s_tensor)
+        loss = attention_transfer_loss(tf.constant(t), s_tensor, p=p)
+    np.testing.assert_allclose(float(loss), np_at_per_example(t, s, p).mean(),
+                               rtol=RTOL, atol=ATOL)
+    assert np.all(np.isfinite(tape.gradient(loss, s_tensor).numpy()))
+
+
+def test_scaling_the_features_changes_neither_map_nor_gradient():
+    # Why the per-example rescaling is exact: Q(c * A) = Q(A) for c > 0, so
+    # the gradient through the stop_gradient'ed peak is the true one.
+    t, s = random_maps(seed=13)
+    grads = []
+    for scale in (1.0, 1e3):
+        s_tensor = tf.constant(scale * s)
+        with tf.GradientTape() as tape:
+            tape.watch(s_tensor)
+            loss = attention_transfer_loss(tf.constant(t), s_tensor, p=3)
+        grads.append(scale * tape.gradient(loss, s_tensor).numpy())
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-4, atol=1e-9)
+    # ... and it equals the float64 finite-difference gradient.
+    base = np_at_per_example(t, s, 3).mean()
+    step = 1e-3
+    bumped = s.astype(np.float64).copy()
+    bumped[0, 1, 2, 0] += step
+    numeric = (np_at_per_example(t, bumped, 3).mean() - base) / step
+    np.testing.assert_allclose(grads[0][0, 1, 2, 0], numeric, rtol=1e-2,
+                               atol=1e-7)

@@ -176,3 +176,188 @@ def test_docstring_examples_run():
             globs=dict(vars(logits_module))):
         runner.run(test)
     assert runner.failures == 0 and runner.tries > 0
+
+
+# --- temperature range and float32 precision (issue 11) --------------------
+
+def decimal_kd_per_example(z_t, z_s, temperature, digits=50):
+    """T^2 * KL by the textbook formula in 50-digit decimal arithmetic.
+
+    Independent of the implementation (plain softmax / log, no identity) and
+    exact to far below float32 resolution for the float32 inputs, so it is
+    the reference where float64 itself is round-off (KL ~ 1e-15 rows).
+    """
+    import decimal
+
+    with decimal.localcontext() as context:
+        context.prec = digits
+        T = decimal.Decimal(float(temperature))
+        out = []
+        for zt, zs in zip(z_t, z_s):
+            a = [decimal.Decimal(float(v)) / T for v in zt]
+            b = [decimal.Decimal(float(v)) / T for v in zs]
+            lse_a = sum((v.exp() for v in a), decimal.Decimal(0)).ln()
+            lse_b = sum((v.exp() for v in b), decimal.Decimal(0)).ln()
+            kl = sum(((x - lse_a).exp() * ((x - lse_a) - (y - lse_b))
+                      for x, y in zip(a, b)), decimal.Decimal(0))
+            out.append(float(T * T * kl))
+    return np.array(out)
+
+
+def range_logits():
+    """Far pairs, near pairs (small differences: the large-T regime), a
+    pure shift (KL = 0 up to input rounding) and an identical pair."""
+    rng = np.random.default_rng(11)
+    z_t = (3.0 * rng.normal(size=(8, 10))).astype("float32")
+    z_s = (3.0 * rng.normal(size=(8, 10))).astype("float32")
+    z_s[2] = z_t[2]
+    z_s[3] = z_t[3] + 0.01
+    z_s[4] = 5.0 * z_t[4]
+    z_s[5] = z_t[5] + (0.1 * rng.normal(size=10)).astype("float32")
+    z_s[6] = z_t[6] + (1e-3 * rng.normal(size=10)).astype("float32")
+    return z_t, z_s
+
+
+# Every temperature the loss accepts, its two ends included.
+RANGE_TEMPERATURES = [1e-4, 1e-2, 0.5, 1.0, 4.0, 20.0, 100.0, 1e3, 1e4]
+
+
+@pytest.mark.parametrize("temperature", RANGE_TEMPERATURES)
+def test_matches_decimal_reference_over_the_accepted_range(temperature):
+    # Tolerance: rtol=1e-4 (float32 vs 50 digits; measured <= 3e-4 only on
+    # the ~1e-15 shift row, covered by atol) and atol=1e-10. The textbook
+    # float32 formula fails here from T = 1e3 (negative or ~100% off).
+    z_t, z_s = range_logits()
+    expected = decimal_kd_per_example(z_t, z_s, temperature)
+    got = ops.convert_to_numpy(
+        logits_distillation_loss(z_t, z_s, temperature, reduction="none"))
+    assert np.all(got >= 0.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-10)
+
+
+@pytest.mark.parametrize("temperature", [1e3, 1e4, 1e6, 1e9])
+def test_never_negative_even_when_a_variable_holds_a_huge_temperature(
+        temperature):
+    # Near-equal logits, where today's float32 cancellation is worst. A plain
+    # keras.Variable is not range-checked, so the math must hold beyond 1e4.
+    rng = np.random.default_rng(12)
+    z_t = (3.0 * rng.normal(size=(64, 100))).astype("float32")
+    z_s = z_t + (0.3 * rng.normal(size=(64, 100))).astype("float32")
+    t = keras.Variable(temperature, trainable=False, dtype="float32")
+    got = ops.convert_to_numpy(
+        logits_distillation_loss(z_t, z_s, t, reduction="none"))
+    assert np.all(np.isfinite(got)) and np.all(got >= 0.0)
+    # The T -> infinity limit: 0.5 * Var_k(z_t - z_s) (logit matching).
+    limit = 0.5 * np.var((z_t - z_s).astype(np.float64), axis=1)
+    np.testing.assert_allclose(got, limit, rtol=2e-2 if temperature < 1e4
+                               else 1e-3)
+
+
+@pytest.mark.parametrize("temperature", RANGE_TEMPERATURES)
+def test_gradients_over_the_accepted_range(temperature):
+    # d/dz_s [T^2 KL] = T * (p_s - p_t) exactly; float64 softmax reference.
+    z_t, z_s = range_logits()
+    s_tensor = tf.constant(z_s)
+    with tf.GradientTape() as tape:
+        tape.watch(s_tensor)
+        loss = tf.reduce_sum(logits_distillation_loss(
+            tf.constant(z_t), s_tensor, temperature, reduction="none"))
+    grad = tape.gradient(loss, s_tensor).numpy()
+    expected = np.stack([
+        temperature * (np_softmax(zs / temperature)
+                       - np_softmax(zt / temperature))
+        for zt, zs in zip(z_t.astype(np.float64), z_s.astype(np.float64))
+    ])
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, expected, rtol=0,
+                               atol=1e-5 * np.abs(expected).max())
+
+
+BAD_TEMPERATURES = [
+    (float("nan"), ValueError, "finite"),
+    (float("inf"), ValueError, "finite"),
+    (-float("inf"), ValueError, "finite"),
+    (1e30, ValueError, "<= 10000"),
+    (1e6, ValueError, "<= 10000"),
+    (1e-5, ValueError, ">= 0.0001"),
+    (-2.0, ValueError, "> 0"),
+    (True, TypeError, "bool"),
+    (np.True_, TypeError, "bool"),
+    ("4", TypeError, "real number"),
+]
+
+
+@pytest.mark.parametrize("value,error,pattern", BAD_TEMPERATURES)
+def test_bad_temperature_rejected_by_the_function(value, error, pattern):
+    z_t, z_s = random_logits()
+    with pytest.raises(error, match=pattern) as info:
+        logits_distillation_loss(z_t, z_s, value)
+    assert f"temperature={value!r}" in str(info.value)
+
+
+@pytest.mark.parametrize("value,error,pattern", BAD_TEMPERATURES)
+def test_bad_temperature_rejected_wherever_it_is_set(value, error, pattern):
+    from keras_kd.losses import LogitsDistillation
+
+    with pytest.raises(error, match=pattern):
+        LogitsDistillation(temperature=value)
+    config = LogitsDistillation(temperature=2.0).get_config()
+    config["temperature"] = value
+    # Keras's from_config re-raises what the constructor raised as a
+    # TypeError that quotes the message.
+    with pytest.raises((error, TypeError), match=pattern):
+        LogitsDistillation.from_config(config)
+    kd = LogitsDistillation(temperature=2.0)
+    with pytest.raises(error, match=pattern):
+        kd.temperature.assign(value)
+    with pytest.raises(error, match=pattern):
+        kd.temperature = value
+    if not isinstance(value, str):
+        with pytest.raises(error, match=pattern):
+            kd.temperature.assign(np.asarray(value))  # e.g. loaded weights
+    if isinstance(value, float):
+        with pytest.raises(error, match=pattern):
+            kd.temperature.assign(tf.constant(value))  # eager tensor
+    assert float(kd.temperature.numpy()) == 2.0  # unchanged
+
+
+def test_temperature_setter_and_assign_change_the_variable():
+    from keras_kd.losses import LogitsDistillation
+
+    kd = LogitsDistillation(temperature=4.0)
+    variable = kd.temperature
+    kd.temperature = 2.5
+    assert kd.temperature is variable  # still the tracked, saved variable
+    assert float(variable.numpy()) == 2.5
+    kd.temperature.assign(np.float32(1.5))
+    assert float(variable.numpy()) == 1.5
+    assert kd.non_trainable_variables == [variable]
+    assert variable.path == "logits_distillation/temperature"
+
+    # A symbolic value inside a traced function cannot be checked; it works.
+    @tf.function
+    def set_in_graph(x):
+        kd.temperature.assign(x)
+
+    set_in_graph(tf.constant(3.0))
+    assert float(variable.numpy()) == 3.0
+
+
+def test_huge_kl_rows_are_rescaled_not_overflowed():
+    # At T = 0.01 the teacher is one-hot on class 1 and the student puts
+    # class 1 at (-2 - 9) / T = -1100 below its best class: KL = 1100 and
+    # p_t * exp(-e) = exp(1100) would overflow float32; that row is
+    # computed as M + log(exp(-M) + S exp(-M)). T^2 * KL = 0.01 * 11.
+    z_t = np.array([[0.0, 5.0, -3.0]], "float32")
+    z_s = np.array([[9.0, -2.0, 1.0]], "float32")
+    s_tensor = tf.constant(z_s)
+    with tf.GradientTape() as tape:
+        tape.watch(s_tensor)
+        loss = logits_distillation_loss(tf.constant(z_t), s_tensor, 0.01)
+    np.testing.assert_allclose(float(loss), 0.11, rtol=1e-6)
+    np.testing.assert_allclose(float(loss),
+                               decimal_kd_per_example(z_t, z_s, 0.01)[0],
+                               rtol=1e-6)
+    # d/dz_s = T * (p_s - p_t) = 0.01 * ([1, 0, 0] - [0, 1, 0]).
+    np.testing.assert_allclose(tape.gradient(loss, s_tensor).numpy(),
+                               [[0.01, -0.01, 0.0]], atol=1e-7)

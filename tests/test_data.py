@@ -134,8 +134,9 @@ def test_unprepared_tfds_name_without_download(tmp_path):
     [("cifar10", (32, 32, 3), "0"), ("fashion_mnist", (28, 28, 1), "T-shirt/top")],
 )
 def test_tfds_name_with_mock_data(name, shape, first_class):
+    # mock_data replaces download_and_prepare: download=True fetches nothing.
     with tfds.testing.mock_data(num_examples=5):
-        arrays = data.load_arrays(name)
+        arrays = data.load_arrays(name, download=True)
     assert arrays["x_train"].shape == (5,) + shape
     assert arrays["x_test"].shape == (5,) + shape
     assert arrays["x_train"].dtype == np.uint8

@@ -4,7 +4,11 @@
 student on real data and prints what each achieved: the teacher, the
 student trained alone, and the distilled student, all on the test split.
 With no `--data` it uses the Fashion-MNIST subset bundled with keras_kd
-(6,000 train / 1,000 test images), so it runs offline.
+(6,000 train / 1,000 test images), so it runs offline; a TensorFlow Datasets
+name is read from `--data-dir` and downloaded only with `--download`. The
+models take raw pixels (0..255): each starts with a `Normalization` layer
+holding the training set's statistics, and the input pipeline does not
+normalise, so a student saved with `--output` exports as it is.
 
 `keras-kd export ...` writes a distilled student to SavedModel or TFLite
 (see `keras-kd export --help`).

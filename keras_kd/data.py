@@ -2,9 +2,9 @@
 
 Three ways in, one contract out. `load_arrays` reads the Fashion-MNIST subset
 bundled with the package, a local `.npz` archive, or a TensorFlow Datasets
-name (read from a tfds data directory: one that tfds prepared, one that
-`prepare_tfds_directory` made from a local archive offline, or downloaded
-when asked with `download=True`), and always
+name (read from a tfds data directory: one that tfds prepared, or one that
+`prepare_tfds_directory` made from a local archive offline; downloaded there
+unless `download=False`), and always
 returns uint8 images shaped `(N, H, W, C)` and int64 labels shaped `(N,)`.
 `make_dataset` turns such arrays into a seeded, augmented, normalised,
 batched and prefetched `tf.data.Dataset`; `channel_stats` computes the
@@ -73,7 +73,7 @@ def _tensorflow_datasets(what):
     return tfds
 
 
-def load_arrays(source=None, *, data_dir=None, download=False):
+def load_arrays(source=None, *, data_dir=None, download=True):
     """Loads an image classification data set as NumPy arrays.
 
     Args:
@@ -90,10 +90,11 @@ def load_arrays(source=None, *, data_dir=None, download=False):
             name. Defaults to `None` (tfds's own default, usually
             `~/tensorflow_datasets`).
         download: whether a tfds data set that is not yet prepared in
-            `data_dir` may be downloaded (and prepared there). Defaults to
-            `False`: nothing is ever downloaded unless asked for, and an
-            unprepared name fails at once with `FileNotFoundError` saying
-            how to prepare it offline.
+            `data_dir` may be downloaded (and prepared there). `False` never
+            touches the network: an unprepared name fails at once with a
+            `FileNotFoundError` saying how to prepare it offline (`keras-kd`
+            passes `False` unless given `--download`). Defaults to `True`
+            (the notebooks download CIFAR-10 on Colab).
 
     Returns:
         A dict with `x_train`, `x_test` (uint8, `(N, H, W, C)`; grey images
@@ -475,13 +476,13 @@ def _load_tfds(name, *, data_dir, download):
         if not download:
             raise FileNotFoundError(
                 f"The TensorFlow Datasets data set {name!r} is not prepared in "
-                f"{builder.data_dir}, and keras_kd downloads only when asked. "
+                f"{builder.data_dir}, and downloading was not asked for. "
                 "Offline: pass a .npz archive (x_train, y_train, x_test, "
                 "y_test) instead, or make a tfds directory from one with "
                 "keras_kd.data.prepare_tfds_directory('data.npz', DATA_DIR, "
                 f"'{name.split(':')[0].split('/')[0]}_local') and load that "
-                "name from DATA_DIR. Online: pass download=True (keras-kd "
-                "--download) to download it into the data directory."
+                "name from DATA_DIR. Online: pass --download to keras-kd "
+                "(download=True to load_arrays) to download it there."
             )
         try:
             builder.download_and_prepare()

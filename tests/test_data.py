@@ -124,8 +124,12 @@ def test_malformed_tfds_name():
 
 
 def test_unprepared_tfds_name_without_download(tmp_path):
-    with pytest.raises(FileNotFoundError, match="'mnist' is not prepared"):
+    with pytest.raises(FileNotFoundError, match="'mnist' is not prepared") as error:
         data.load_arrays("mnist", data_dir=str(tmp_path), download=False)
+    message = str(error.value)
+    assert "prepare_tfds_directory(" in message and "'mnist_local'" in message
+    assert ".npz" in message and "--download" in message
+    assert list(tmp_path.iterdir()) == []  # nothing fetched or created
 
 
 @pytest.mark.parametrize(
@@ -134,9 +138,8 @@ def test_unprepared_tfds_name_without_download(tmp_path):
     [("cifar10", (32, 32, 3), "0"), ("fashion_mnist", (28, 28, 1), "T-shirt/top")],
 )
 def test_tfds_name_with_mock_data(name, shape, first_class):
-    # mock_data replaces download_and_prepare: download=True fetches nothing.
     with tfds.testing.mock_data(num_examples=5):
-        arrays = data.load_arrays(name, download=True)
+        arrays = data.load_arrays(name)
     assert arrays["x_train"].shape == (5,) + shape
     assert arrays["x_test"].shape == (5,) + shape
     assert arrays["x_train"].dtype == np.uint8

@@ -42,9 +42,11 @@ setup(
         ],
         # Plots of benchmarks/ (speed.py, accuracy.py).
         "bench": ["matplotlib"],
-        # Tutorial notebooks (examples/) and tests/test_notebooks.py. keras-hub
-        # needs tensorflow-text, which installs the full `tensorflow` wheel
-        # next to tensorflow-cpu (same version; tested with 2.21.0).
+        # Tutorial notebooks (examples/) and tests/test_notebooks.py. Not
+        # keras-hub: it requires tensorflow-text, which requires the full
+        # `tensorflow` wheel, and two TensorFlow wheels in one environment
+        # print CUDA cuInit errors on every CPU import. Notebook 04 runs its
+        # KerasHub part only when keras-hub is installed.
         "examples": [
             "matplotlib",
             "nbformat>=5.10",
@@ -54,7 +56,6 @@ setup(
             "tensorflow-datasets>=4.9",
             "importlib_resources",
             "keras-cv>=0.9",
-            "keras-hub>=0.32",
         ],
     },
     entry_points={"console_scripts": ["keras-kd=keras_kd.cli:main"]},

@@ -4,27 +4,89 @@
 student on real data and prints what each achieved: the teacher, the
 student trained alone, and the distilled student, all on the test split.
 With no `--data` it uses the Fashion-MNIST subset bundled with keras_kd
-(6,000 train / 1,000 test images), so it runs offline.
+(6,000 train / 1,000 test images), so it runs offline; a TensorFlow Datasets
+name is read from `--data-dir` and downloaded only with `--download`. The
+models take raw pixels (0..255): each starts with a `Normalization` layer
+holding the training set's statistics, and the input pipeline does not
+normalise, so a student saved with `--output` exports as it is.
 
 `keras-kd export ...` writes a distilled student to SavedModel or TFLite
 (see `keras-kd export --help`).
 """
 
 import argparse
+import math
 import os
 import sys
 import time
+import zipfile
 
 METHODS = ("kd", "ab", "nst", "hint", "at")
+USAGE = (
+    "%(prog)s [distill] [options]       (the main job; `distill` is optional)\n"
+    "       %(prog)s export MODEL.keras OUTPUT [--format FORMAT] [options]"
+)
+EPILOG = (
+    "commands:\n"
+    "  distill   (the default) train a teacher, the student alone and the "
+    "student\n            distilled, and print their test accuracies\n"
+    "  export    write the student of a saved Distiller (or a student .keras "
+    "file)\n            to SavedModel or TFLite and check it against Keras; "
+    "see\n            `keras-kd export --help`\n\n"
+    "The models take raw pixels (0..255): each starts with a Normalization "
+    "layer\nholding the training set's per-channel mean and standard "
+    "deviation, so a\nstudent saved with --output exports as is."
+)
+# Options of `keras-kd export` that take a value (to find its MODEL argument).
+_EXPORT_VALUE_OPTIONS = ("--format", "--representative-data",
+                         "--calibration-batches", "--batch-size")
+
+
+def _integer(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {minimum}; received {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer >= {minimum}; received {value}")
+        return value
+
+    return parse
+
+
+def _real(low, high=None, *, low_inclusive=False):
+    bounds = (f"in {'[' if low_inclusive else '('}{low}, {high}]"
+              if high is not None else f"a finite number > {low}")
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {bounds}; received {text!r}") from None
+        below = value < low if low_inclusive else value <= low
+        if not math.isfinite(value) or below or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"must be {bounds}; received {text}")
+        return value
+
+    return parse
 
 
 def _parser():
     parser = argparse.ArgumentParser(
-        prog="keras-kd distill",
+        prog="keras-kd",
+        usage=USAGE,
         description=(
             "Distil a small teacher CNN into a smaller student and compare "
-            "teacher, student alone and distilled student on the test split."
+            "teacher, student\nalone and distilled student on the test split "
+            "(the main job), or export a\ndistilled student."
         ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--data", default=None,
@@ -32,36 +94,55 @@ def _parser():
         "TensorFlow Datasets name such as cifar10. Default: the Fashion-MNIST "
         "subset bundled with keras_kd (offline).",
     )
-    parser.add_argument("--data-dir", default=None,
-                        help="tfds data directory (for a tfds name).")
+    parser.add_argument(
+        "--data-dir", default=None,
+        help="tfds data directory to read a tfds name from (one tfds "
+        "prepared, or one made offline by "
+        "keras_kd.data.prepare_tfds_directory). Default: tfds's own, "
+        "~/tensorflow_datasets.")
+    parser.add_argument(
+        "--download", action="store_true",
+        help="allow downloading a tfds data set that is not prepared in "
+        "--data-dir (needs internet). Default: never download; an "
+        "unprepared name fails at once.")
     parser.add_argument(
         "--methods", default="kd,nst",
         help=f"comma-separated distillation methods from {METHODS}. 'ab' "
         "runs the two-stage activation-boundary schedule (AB initialisation "
         "first, then the other losses). Default: kd,nst.",
     )
-    parser.add_argument("--epochs", type=int, default=6,
-                        help="student epochs (alone and distilled). Default 6.")
-    parser.add_argument("--teacher-epochs", type=int, default=6,
-                        help="teacher epochs. Default 6.")
-    parser.add_argument("--ab-epochs", type=int, default=1,
-                        help="AB initialisation epochs, run before the "
-                        "--epochs of ordinary training (as RepDistiller runs "
-                        "30 before its 240). Default 1.")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=0.05,
+    parser.add_argument("--epochs", type=_integer(1), default=6,
+                        help="student epochs (alone and distilled), >= 1. "
+                        "Default 6.")
+    parser.add_argument("--teacher-epochs", type=_integer(1), default=6,
+                        help="teacher epochs, >= 1. Default 6.")
+    parser.add_argument("--ab-epochs", type=_integer(0), default=1,
+                        help="AB initialisation epochs (>= 0, with 'ab' in "
+                        "--methods), run before the --epochs of ordinary "
+                        "training (as RepDistiller runs 30 before its 240). "
+                        "Default 1.")
+    parser.add_argument("--batch-size", type=_integer(1), default=64,
+                        help="training batch size, >= 1. Default 64.")
+    parser.add_argument("--learning-rate", type=_real(0.0), default=0.05,
                         help="peak learning rate of SGD (Nesterov momentum "
                         "0.9, cosine decay), the optimiser of the reference "
-                        "code. Default 0.05.")
-    parser.add_argument("--train-fraction", type=float, default=1.0,
+                        "code; > 0. Default 0.05.")
+    parser.add_argument("--train-fraction", type=_real(0.0, 1.0), default=1.0,
                         help="use this fraction of the training images "
-                        "(class-balanced). Default 1.0.")
+                        "(class-balanced), in (0, 1]. Default 1.0.")
     parser.add_argument("--augment", choices=("none", "flip", "crop_flip"),
-                        default="none")
-    parser.add_argument("--seed", type=int, default=0)
+                        default="none",
+                        help="training augmentation: 'flip' (random "
+                        "horizontal flips) or 'crop_flip' (4-pixel pad, "
+                        "random crop and flip, the CIFAR standard). "
+                        "Default none.")
+    parser.add_argument("--seed", type=_integer(0), default=0,
+                        help="random seed of initialisation, subset and "
+                        "shuffling, >= 0. Default 0.")
     parser.add_argument("--output", default=None,
                         help="directory to save teacher, student and "
-                        "distilled student as .keras files.")
+                        "distilled student as .keras files (they take raw "
+                        "pixels; `keras-kd export` takes them as they are).")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 1 epoch each (plus 1 of AB "
                         "initialisation) on 1,000 images.")
@@ -91,6 +172,26 @@ def _losses(methods, teacher, student, stages):
     return chosen
 
 
+def _pipelines(x_train, y_train, x_test, y_test, *, batch_size, augment=None):
+    """The main job's input: raw pixels as float32, no normalisation outside.
+
+    Returns `(train_ds(seed), test_ds, mean, std)`: `mean` and `std` (from
+    `channel_stats(x_train)`, in [0, 1] units) go into the models'
+    `Normalization` layer instead of the pipeline.
+    """
+    from keras_kd import data
+
+    mean, std = data.channel_stats(x_train)
+
+    def train_ds(seed):
+        return data.make_dataset(
+            x_train, y_train, batch_size=batch_size, training=True,
+            augment=augment, rescale=False, seed=seed)
+
+    test_ds = data.make_dataset(x_test, y_test, batch_size=256, rescale=False)
+    return train_ds, test_ds, mean, std
+
+
 def distill(argv=None):
     """Runs the main job; returns the results dict (also printed)."""
     args = _parser().parse_args(argv)
@@ -105,11 +206,15 @@ def distill(argv=None):
         args.epochs = args.teacher_epochs = 1
         args.ab_epochs = min(args.ab_epochs, 1)
         args.train_fraction = min(args.train_fraction, 1000 / 6000)
-    if args.ab_epochs < 0:
-        raise SystemExit(
-            f"keras-kd: --ab-epochs {args.ab_epochs} must be >= 0."
-        )
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError as error:
+        raise SystemExit(
+            f"keras-kd: the main job trains with TensorFlow, which could not "
+            f"be imported ({error}). Install it with "
+            '`pip install "keras-kd[cpu]"` (tensorflow-cpu; `[gpu]` for CUDA).'
+        ) from error
     import keras
 
     from keras_kd import callbacks as kd_callbacks
@@ -119,7 +224,11 @@ def distill(argv=None):
 
     started = time.time()
     keras.utils.set_random_seed(args.seed)
-    arrays = data.load_arrays(args.data, data_dir=args.data_dir)
+    try:
+        arrays = data.load_arrays(args.data, data_dir=args.data_dir,
+                                  download=args.download)
+    except (ValueError, TypeError, OSError, ImportError) as error:
+        raise SystemExit(f"keras-kd: error: {error}") from error
     x_train, y_train = data.balanced_subset(
         arrays["x_train"], arrays["y_train"], args.train_fraction,
         seed=args.seed)
@@ -132,16 +241,9 @@ def distill(argv=None):
         f"{'+'.join(methods)}",
         flush=True,
     )
-    mean, std = data.channel_stats(x_train)
-    augment = None if args.augment == "none" else args.augment
-
-    def train_ds(seed):
-        return data.make_dataset(
-            x_train, y_train, batch_size=args.batch_size, training=True,
-            augment=augment, mean=mean, std=std, seed=seed)
-
-    test_ds = data.make_dataset(x_test, y_test, batch_size=256, mean=mean,
-                                std=std)
+    train_ds, test_ds, mean, std = _pipelines(
+        x_train, y_train, x_test, y_test, batch_size=args.batch_size,
+        augment=None if args.augment == "none" else args.augment)
     shape = x_train.shape[1:]
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -165,15 +267,17 @@ def distill(argv=None):
             "accuracy"])
 
     print("\n[1/3] teacher", flush=True)
-    teacher = compile_fit(conv_net(shape, classes, (32, 64, 128),
-                                   name="teacher"), args.teacher_epochs, 1)
+    teacher = compile_fit(conv_net(shape, classes, (32, 64, 128), mean=mean,
+                                   std=std, name="teacher"),
+                          args.teacher_epochs, 1)
     print("\n[2/3] student alone", flush=True)
     keras.utils.set_random_seed(args.seed + 1)
-    alone = compile_fit(conv_net(shape, classes, (8, 16, 32),
-                                 name="student_alone"), args.epochs, 2)
+    alone = compile_fit(conv_net(shape, classes, (8, 16, 32), mean=mean,
+                                 std=std, name="student_alone"), args.epochs, 2)
     print(f"\n[3/3] student distilled ({'+'.join(methods)})", flush=True)
     keras.utils.set_random_seed(args.seed + 1)  # same initial student
-    student = conv_net(shape, classes, (8, 16, 32), name="student")
+    student = conv_net(shape, classes, (8, 16, 32), mean=mean, std=std,
+                       name="student")
     distiller = Distiller(teacher, student,
                           _losses(methods, teacher, student, 3))
     schedule, init_epochs = [], 0
@@ -211,10 +315,83 @@ def distill(argv=None):
     return results
 
 
+def keras_file_problem(path):
+    """What is wrong with the `.keras` file at `path`, or `None` if it reads.
+
+    Keras reports a truncated or corrupt `.keras` file as "File not found"
+    (or a `BadZipFile` traceback), and may even load one whose weights are
+    damaged. This checks what Keras does not: the file is a complete zip
+    archive, holds `config.json`, and every member passes its CRC check.
+
+    Args:
+        path: path of a `.keras` file.
+
+    Returns:
+        A sentence saying what is wrong, or `None`.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return "it is a directory, not a .keras file"
+    if not os.path.isfile(path):
+        return "no such file"
+    size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        head = file.read(4)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if "config.json" not in names:
+                return (f"it is a zip archive without config.json (members: "
+                        f"{names[:5]}), not a model saved by Keras")
+            bad = archive.testzip()
+            if bad is not None:
+                return (f"it is corrupt: member {bad!r} fails its CRC check "
+                        f"({size:,} bytes)")
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError,
+            RuntimeError) as error:
+        if head != b"PK\x03\x04":
+            return (f"it is not a zip archive, which a .keras file is (it "
+                    f"starts with {head!r}; {size:,} bytes)")
+        return (f"it is truncated or corrupt: it starts like a zip archive "
+                f"but cannot be read ({type(error).__name__}: {error}; "
+                f"{size:,} bytes)")
+    except Exception as error:  # zlib.error and the like from damaged data
+        return (f"it is corrupt ({type(error).__name__}: {error}; "
+                f"{size:,} bytes)")
+    return None
+
+
+def _export_model_argument(argv):
+    """The MODEL argument of `keras-kd export` argv, or `None`."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--":
+            continue
+        elif token.startswith("-"):
+            skip = token in _EXPORT_VALUE_OPTIONS
+        else:
+            return token
+    return None
+
+
 def main(argv=None):
     """Entry point of the `keras-kd` command."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "export":
+        model = _export_model_argument(argv[1:])
+        if model is not None and model.lower().endswith(".keras"):
+            problem = keras_file_problem(model)
+            if problem is not None:
+                print(
+                    f"keras-kd export: error: cannot read {model!r}: {problem}. "
+                    "Expected a .keras file written by `model.save(...)` or "
+                    "`keras-kd --output DIR`; save it again (or copy it again "
+                    "if the copy was cut short).",
+                    file=sys.stderr,
+                )
+                return 1
         from keras_kd.export import export_command
 
         return export_command(argv[1:])

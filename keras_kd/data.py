@@ -2,8 +2,9 @@
 
 Three ways in, one contract out. `load_arrays` reads the Fashion-MNIST subset
 bundled with the package, a local `.npz` archive, or a TensorFlow Datasets
-name (downloaded when online, or read from a directory that
-`prepare_tfds_directory` made from a local archive when offline), and always
+name (read from a tfds data directory: one that tfds prepared, or one that
+`prepare_tfds_directory` made from a local archive offline; downloaded there
+unless `download=False`), and always
 returns uint8 images shaped `(N, H, W, C)` and int64 labels shaped `(N,)`.
 `make_dataset` turns such arrays into a seeded, augmented, normalised,
 batched and prefetched `tf.data.Dataset`; `channel_stats` computes the
@@ -29,12 +30,47 @@ import pathlib
 import re
 
 import numpy as np
-import tensorflow as tf
 
 BUNDLED_DATASET = "fashion_mnist_small.npz"
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 AUGMENTATIONS = ("crop_flip", "flip")
 CROP_PADDING = 4
+
+
+def _tensorflow(what):
+    """Imports TensorFlow for `what`, or says how to install it.
+
+    `load_arrays` (bundled data, `.npz`), `balanced_subset` and
+    `channel_stats` need only NumPy; the `tf.data` pipelines and tfds need
+    TensorFlow, imported here on first use so that `import keras_kd.data`
+    works without it.
+    """
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise ImportError(
+            f"keras_kd.data.{what} needs TensorFlow (tf.data), which could not "
+            f"be imported ({error}). Install it with `pip install "
+            '"keras-kd[cpu]"` (tensorflow-cpu; `[gpu]` for CUDA), or '
+            "`pip install tensorflow-cpu`."
+        ) from error
+    return tf
+
+
+def _tensorflow_datasets(what):
+    """Imports TensorFlow Datasets for `what`, or says how to install it."""
+    try:
+        import tensorflow  # noqa: F401  (tfds needs it; name it if missing)
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise ImportError(
+            f"keras_kd.data.{what} needs TensorFlow and TensorFlow Datasets "
+            f"for a tfds name, and they could not be imported ({error}). "
+            'Install them with `pip install "keras-kd[cpu,data]"` '
+            "(tensorflow-cpu, tensorflow-datasets), or pass a .npz archive "
+            "instead, which needs neither."
+        ) from error
+    return tfds
 
 
 def load_arrays(source=None, *, data_dir=None, download=True):
@@ -54,7 +90,11 @@ def load_arrays(source=None, *, data_dir=None, download=True):
             name. Defaults to `None` (tfds's own default, usually
             `~/tensorflow_datasets`).
         download: whether a tfds data set that is not yet prepared in
-            `data_dir` may be downloaded. Defaults to `True`.
+            `data_dir` may be downloaded (and prepared there). `False` never
+            touches the network: an unprepared name fails at once with a
+            `FileNotFoundError` saying how to prepare it offline (`keras-kd`
+            passes `False` unless given `--download`). Defaults to `True`
+            (the notebooks download CIFAR-10 on Colab).
 
     Returns:
         A dict with `x_train`, `x_test` (uint8, `(N, H, W, C)`; grey images
@@ -134,6 +174,7 @@ def make_dataset(
     augment=None,
     mean=None,
     std=None,
+    rescale=True,
     shuffle_buffer=None,
     seed=None,
     drop_remainder=False,
@@ -141,9 +182,10 @@ def make_dataset(
     """Builds a batched `tf.data.Dataset` of `(image, label)` from arrays.
 
     Per example, in order: when `training`, shuffle and augment; then batch,
-    scale to float32 (uint8 images are divided by 255, float images are
-    taken to be in [0, 1] already), normalise `(image - mean) / std` per
-    channel, and prefetch. Augmentation runs in `map` with stateless random
+    cast to float32 and scale (uint8 images are divided by 255, float images
+    are taken to be in [0, 1] already; with `rescale=False` neither: raw
+    pixels 0..255 for a model that normalises inside), normalise
+    `(image - mean) / std` per channel, and prefetch. Augmentation runs in `map` with stateless random
     ops whose seeds come from `tf.data.Dataset.random(seed)`, so a given
     `seed` gives the same crops and flips whatever the parallelism, and a
     new draw each epoch.
@@ -162,6 +204,11 @@ def make_dataset(
             `channel_stats`). Defaults to `None` (no normalisation).
         std: per-channel standard deviation to divide by, length `C`, in
             [0, 1] units. Defaults to `None`.
+        rescale: divide uint8 images by 255. `False` yields the pixel values
+            unchanged as float32, for models that normalise inside (such as
+            `keras_kd.models.conv_net(..., mean=mean, std=std)`, the models
+            of `keras-kd`); `mean` and `std` must then be `None`. Defaults
+            to `True`.
         shuffle_buffer: shuffle buffer size when `training`. Defaults to
             `None`, the whole data set (a full shuffle).
         seed: seed for shuffling and augmentation. Defaults to `None`
@@ -179,6 +226,7 @@ def make_dataset(
                                     augment="crop_flip", seed=0)
     ```
     """
+    tf = _tensorflow("make_dataset")
     x = _as_images(x, "x")
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise TypeError(
@@ -203,6 +251,13 @@ def make_dataset(
             "Pass both `mean` and `std` to normalise, or neither; received "
             f"mean={mean!r}, std={std!r}. `channel_stats(x_train)` returns both."
         )
+    if not rescale and mean is not None:
+        raise ValueError(
+            "`rescale=False` passes raw pixels to a model that normalises "
+            "inside, so the pipeline must not normalise too; received "
+            f"mean={mean!r}, std={std!r}. Drop `mean` and `std`, or use "
+            "`rescale=True`."
+        )
     if mean is not None:
         mean = _per_channel(mean, "mean", channels)
         std = _per_channel(std, "std", channels)
@@ -223,7 +278,7 @@ def make_dataset(
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
+    scale = 1.0 / 255.0 if rescale and x.dtype == np.uint8 else 1.0
 
     def to_float(images, labels):
         images = tf.cast(images, tf.float32) * scale
@@ -306,7 +361,7 @@ def prepare_tfds_directory(npz_path, data_dir, name):
     arrays = keras_kd.data.load_arrays("cifar10_local", data_dir="~/tfds")
     ```
     """
-    import tensorflow_datasets as tfds
+    tfds = _tensorflow_datasets("prepare_tfds_directory")
 
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(
@@ -352,6 +407,7 @@ def prepare_tfds_directory(npz_path, data_dir, name):
 
 
 def _crop_flip(image, seed):
+    tf = _tensorflow("make_dataset")
     height, width = image.shape[0], image.shape[1]
     padded = tf.pad(image, [[CROP_PADDING, CROP_PADDING], [CROP_PADDING, CROP_PADDING], [0, 0]])
     seeds = tf.random.experimental.stateless_split(seed, num=2)
@@ -361,6 +417,7 @@ def _crop_flip(image, seed):
 
 
 def _flip(image, seed):
+    tf = _tensorflow("make_dataset")
     return tf.image.stateless_random_flip_left_right(image, seed=seed)
 
 
@@ -397,7 +454,7 @@ def _load_npz(path):
 
 
 def _load_tfds(name, *, data_dir, download):
-    import tensorflow_datasets as tfds
+    tfds = _tensorflow_datasets("load_arrays")
 
     if data_dir is not None:
         data_dir = os.path.expanduser(os.fspath(data_dir))
@@ -419,9 +476,13 @@ def _load_tfds(name, *, data_dir, download):
         if not download:
             raise FileNotFoundError(
                 f"The TensorFlow Datasets data set {name!r} is not prepared in "
-                f"{builder.data_dir} and download=False. Pass the data_dir that "
-                "holds it, allow downloading, or make one offline with "
-                "`prepare_tfds_directory`."
+                f"{builder.data_dir}, and downloading was not asked for. "
+                "Offline: pass a .npz archive (x_train, y_train, x_test, "
+                "y_test) instead, or make a tfds directory from one with "
+                "keras_kd.data.prepare_tfds_directory('data.npz', DATA_DIR, "
+                f"'{name.split(':')[0].split('/')[0]}_local') and load that "
+                "name from DATA_DIR. Online: pass --download to keras-kd "
+                "(download=True to load_arrays) to download it there."
             )
         try:
             builder.download_and_prepare()

@@ -7,22 +7,96 @@ tap) followed by `stage{i}_relu`; the classifier is `logits` (no softmax).
 BatchNormalization uses `momentum=0.9`, the equivalent of PyTorch's default
 (0.1) that the reference implementations (RepDistiller, the official AB
 code) train with; Keras's 0.99 lags far behind on short schedules.
+
+Given `mean` and `std` (per channel, in [0, 1] units, from
+`keras_kd.data.channel_stats`), both builders start with a `Normalization`
+layer named `normalize` that maps raw pixels (0..255, as float) to
+`(x / 255 - mean) / std`: the model then takes raw pixels, in training and
+once exported (`keras_kd.export` keeps `Normalization`), and its input
+pipeline must not normalise (`make_dataset(..., rescale=False)`).
 """
 
 import functools
 
 import keras
+import numpy as np
 
 _BatchNorm = functools.partial(keras.layers.BatchNormalization, momentum=0.9)
 
 
-def conv_net(input_shape, classes, widths=(16, 32, 64), *, name="conv_net"):
+def pixel_normalization(mean, std, *, name="normalize"):
+    """A layer mapping raw pixels 0..255 to `(x / 255 - mean) / std` per channel.
+
+    Args:
+        mean: per-channel mean in [0, 1] units (see
+            `keras_kd.data.channel_stats`), length `C`.
+        std: per-channel standard deviation in [0, 1] units, length `C`,
+            all positive.
+        name: layer name. Defaults to `"normalize"`.
+
+    Returns:
+        A `keras.layers.Normalization` with mean `255 * mean` and variance
+        `(255 * std) ** 2` (saved with the model).
+
+    Example:
+
+    >>> layer = pixel_normalization([0.5], [0.25])
+    >>> float(layer(np.full((1, 1, 1, 1), 255.0, "float32"))[0, 0, 0, 0])
+    2.0
+    """
+    mean = np.asarray(mean, np.float64).reshape(-1)
+    std = np.asarray(std, np.float64).reshape(-1)
+    if mean.shape != std.shape or not mean.size:
+        raise ValueError(
+            f"`mean` and `std` must have one value per channel each; received "
+            f"{mean.size} and {std.size} values. `keras_kd.data.channel_stats("
+            "x_train)` returns both."
+        )
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))
+            and np.all(std > 0)):
+        raise ValueError(
+            f"`mean` must be finite and `std` finite and positive; received "
+            f"mean={mean.tolist()}, std={std.tolist()} (in [0, 1] units)."
+        )
+    return keras.layers.Normalization(
+        mean=(255.0 * mean).tolist(), variance=np.square(255.0 * std).tolist(),
+        name=name)
+
+
+def _image_input(input_shape, mean, std):
+    inputs = keras.Input(input_shape, name="image")
+    if mean is None and std is None:
+        return inputs, inputs
+    if mean is None or std is None:
+        raise ValueError(
+            "Pass both `mean` and `std` to normalise inside the model, or "
+            f"neither; received mean={mean!r}, std={std!r}. "
+            "`keras_kd.data.channel_stats(x_train)` returns both."
+        )
+    layer = pixel_normalization(mean, std)
+    channels = np.asarray(mean).size
+    if channels != input_shape[-1]:
+        raise ValueError(
+            f"`mean` and `std` have {channels} values; expected one per "
+            f"channel of input_shape {tuple(input_shape)}."
+        )
+    return inputs, layer(inputs)
+
+
+def conv_net(input_shape, classes, widths=(16, 32, 64), *, mean=None,
+             std=None, name="conv_net"):
     """A VGG-style CNN: per stage two 3x3 conv + BN + ReLU, then max-pool.
 
     Args:
         input_shape: `(H, W, C)` of the images.
         classes: number of classes.
         widths: channels of each stage. Defaults to `(16, 32, 64)`.
+        mean: per-channel mean of the training images in [0, 1] units; with
+            `std`, the model starts with `pixel_normalization(mean, std)`
+            and takes raw pixels 0..255. Defaults to `None` (no
+            normalisation inside).
+        std: per-channel standard deviation, in [0, 1] units. Defaults to
+            `None`.
         name: model name. Defaults to `"conv_net"`.
 
     Returns:
@@ -35,8 +109,7 @@ def conv_net(input_shape, classes, widths=(16, 32, 64), *, name="conv_net"):
     >>> model.output.shape
     (None, 10)
     """
-    inputs = keras.Input(input_shape, name="image")
-    x = inputs
+    inputs, x = _image_input(input_shape, mean, std)
     for i, width in enumerate(widths, start=1):
         x = keras.layers.Conv2D(
             width, 3, padding="same", use_bias=False, name=f"stage{i}_conv1"
@@ -56,7 +129,7 @@ def conv_net(input_shape, classes, widths=(16, 32, 64), *, name="conv_net"):
 
 
 def resnet(input_shape, classes, widths=(16, 32, 64), blocks=2, *,
-           name="resnet"):
+           mean=None, std=None, name="resnet"):
     """A CIFAR-style post-activation ResNet (He et al. 2016, basic blocks).
 
     Each block is conv-BN-ReLU-conv-BN, `Add` with the shortcut (1x1 conv +
@@ -71,6 +144,11 @@ def resnet(input_shape, classes, widths=(16, 32, 64), blocks=2, *,
             resolution). Defaults to `(16, 32, 64)`.
         blocks: basic blocks per stage (`6 * blocks + 2` layers deep:
             `blocks=3` is ResNet-20). Defaults to `2`.
+        mean: per-channel mean of the training images in [0, 1] units; with
+            `std`, the model starts with `pixel_normalization(mean, std)`
+            and takes raw pixels 0..255. Defaults to `None`.
+        std: per-channel standard deviation, in [0, 1] units. Defaults to
+            `None`.
         name: model name. Defaults to `"resnet"`.
 
     Returns:
@@ -82,10 +160,10 @@ def resnet(input_shape, classes, widths=(16, 32, 64), blocks=2, *,
     >>> model.get_layer("stage3_add").output.shape
     (None, 8, 8, 32)
     """
-    inputs = keras.Input(input_shape, name="image")
+    inputs, x = _image_input(input_shape, mean, std)
     x = keras.layers.Conv2D(
         widths[0], 3, padding="same", use_bias=False, name="stem_conv"
-    )(inputs)
+    )(x)
     x = _BatchNorm(name="stem_bn")(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
     for i, width in enumerate(widths, start=1):

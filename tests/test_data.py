@@ -124,8 +124,12 @@ def test_malformed_tfds_name():
 
 
 def test_unprepared_tfds_name_without_download(tmp_path):
-    with pytest.raises(FileNotFoundError, match="'mnist' is not prepared"):
+    with pytest.raises(FileNotFoundError, match="'mnist' is not prepared") as error:
         data.load_arrays("mnist", data_dir=str(tmp_path), download=False)
+    message = str(error.value)
+    assert "prepare_tfds_directory(" in message and "'mnist_local'" in message
+    assert ".npz" in message and "--download" in message
+    assert list(tmp_path.iterdir()) == []  # nothing fetched or created
 
 
 @pytest.mark.parametrize(

@@ -983,22 +983,38 @@ def export_command(argv=None):
         "model) to a SavedModel or a TFLite/LiteRT flatbuffer, then check "
         "it against the Keras model.",
     )
+    from keras_kd.cli import _integer  # one parser for counts, as the CLI
+
     parser.add_argument("model", help="a .keras file of a Distiller or student")
     parser.add_argument("output", help="target file (.tflite) or directory")
-    parser.add_argument("--format", default="saved_model", choices=FORMATS)
+    parser.add_argument(
+        "--format", default="saved_model", choices=FORMATS,
+        help="what to write (default: saved_model); tflite_int8 needs "
+        "--representative-data",
+    )
     parser.add_argument(
         "--representative-data", metavar="NPZ",
         help="an .npz with `x_train` (or `x`) images; `x_test`, if present, "
         "is the check batch. Required for tflite_int8.",
     )
-    parser.add_argument("--calibration-batches", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--calibration-batches", type=_integer(1), default=100,
+        help="batches of --representative-data used to calibrate "
+        "quantization (default: 100)",
+    )
+    parser.add_argument(
+        "--batch-size", type=_integer(1), default=32,
+        help="examples per calibration / check batch (default: 32)",
+    )
     parser.add_argument(
         "--overwrite", action="store_true",
         help="replace OUTPUT if it is a TFLite file (TFLite formats) or a "
         "SavedModel directory (saved_model); anything else is refused",
     )
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--quiet", action="store_true",
+        help="print nothing but warnings and errors",
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:

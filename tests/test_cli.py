@@ -133,6 +133,28 @@ def test_out_of_range_numbers_are_refused(capsys, flag, value, message):
     assert pytest.importorskip("re").search(message, capsys.readouterr().err)
 
 
+def test_export_help_covers_every_flag(capsys):
+    assert cli.main(["export", "--help"]) == 0
+    text = capsys.readouterr().out
+    for flag in ("--format", "--representative-data", "--calibration-batches",
+                 "--batch-size", "--overwrite", "--quiet"):
+        line = next(l for l in text.splitlines() if l.strip().startswith(flag))
+        # argparse prints a flag's help on its own line or the next one.
+        following = text.split(line, 1)[1].splitlines()[0]
+        assert line.strip() != flag or following.strip(), f"{flag}: no help"
+    assert "default: 100" in text and "default: 32" in text
+
+
+@pytest.mark.parametrize("flag", ["--calibration-batches", "--batch-size"])
+def test_export_refuses_non_positive_counts(capsys, tmp_path, flag):
+    code = cli.main(["export", str(tmp_path / "m.h5"), str(tmp_path / "o"),
+                     flag, "0"])
+    assert code == 2
+    assert f"{flag}: must be an integer >= 1; received 0" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
 def test_unknown_method_is_refused():
     with pytest.raises(SystemExit, match="unknown method.*'xyz'"):
         cli.distill(["--methods", "kd,xyz"])

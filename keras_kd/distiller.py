@@ -1,5 +1,8 @@
 """`Distiller`: a `keras.Model` that trains a student from a frozen teacher."""
 
+import math
+import numbers
+
 import keras
 
 from keras_kd import backend as backend_lib
@@ -122,14 +125,10 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         _check_models(teacher, student)
         losses = _check_losses(distillation_losses)
         weights = _check_weights(losses, distillation_loss_weights)
-        if not isinstance(student_loss_weight, (int, float)) or (
-            student_loss_weight < 0
-        ):
-            raise ValueError(
-                "`student_loss_weight` must be a number >= 0; received "
-                f"{student_loss_weight!r}. Use 0 to train on the "
-                "distillation losses alone."
-            )
+        student_loss_weight = _check_weight(
+            student_loss_weight, "student_loss_weight",
+            "Use 0 to train on the distillation losses alone.",
+        )
         self.teacher = teacher
         self.student = student
         self.teacher.trainable = False
@@ -154,7 +153,12 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
             aggregation="only_first_replica",
         )
         self._guard = _Untracked(bad=None)
+        self._steps_run = 0
         self._build_extractors()
+        for loss in losses:
+            check_models = getattr(loss, "check_models", None)
+            if check_models is not None:
+                check_models(self.teacher, self.student)
         names = self._term_names()
         for loss in losses:
             if loss.num_pairs > 1:
@@ -226,8 +230,8 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         ]
 
     def _guard_names(self):
-        """Names of the values the non-finite guard checks: terms, total."""
-        return self._term_names() + ["loss"]
+        """Names of what the guard checks: inputs, weighted terms, total."""
+        return list(_INPUT_CHECKS) + self._term_names() + ["loss"]
 
     # --- weights -------------------------------------------------------------
 
@@ -257,7 +261,12 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
                     f"Unknown loss weight '{name}'. Expected one of "
                     f"{list(variables)}."
                 )
-            variables[name].assign(float(value))
+        checked = {
+            name: _check_weight(value, f"loss weight '{name}'")
+            for name, value in weights.items()
+        }
+        for name, value in checked.items():
+            variables[name].assign(value)
 
     def get_loss(self, name):
         """The distillation loss called `name`."""
@@ -304,8 +313,12 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         weights = self.loss_weight_variables
         term_names = self._term_names()
         terms = []
+        input_checks = [_negative_check(sample_weight)]
 
         if self._compile_loss is not None and y is not None:
+            self._check_label_shape(y, predictions)
+            y, labels_check = _finite_labels(y)
+            input_checks.append(labels_check)
             task = ops.cast(
                 self._compile_loss(y, predictions, sample_weight), "float32"
             )
@@ -352,10 +365,67 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         for value in weighted:
             total = total + value
         if training and self.check_finite:
+            input_checks += [ops.zeros((), "float32")] * (
+                len(_INPUT_CHECKS) - len(input_checks)
+            )
             backend_lib.get().record_non_finite(
-                self, numerics.first_non_finite(weighted + [total])
+                self,
+                numerics.first_non_finite(input_checks + weighted + [total]),
             )
         return total
+
+    def _check_label_shape(self, y, predictions):
+        """One-hot labels given to a sparse loss: fail at trace time."""
+        if not _is_sparse_loss(self.loss) or not hasattr(y, "shape"):
+            return
+        y_shape, p_shape = tuple(y.shape), tuple(predictions.shape)
+        classes = p_shape[-1] if p_shape else None
+        if (
+            len(y_shape) == len(p_shape)
+            and classes is not None
+            and classes > 1
+            and y_shape[-1] == classes
+        ):
+            raise ValueError(
+                f"The labels have shape {y_shape}, like the predictions "
+                f"{p_shape}: they look one-hot, but the task loss "
+                f"{_loss_name(self.loss)} expects integer class ids of shape "
+                f"{p_shape[:-1]}. Compile with "
+                "`keras.losses.CategoricalCrossentropy(...)` for one-hot "
+                "labels, or pass class ids (`np.argmax(y, axis=-1)`)."
+            )
+
+    def make_train_function(self, force=False):
+        function = super().make_train_function(force=force)
+        function = self.train_function if function is None else function
+        if getattr(function, "keras_kd_counted", False):
+            return function
+
+        def counted(*args, **kwargs):
+            # Counted on return: an exhausted iterator raises instead.
+            result = function(*args, **kwargs)
+            self._steps_run += 1
+            return result
+
+        counted.keras_kd_counted = True
+        counted.keras_kd_guarded = getattr(function, "keras_kd_guarded", False)
+        self.train_function = counted
+        return counted
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`; raises if the data gave no batch at all."""
+        self._steps_run = 0
+        history = super().fit(*args, **kwargs)
+        epochs = kwargs.get("epochs", args[3] if len(args) > 3 else 1)
+        initial = kwargs.get("initial_epoch", 0)
+        if self._steps_run == 0 and epochs > initial and not self.stop_training:
+            raise ValueError(
+                "`fit` received no batches: the training data is empty (an "
+                "empty array, or a dataset that yields nothing), so nothing "
+                "was trained. Check the data pipeline (filters, `take`, "
+                "`steps_per_epoch`) and pass at least one example."
+            )
+        return history
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         """Compiled metrics see the student's predictions only."""
@@ -529,7 +599,7 @@ def _check_losses(distillation_losses):
 def _check_weights(losses, weights):
     if weights is None:
         return [float(loss.default_weight) for loss in losses]
-    if isinstance(weights, (int, float)):
+    if isinstance(weights, numbers.Real):
         weights = [weights]
     weights = list(weights)
     if len(weights) != len(losses):
@@ -539,19 +609,83 @@ def _check_weights(losses, weights):
             f"{[loss.name for loss in losses]}. Pass one weight per loss, in "
             "the same order, or None for each loss's default weight."
         )
-    for w in weights:
-        if not isinstance(w, (int, float)) or w < 0:
-            raise ValueError(
-                "Distillation loss weights must be numbers >= 0; received "
-                f"{weights}."
-            )
-    return [float(w) for w in weights]
+    return [
+        _check_weight(w, f"distillation_loss_weights[{i}] ({loss.name})")
+        for i, (w, loss) in enumerate(zip(weights, losses))
+    ]
+
+
+def _check_weight(value, what, hint=""):
+    """A loss weight as a float: a finite real number >= 0, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{what} must be a number >= 0; received {value!r} of type "
+            f"{type(value).__name__}. Pass a float such as 1.0. {hint}".strip()
+        )
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{what} must be a finite number >= 0; received {value!r}. "
+            f"Pass a float such as 1.0 (0 switches the term off). {hint}"
+            .strip()
+        )
+    return value
 
 
 def _output_shapes(extractor, model):
     if extractor is model and not taps_lib.has_graph(model):
         return [None]
     return [tuple(t.shape) for t in extractor.outputs]
+
+
+_INPUT_CHECKS = ("sample_weight", "labels")
+
+
+def _negative_check(sample_weight):
+    """0, or NaN when any sample weight is negative or not finite."""
+    ops = keras.ops
+    if sample_weight is None:
+        return ops.zeros((), "float32")
+    values = ops.cast(sample_weight, "float32")
+    bad = ops.logical_or(
+        ops.any(ops.less(values, 0.0)),
+        ops.logical_not(ops.all(ops.isfinite(values))),
+    )
+    return ops.where(bad, float("nan"), 0.0)
+
+
+def _finite_labels(y):
+    """Float labels with NaN/Inf replaced by 0, and a check value (NaN if any).
+
+    The replacement keeps the task loss from failing inside the step (a NaN
+    class id becomes "label value of -9223372036854775808" on TensorFlow);
+    the guard then stops training and names the labels.
+    """
+    ops = keras.ops
+    if not hasattr(y, "dtype") or not keras.backend.is_float_dtype(
+        keras.backend.standardize_dtype(y.dtype)
+    ):
+        return y, ops.zeros((), "float32")
+    finite = ops.isfinite(y)
+    check = ops.where(ops.all(finite), 0.0, float("nan"))
+    return ops.where(finite, y, ops.zeros_like(y)), check
+
+
+def _loss_name(loss):
+    if isinstance(loss, str):
+        return repr(loss)
+    return getattr(loss, "name", None) or getattr(
+        loss, "__name__", type(loss).__name__
+    )
+
+
+def _is_sparse_loss(loss):
+    if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        return True
+    name = loss if isinstance(loss, str) else getattr(
+        loss, "__name__", type(loss).__name__
+    )
+    return isinstance(name, str) and "sparse_categorical" in name.lower()
 
 
 def _example_weights(sample_weight):

@@ -35,6 +35,26 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(non_finite_message(term))
 
 
+def guard_error(name, non_finite_error=NonFiniteLossError):
+    """The exception for the first value the guard flagged, by its name."""
+    if name == "sample_weight":
+        return ValueError(
+            "keras_kd: this batch has a negative or non-finite "
+            "`sample_weight`. Sample weights scale each example's loss and "
+            "must be finite numbers >= 0 (0 ignores an example). Training "
+            "stopped before this step's update was applied. Fix the weights "
+            "passed to `fit(sample_weight=...)` or yielded by the dataset."
+        )
+    if name == "labels":
+        return ValueError(
+            "keras_kd: the labels of this batch contain NaN or Inf. Training "
+            "stopped before this step's update was applied. Check the label "
+            "array or the dataset's label pipeline (missing values, a "
+            "division by zero) and pass finite labels."
+        )
+    return non_finite_error(name)
+
+
 def non_finite_message(name):
     if name == "loss":
         what = (

@@ -91,7 +91,7 @@ class TrainerMixin:
                     "optimizer_variables": optimizer,
                     "metrics_variables": metrics,
                 }
-                raise numerics.NonFiniteLossError(names[bad]) from None
+                raise numerics.guard_error(names[bad]) from None
             return logs, state
 
         guarded.keras_kd_guarded = True

@@ -167,7 +167,7 @@ def raise_on_non_finite(function, flag, names):
         index = int(flag.numpy())
         if index >= 0:
             flag.assign(-1)  # the weights are finite: training may resume
-            raise NonFiniteLossError(names[index]) from None
+            raise numerics.guard_error(names[index], NonFiniteLossError) from None
         return logs
 
     guarded.keras_kd_guarded = True

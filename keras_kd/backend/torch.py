@@ -16,7 +16,7 @@ def replicas_in_sync():
 def record_non_finite(distiller, bad):
     index = int(bad)
     if index >= 0:
-        raise numerics.NonFiniteLossError(distiller._guard_names()[index])
+        raise numerics.guard_error(distiller._guard_names()[index])
 
 
 class TrainerMixin:

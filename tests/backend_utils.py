@@ -12,10 +12,7 @@ own mechanism (`keras.backend.backend()`):
   jit_compile=True)` in the behaviour tests instead.
 """
 
-import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -89,26 +86,3 @@ def compiled(fn):
 
         return jax.jit(fn)
     return fn
-
-
-def run_python(code, backend, env=None, timeout=600):
-    """Runs `code` in a fresh Python under `KERAS_BACKEND=backend`.
-
-    The code should print one JSON line last; returns it parsed. On a
-    non-zero exit the assertion shows the child's output.
-    """
-    child_env = dict(os.environ)
-    child_env.update(env or {})
-    child_env["KERAS_BACKEND"] = backend
-    child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (REPO_ROOT, TESTS_DIR, child_env.get("PYTHONPATH")) if p)
-    out = subprocess.run([sys.executable, "-c", code], env=child_env,
-                         capture_output=True, text=True, timeout=timeout,
-                         cwd=REPO_ROOT, check=False)
-    assert out.returncode == 0, (
-        f"child under KERAS_BACKEND={backend} exited with {out.returncode}\n"
-        f"--- stdout ---\n{out.stdout[-6000:]}\n--- stderr ---\n{out.stderr[-6000:]}")
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    assert lines, f"no JSON line in the child's output:\n{out.stdout[-3000:]}"
-    return json.loads(lines[-1])

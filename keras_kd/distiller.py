@@ -469,7 +469,9 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
 
     def compile_from_config(self, config):
         # Keras skips this for models that override `compile`.
-        config = keras.saving.deserialize_keras_object(config)
+        config = keras.saving.deserialize_keras_object(
+            _portable_optimizers(config)
+        )
         self.compile(**config)
         if self.optimizer is not None and self.built:
             self.optimizer.build(self.trainable_variables)
@@ -636,6 +638,26 @@ def _output_shapes(extractor, model):
     if extractor is model and not taps_lib.has_graph(model):
         return [None]
     return [tuple(t.shape) for t in extractor.outputs]
+
+
+def _portable_optimizers(config):
+    """Points backend-specific optimizer classes at `keras.optimizers`.
+
+    Keras saves an optimizer under PyTorch or TensorFlow as, e.g.,
+    `keras.src.backend.torch.optimizers.torch_adam.Adam`; loaded under
+    another backend that class cannot train (JAX arrays given to torch
+    ops). `keras.optimizers.Adam` resolves to the active backend's class.
+    """
+    if isinstance(config, dict):
+        config = {k: _portable_optimizers(v) for k, v in config.items()}
+        module = config.get("module")
+        if isinstance(module, str) and module.startswith("keras.src.backend."):
+            if hasattr(keras.optimizers, str(config.get("class_name"))):
+                config["module"] = "keras.optimizers"
+        return config
+    if isinstance(config, (list, tuple)):
+        return type(config)(_portable_optimizers(v) for v in config)
+    return config
 
 
 _INPUT_CHECKS = ("sample_weight", "labels")

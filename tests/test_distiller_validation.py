@@ -211,3 +211,41 @@ def test_losses_check_the_models_at_construction():
     with pytest.raises(ValueError, match="checked: this pair"):
         Distiller(teacher, student, [L.FitNetsHint("bn2", "bn2"), Checked()])
     assert seen == [("teacher", "student")]
+
+
+# --- a distiller saved under another backend -------------------------------------
+
+
+@pytest.mark.parametrize("saved_under", ["torch", "tensorflow", "jax"])
+def test_compile_config_from_another_backend_trains(saved_under):
+    # Keras records the backend's own optimizer class (e.g.
+    # keras.src.backend.torch.optimizers.torch_adam.Adam); the Distiller
+    # loads it as `keras.optimizers.Adam` of the active backend.
+    modules = {
+        "torch": "keras.src.backend.torch.optimizers.torch_adam",
+        "tensorflow": "keras.src.backend.tensorflow.optimizer",
+        "jax": "keras.optimizers",
+    }
+    pytest.importorskip(saved_under)
+    optimizer = keras.saving.serialize_keras_object(keras.optimizers.Adam(0.01))
+    optimizer["module"] = modules[saved_under]
+    config = {"optimizer": {"module": "keras.optimizers",
+                            "class_name": "LossScaleOptimizer",
+                            "config": {"name": "lso",
+                                       "inner_optimizer": optimizer,
+                                       "initial_scale": 2.0},
+                            "registered_name": "LossScaleOptimizer"},
+              "loss": None}
+    teacher, student = _pair()
+    distiller = Distiller(teacher, student, L.LogitsDistillation())
+    distiller.compile_from_config(config)
+    inner = distiller.optimizer.inner_optimizer
+    assert isinstance(inner, keras.optimizers.Adam)
+    others = {"torch", "tensorflow", "jax"} - {keras.backend.backend()}
+    module = type(inner).__module__
+    assert not any(f"backend.{other}." in module for other in others), module
+    x, _ = data(n=4)
+    before = _trainable(student)
+    distiller.fit(x, batch_size=4, epochs=1, verbose=0)
+    assert any(not np.array_equal(a, b)
+               for a, b in zip(_trainable(student), before))

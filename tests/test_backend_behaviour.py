@@ -70,7 +70,9 @@ def _weights(variables):
 def test_each_network_runs_once_per_step_eagerly():
     teacher = _counting_cnn(8, "teacher", CallCounter)
     student = _counting_cnn(4, "student", CallCounter, fused=True)
-    distiller = Distiller(teacher, student, _losses())
+    # KD + AB on two pairs: several taps per network; fewer losses keep
+    # JAX's op-by-op eager mode quick (the compiled test below uses all).
+    distiller = Distiller(teacher, student, _losses()[:2])
     distiller.compile(optimizer="sgd", loss=sparse_ce(), run_eagerly=True)
     x, y = data(n=8)
     # Warm-up: the first fit/evaluate/predict may also run the networks on

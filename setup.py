@@ -21,11 +21,27 @@ setup(
     packages=find_packages(include=["keras_kd", "keras_kd.*"]),
     package_data={"keras_kd": ["datasets/*.npz", "datasets/*.md"]},
     install_requires=["keras>=3.12", "numpy"],
+    # keras_kd itself needs only Keras and one backend; each extra below
+    # installs one. TensorFlow is needed only by keras_kd.data (tf.data /
+    # tfds pipelines), keras_kd.export (SavedModel / TFLite), tf.distribute
+    # and the `keras-kd` command, which import it when used.
+    # GPU variants (see the README's "Backends" section):
+    #   JAX:        pip install "jax[cuda12]"   (or "jax[cuda13]")
+    #   PyTorch:    pip install torch --index-url https://download.pytorch.org/whl/cu126
+    #   TensorFlow: the `gpu` extra below (tensorflow[and-cuda]).
     extras_require={
-        # TensorFlow is the training backend; pick the wheel for the machine.
+        # TensorFlow backend; pick the wheel for the machine.
         "cpu": ["tensorflow-cpu>=2.18"],
         "tf": ["tensorflow>=2.18"],
         "gpu": ["tensorflow[and-cuda]>=2.18"],
+        # JAX backend on CPU (KERAS_BACKEND=jax).
+        "jax": ["jax[cpu]>=0.4.30"],
+        # PyTorch backend (KERAS_BACKEND=torch). PyPI's Linux torch wheel
+        # bundles CUDA (several GB of nvidia-* wheels); for a CPU-only
+        # machine install the CPU wheel first, which this requirement then
+        # accepts:  pip install torch --index-url https://download.pytorch.org/whl/cpu
+        # (.ci/run does so through --extra-index-url).
+        "torch": ["torch>=2.4"],
         # tfds input pipelines (keras_kd.data with a tfds name).
         # (tfds 4.9.10 imports importlib_resources without declaring it on
         # Python >= 3.9: tensorflow/datasets#11212.)

@@ -19,6 +19,22 @@ def quiet_tensorflow():
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
+def select_backend(argv=None):
+    """Sets KERAS_BACKEND from `--backend NAME` in `argv` (before Keras is imported).
+
+    Returns the backend name: the flag's value, else KERAS_BACKEND, else
+    `tensorflow`.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    for i, arg in enumerate(argv):
+        if arg == "--backend" and i + 1 < len(argv):
+            os.environ["KERAS_BACKEND"] = argv[i + 1]
+        elif arg.startswith("--backend="):
+            os.environ["KERAS_BACKEND"] = arg.split("=", 1)[1]
+    quiet_tensorflow()
+    return os.environ["KERAS_BACKEND"]
+
+
 def command_line():
     """The exact command that ran this script, relative to the repository."""
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -58,11 +74,18 @@ def machine():
 
 
 def versions():
-    """Python, TensorFlow, Keras and keras_kd versions."""
+    """Python, Keras backend, TensorFlow / JAX / PyTorch, Keras and keras_kd versions."""
+    import importlib.metadata
+
     import keras
-    import tensorflow as tf
 
     import keras_kd
+
+    def installed(dist):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
 
     try:
         from importlib.metadata import version
@@ -70,9 +93,16 @@ def versions():
         kd_version = version("keras-kd")
     except Exception:  # noqa: BLE001 - not installed as a distribution
         kd_version = getattr(keras_kd, "__version__", "unknown")
+    tensorflow = installed("tensorflow-cpu")
+    if tensorflow == "not installed":
+        tensorflow = installed("tensorflow")
     return {
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        "keras backend": keras.backend.backend(),
+        "tensorflow": tensorflow,
+        "jax": installed("jax"),
+        "jaxlib": installed("jaxlib"),
+        "torch": installed("torch"),
         "keras": keras.__version__,
         "keras_kd": kd_version,
         "numpy": __import__("numpy").__version__,

@@ -23,8 +23,12 @@ sizes.
 
     python benchmarks/speed.py            # CIFAR sizes, batch 128 (~4 min on 2 cores)
     python benchmarks/speed.py --quick    # small sizes, ~1.5 min
+    python benchmarks/speed.py --quick --backend jax     # or torch, or KERAS_BACKEND=...
 
-Writes `benchmarks/results/speed[_quick].md` (+ `.json`, `.png`).
+Every backend times the same configurations against its own floor; the
+loss-math and NST-scaling sections use `tf.GradientTape` and run on the
+TensorFlow backend only. Writes `benchmarks/results/speed[_quick][_BACKEND].md`
+(+ `.json`, `.png`; no suffix for TensorFlow).
 """
 
 import argparse
@@ -38,11 +42,13 @@ import time
 
 import common
 
-common.quiet_tensorflow()
+BACKEND = common.select_backend()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+if BACKEND == "tensorflow":
+    import tensorflow as tf  # noqa: E402
 
 import keras_kd  # noqa: E402
 from keras_kd import losses  # noqa: E402
@@ -66,7 +72,8 @@ FEATURE_PAIR = "stage3_add"  # equal shapes in teacher and student
 # name -> (family, description)
 CONFIGS = {
     "student": ("floor", "(a) student train step alone"),
-    "teacher_inference": ("floor", "(b) teacher(x, training=False), compiled"),
+    "teacher_inference": ("floor", "(b) teacher(x, training=False), compiled "
+                          "(tf.function / jax.jit; PyTorch: eager under no_grad)"),
     "kd": ("keras_kd", "Distiller: KD (T=4)"),
     "ab_kd": ("keras_kd", "Distiller: AB on 3 pairs (connectors) + KD"),
     "ab_kd_noconn": ("keras_kd", "Distiller: AB on 3 pairs, no connectors (equal widths) + KD"),
@@ -119,8 +126,7 @@ def keras_kd_losses(name):
 def build_step(name, s, teacher, shape):
     """A function `step(x, y)` that runs one step of `name` to completion."""
     if name == "teacher_inference":
-        fn = tf.function(lambda x: tf.reduce_sum(teacher(x, training=False)))
-        return (lambda x, y: fn(x).numpy()), None
+        return teacher_inference(teacher), None
     student = new_student(s, shape)
     if name == "student":
         model = student
@@ -140,11 +146,44 @@ def build_step(name, s, teacher, shape):
     return (lambda x, y: model.train_on_batch(x, y)), model
 
 
+def teacher_inference(teacher):
+    """`step(x, y)`: the teacher's compiled inference pass, synchronised."""
+    if BACKEND == "tensorflow":
+        fn = tf.function(lambda x: tf.reduce_sum(teacher(x, training=False)))
+        return lambda x, y: fn(x).numpy()
+    if BACKEND == "jax":
+        import jax
+
+        @jax.jit
+        def forward(trainable, non_trainable, x):
+            out, _ = teacher.stateless_call(trainable, non_trainable, x, training=False)
+            return out.sum()
+
+        teacher.trainable = False  # as in every Distiller built after this
+
+        def step(x, y):
+            # Current buffers each call: a Distiller's step donates the
+            # teacher's state and replaces it with new arrays.
+            return float(forward([v.value for v in teacher.trainable_variables],
+                                 [v.value for v in teacher.non_trainable_variables], x))
+
+        return step
+    import torch
+
+    def step(x, y):
+        with torch.no_grad():
+            return float(keras.ops.sum(teacher(x, training=False)))
+
+    return step
+
+
 def batches(s, count=4):
     rng = np.random.default_rng(0)
-    return [(tf.constant(rng.standard_normal((s["batch"], s["image"], s["image"], 3),
-                                             dtype=np.float32)),
-             tf.constant(rng.integers(0, 10, s["batch"]))) for _ in range(count)]
+    return [(keras.ops.convert_to_tensor(
+                rng.standard_normal((s["batch"], s["image"], s["image"], 3),
+                                    dtype=np.float32)),
+             keras.ops.convert_to_tensor(rng.integers(0, 10, s["batch"])))
+            for _ in range(count)]
 
 
 def time_interleaved(steps, data, s):
@@ -332,7 +371,8 @@ def measure_memory(size):
     results = {}
     for name in CONFIGS:
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--size", size,
-                              "--memory-child", name], capture_output=True, text=True,
+                              "--backend", BACKEND, "--memory-child", name],
+                             capture_output=True, text=True,
                              check=False)
         lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
         if out.returncode or not lines:
@@ -377,6 +417,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small sizes, ~1.5 min")
     parser.add_argument("--size", choices=sorted(SIZES), default=None)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
+                        default=BACKEND, help="Keras backend (default: KERAS_BACKEND "
+                        "or tensorflow)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--note", default="", help="a sentence on the machine's load, "
                         "written into the results file")
@@ -390,8 +433,9 @@ def main(argv=None):
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     load_at_start = os.getloadavg()
     wall = time.time()
+    suffix = "" if BACKEND == "tensorflow" else f"_{BACKEND}"
     stem = args.output or os.path.join(
-        common.RESULTS_DIR, "speed" if size == "default" else f"speed_{size}")
+        common.RESULTS_DIR, ("speed" if size == "default" else f"speed_{size}") + suffix)
 
     teacher, shape = make_models(s)
     student_params = new_student(s, shape).count_params()
@@ -405,11 +449,14 @@ def main(argv=None):
     medians = {n: float(np.median(v)) for n, v in times.items()}
     floor = medians["student"] + medians["teacher_inference"]
 
-    print("timing the loss math alone", flush=True)
-    math = loss_math_times(s, teacher, shape, max(10, s["nst_repeats"]))
-    math.update(distiller_loss_times(built, teacher, data[0], max(10, s["nst_repeats"])))
-    print("NST scaling", flush=True)
-    nst = nst_scaling(s["batch"], s["nst_repeats"])
+    math, nst = {}, []
+    if BACKEND == "tensorflow":  # these two use tf.GradientTape / tf.function
+        print("timing the loss math alone", flush=True)
+        math = loss_math_times(s, teacher, shape, max(10, s["nst_repeats"]))
+        math.update(distiller_loss_times(built, teacher, data[0],
+                                         max(10, s["nst_repeats"])))
+        print("NST scaling", flush=True)
+        nst = nst_scaling(s["batch"], s["nst_repeats"])
     memory = {} if args.skip_memory else (print("peak memory (one subprocess each)",
                                                 flush=True) or measure_memory(size))
     load_at_end = os.getloadavg()
@@ -454,7 +501,8 @@ def main(argv=None):
     wall = time.time() - wall
     note = [args.note, ""] if args.note else []
     lines = common.header_markdown(
-        "Step time and memory: keras_kd against the floor and keras.distillation", started,
+        "Step time and memory: keras_kd against the floor and keras.distillation "
+        f"(Keras on {BACKEND})", started,
         note + [f"Load average (1, 5, 15 min) at start {load_at_start[0]:.2f} "
                 f"{load_at_start[1]:.2f} {load_at_start[2]:.2f}, at end {load_at_end[0]:.2f} "
                 f"{load_at_end[1]:.2f} {load_at_end[2]:.2f}; wall time {wall / 60:.1f} min.", ""])
@@ -466,8 +514,11 @@ def main(argv=None):
         f"{s['batch']}×{s['image']}×{s['image']}×3 (the same {len(data)} random batches "
         "for every configuration), SGD with momentum, cross-entropy from logits.",
         "- Every training configuration runs `model.train_on_batch(x, y)` in a loop (one "
-        "compiled `train_function` each); `teacher_inference` is a `tf.function` of "
-        "`teacher(x, training=False)`, synchronised by fetching a scalar.",
+        "compiled `train_function` each; Keras's default `jit_compile` for the backend: "
+        "XLA on TensorFlow and JAX, eager on PyTorch); `teacher_inference` is "
+        "`teacher(x, training=False)` in a `tf.function` (TensorFlow), a `jax.jit` of "
+        "`stateless_call` (JAX) or eager under `torch.no_grad()` (PyTorch), "
+        "synchronised by fetching a scalar.",
         f"- {s['warmup']} warm-up steps each, then {s['rounds']} rounds; each round runs "
         f"{s['steps_per_round']} steps of every configuration, the order rotated (and "
         "reversed every other round). Medians over all "
@@ -491,19 +542,23 @@ def main(argv=None):
     lines += ["", "![step time](" + os.path.basename(stem) + ".png)", "",
               "## keras_kd against keras.distillation (same student, teacher, batches)", ""]
     lines += common.markdown_table(vs_header, vs_rows)
-    lines += ["", "## The loss math alone", "",
-              "Forward + backward (gradient with respect to the student tensors) of the "
-              "loss functions alone, on fixed teacher and student tensors of the real "
-              "shapes, in one `tf.function`; compare with each configuration's step time "
-              "minus the floor.", ""]
-    lines += common.markdown_table(math_header, math_rows)
-    lines += ["", "## Cost of `neuron_selectivity_loss` (polynomial kernel)", "",
-              f"Batch {s['batch']}, C_T = C_S = C, forward + backward (gradient with respect "
-              "to the student map), medians of "
-              f"{s['nst_repeats']} calls. The matmul form costs O(B·C²·HW): the last "
-              "column is roughly constant once the matmul dominates (small C is dominated "
-              "by the O(B·C·HW) normalisation and fixed per-call costs).", ""]
-    lines += common.markdown_table(nst_header, nst_rows)
+    if BACKEND != "tensorflow":
+        lines += ["", "The loss-math and NST-scaling sections run on the TensorFlow "
+                  "backend only (`benchmarks/results/speed_quick.md`).", ""]
+    else:
+        lines += ["", "## The loss math alone", "",
+                  "Forward + backward (gradient with respect to the student tensors) of "
+                  "the loss functions alone, on fixed teacher and student tensors of the "
+                  "real shapes, in one `tf.function`; compare with each configuration's "
+                  "step time minus the floor.", ""]
+        lines += common.markdown_table(math_header, math_rows)
+        lines += ["", "## Cost of `neuron_selectivity_loss` (polynomial kernel)", "",
+                  f"Batch {s['batch']}, C_T = C_S = C, forward + backward (gradient with "
+                  "respect to the student map), medians of "
+                  f"{s['nst_repeats']} calls. The matmul form costs O(B·C²·HW): the last "
+                  "column is roughly constant once the matmul dominates (small C is "
+                  "dominated by the O(B·C·HW) normalisation and fixed per-call costs).", ""]
+        lines += common.markdown_table(nst_header, nst_rows)
     common.write_text(stem + ".md", lines)
     with open(stem + ".json", "w", encoding="utf-8") as f:
         json.dump({"sizes": s, "times": times, "medians": medians, "floor": floor,

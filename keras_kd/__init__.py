@@ -1,13 +1,16 @@
 """keras_kd: knowledge distillation for Keras 3.
 
 Public API:
-    Distiller: a `keras.Model` that trains a student from a frozen teacher.
+    Distiller: a `keras.Model` that trains a student from a frozen teacher
+        (TensorFlow, JAX or PyTorch backend).
+    NonFiniteLossError: raised when a loss term becomes NaN or Inf.
     losses: ActivationBoundary, NeuronSelectivityTransfer, LogitsDistillation,
         FitNetsHint, AttentionTransfer (and their pure functions).
     callbacks: LossWeightSchedule, StagedSchedule, ActivationBoundarySchedule.
     taps: Tap, build_extractor (tapping layers of functional models).
     backup: AtomicBackupAndRestore (resume after a crash, nothing torn).
     distribute: synchronize_batch_norm and multi-worker helpers.
+    backend: the backend-specific parts of the Distiller's step.
     data: tf.data input pipelines (bundled data, .npz archives, tfds).
     models: reference CNN / ResNet builders.
 """
@@ -20,11 +23,13 @@ from keras_kd import losses
 from keras_kd import models
 from keras_kd import taps
 from keras_kd.distiller import Distiller
+from keras_kd.numerics import NonFiniteLossError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Distiller",
+    "NonFiniteLossError",
     "backup",
     "callbacks",
     "data",

@@ -1,34 +1,26 @@
 """`Distiller`: a `keras.Model` that trains a student from a frozen teacher."""
 
+import math
+import numbers
+
 import keras
 
+from keras_kd import backend as backend_lib
 from keras_kd import distribute as distribute_lib
 from keras_kd import numerics
 from keras_kd import taps as taps_lib
 from keras_kd.losses.base import DistillationLoss
 
 
-def _tf():
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            "keras_kd.Distiller trains with the TensorFlow backend; the "
-            f"active Keras backend is '{keras.backend.backend()}'. Set "
-            "KERAS_BACKEND=tensorflow before importing keras."
-        )
-    import tensorflow as tf
-
-    return tf
-
-
 class _Untracked:
-    """Holds the extractor models without Keras tracking them twice."""
+    """Holds objects on the Distiller without Keras tracking them."""
 
     def __init__(self, **kwargs):
         self.__dict__.update(kwargs)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class Distiller(keras.Model):
+class Distiller(backend_lib.trainer_mixin(), keras.Model):
     """Trains a student network to reproduce a frozen teacher.
 
     Each step runs the teacher once (frozen, `training=False`) and the student
@@ -47,8 +39,14 @@ class Distiller(keras.Model):
 
     `fit()` logs `loss` (the total), `student_loss`, one `<name>_loss` per
     distillation loss, per-layer values for multi-layer losses and extra
-    metrics such as `boundary_agreement`. `predict()` and `call()` run the
-    student only.
+    metrics such as `boundary_agreement`. `predict()` returns the student's
+    predictions only; `call()` returns the student's multi-output
+    extraction (`[predictions, *tapped features]`, one student pass).
+
+    Backends: the Distiller trains through Keras's own trainer hooks
+    (`call`, `compute_loss`, `compute_metrics`, `predict_step`), so `fit`,
+    `evaluate` and `predict` work on TensorFlow, JAX and PyTorch; the few
+    backend-specific pieces live in `keras_kd.backend`.
 
     Scale: teacher and student may use different dtype policies
     (`mixed_float16`, `mixed_bfloat16`); the losses are float32 and, when the
@@ -58,7 +56,8 @@ class Distiller(keras.Model):
     `MultiWorkerMirroredStrategy`; build and compile the distiller inside
     `strategy.scope()`) a step equals a single-device step on the same
     global batch, provided the student's BatchNormalization layers are
-    `synchronized=True` (connectors' are made so automatically).
+    `synchronized=True` (connectors' are made so automatically). Under JAX's
+    `keras.distribution.DataParallel` the step sees the global batch.
     `jit_compile=True` is supported, with the same non-finite check.
 
     Args:
@@ -73,7 +72,9 @@ class Distiller(keras.Model):
             paper's official code, e.g. 50 for `NeuronSelectivityTransfer`).
         student_loss_weight: weight of the task loss. Defaults to `1.0`.
         check_finite: stop training, before the update is applied, when a
-            loss term becomes NaN or Inf, naming the term. Defaults to `True`.
+            weighted loss term or the weighted total becomes NaN or Inf,
+            raising `keras_kd.NonFiniteLossError` that names the term.
+            Defaults to `True`.
         name: name of the distiller. Defaults to `"distiller"`.
 
     Example:
@@ -124,14 +125,10 @@ class Distiller(keras.Model):
         _check_models(teacher, student)
         losses = _check_losses(distillation_losses)
         weights = _check_weights(losses, distillation_loss_weights)
-        if not isinstance(student_loss_weight, (int, float)) or (
-            student_loss_weight < 0
-        ):
-            raise ValueError(
-                "`student_loss_weight` must be a number >= 0; received "
-                f"{student_loss_weight!r}. Use 0 to train on the "
-                "distillation losses alone."
-            )
+        student_loss_weight = _check_weight(
+            student_loss_weight, "student_loss_weight",
+            "Use 0 to train on the distillation losses alone.",
+        )
         self.teacher = teacher
         self.student = student
         self.teacher.trainable = False
@@ -148,8 +145,20 @@ class Distiller(keras.Model):
             )
             for n, w in self._configured_weights.items()
         ]
-        self._finite_guard = _Untracked(flag=None)
+        # The non-finite guard: -1, or the index (in `_guard_names()`) of the
+        # first non-finite value of the step. Not saved (see
+        # `save_own_variables`).
+        self._non_finite_flag = keras.Variable(
+            -1, dtype="int32", trainable=False, name="non_finite_term",
+            aggregation="only_first_replica",
+        )
+        self._guard = _Untracked(bad=None)
+        self._steps_run = 0
         self._build_extractors()
+        for loss in losses:
+            check_models = getattr(loss, "check_models", None)
+            if check_models is not None:
+                check_models(self.teacher, self.student)
         names = self._term_names()
         for loss in losses:
             if loss.num_pairs > 1:
@@ -202,7 +211,7 @@ class Distiller(keras.Model):
         names = (self.teacher.name, self.student.name)
         # Under a multi-replica strategy, connectors normalise over the
         # global batch so a step does not depend on the number of devices.
-        synchronize = distribute_lib.replicas_in_sync() > 1
+        synchronize = backend_lib.get().replicas_in_sync() > 1
         for loss, pairs in zip(self.distillation_losses, self._feature_index):
             loss.configure(
                 [t_shapes[t] for t, _ in pairs],
@@ -219,6 +228,10 @@ class Distiller(keras.Model):
         return ["student_loss"] + [
             f"{loss.name}_loss" for loss in self.distillation_losses
         ]
+
+    def _guard_names(self):
+        """Names of what the guard checks: inputs, weighted terms, total."""
+        return list(_INPUT_CHECKS) + self._term_names() + ["loss"]
 
     # --- weights -------------------------------------------------------------
 
@@ -248,7 +261,12 @@ class Distiller(keras.Model):
                     f"Unknown loss weight '{name}'. Expected one of "
                     f"{list(variables)}."
                 )
-            variables[name].assign(float(value))
+        checked = {
+            name: _check_weight(value, f"loss weight '{name}'")
+            for name, value in weights.items()
+        }
+        for name, value in checked.items():
+            variables[name].assign(value)
 
     def get_loss(self, name):
         """The distillation loss called `name`."""
@@ -260,44 +278,57 @@ class Distiller(keras.Model):
             f"{[loss.name for loss in self.distillation_losses]}."
         )
 
-    # --- forward ---------------------------------------------------------------
+    # --- Keras trainer hooks ---------------------------------------------------
 
     def call(self, inputs, training=None):
-        return self.student(inputs, training=training)
+        """The student's single pass: `[predictions, *tapped features]`."""
+        student = self._extractors.student(inputs, training=training)
+        if not self._extractors.student_multi:
+            return [student]
+        return list(student)
 
     def _run_teacher(self, x):
-        tf = _tf()
         teacher = self._extractors.teacher(x, training=False)
         if not self._extractors.teacher_multi:
             teacher = [teacher]
-        return [tf.stop_gradient(t) for t in teacher]
+        return [keras.ops.stop_gradient(t) for t in teacher]
 
-    def _run_student(self, x, training):
-        student = self._extractors.student(x, training=training)
-        if not self._extractors.student_multi:
-            student = [student]
-        return list(student)
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        """Runs the frozen teacher once and returns the weighted total.
 
-    def _loss_terms(self, x, y, sample_weight, teacher, student, training):
-        """Total loss (scaled for the replicas) and per-term log values."""
-        tf = _tf()
+        `y_pred` is the output of `call`: the student's predictions and
+        features. Updates the per-term trackers and, when training, the
+        non-finite guard.
+        """
         ops = keras.ops
-        y_pred = student[0]
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        batch = tf.shape(y_pred)[0]
-        global_batch = ops.cast(batch, "float32") * replicas
+        student = self(x, training=training) if y_pred is None else y_pred
+        teacher = self._run_teacher(x)
+        predictions = student[0]
+        replicas = backend_lib.get().replicas_in_sync()
+        batch = ops.cast(ops.shape(predictions)[0], "float32")
+        global_batch = batch * replicas
         example_weight = _example_weights(sample_weight)
         weights = self.loss_weight_variables
-        logged = {}
+        term_names = self._term_names()
         terms = []
+        input_checks = [_negative_check(sample_weight)]
 
         if self._compile_loss is not None and y is not None:
-            task = ops.cast(self._compile_loss(y, y_pred, sample_weight), "float32")
+            self._check_label_shape(y, predictions)
+            y, labels_check = _finite_labels(y)
+            input_checks.append(labels_check)
+            task = ops.cast(
+                self._compile_loss(y, predictions, sample_weight), "float32"
+            )
         else:
             task = ops.zeros((), "float32")
-        term_names = self._term_names()
-        logged[term_names[0]] = (task * replicas, None)
-        terms.append((term_names[0], weights[0], task))
+        # Keras's loss is already divided by the replicas (tf.distribute).
+        terms.append(task)
+        self._trackers[term_names[0]].update_state(
+            task * replicas, sample_weight=batch
+        )
 
         for i, loss in enumerate(self.distillation_losses):
             pairs = self._feature_index[i]
@@ -312,82 +343,106 @@ class Distiller(keras.Model):
             if example_weight is not None:
                 per_example = per_example * example_weight
             value = ops.sum(per_example) / global_batch
-            logged[term_names[i + 1]] = (value * replicas, None)
-            terms.append((term_names[i + 1], weights[i + 1], value))
+            terms.append(value)
+            self._trackers[term_names[i + 1]].update_state(
+                value * replicas, sample_weight=batch
+            )
             if loss.num_pairs > 1:
                 for j, pair_value in enumerate(pair_losses):
-                    logged[loss.pair_log_name(j)] = (pair_value, "examples")
+                    self._trackers[loss.pair_log_name(j)].update_state(
+                        pair_value
+                    )
             for name, value in metrics.items():
-                logged[name] = (value, "examples")
+                self._trackers[name].update_state(value)
 
-        extra = list(self.student.losses)
-        for loss in self.distillation_losses:
-            extra += loss.losses
         regularization = ops.zeros((), "float32")
-        for value in extra:
+        for value in self.losses:
             regularization = regularization + ops.cast(ops.sum(value), "float32")
         regularization = regularization / replicas
 
+        weighted = [weight * value for weight, value in zip(weights, terms)]
         total = regularization
-        for _, weight, value in terms:
-            total = total + weight * value
-        return total, logged, [(name, value) for name, _, value in terms]
-
-    def _report(self, x, y, y_pred, sample_weight, total, logged):
-        tf = _tf()
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        batch = tf.shape(y_pred)[0]
-        self._loss_tracker.update_state(total * replicas, sample_weight=batch)
-        for name, (value, kind) in logged.items():
-            if kind == "examples":
-                self._trackers[name].update_state(value)
-            else:
-                self._trackers[name].update_state(value, sample_weight=batch)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    # --- steps -----------------------------------------------------------------
-
-    def train_step(self, data):
-        tf = _tf()
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        # The frozen teacher runs outside the tape: nothing to record.
-        teacher = self._run_teacher(x)
-        with tf.GradientTape() as tape:
-            student = self._run_student(x, training=True)
-            total, logged, terms = self._loss_terms(
-                x, y, sample_weight, teacher, student, training=True
+        for value in weighted:
+            total = total + value
+        if training and self.check_finite:
+            input_checks += [ops.zeros((), "float32")] * (
+                len(_INPUT_CHECKS) - len(input_checks)
             )
-            scaled = self.optimizer.scale_loss(total)
-        variables = self.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        flag = self._finite_guard.flag
-        if self.check_finite and flag is not None:
-            # XLA drops check_numerics: skip the update, raise afterwards.
-            numerics.apply_if_finite(
-                self.optimizer, gradients, variables, terms, flag
+            backend_lib.get().record_non_finite(
+                self,
+                numerics.first_non_finite(input_checks + weighted + [total]),
             )
-        else:
-            if self.check_finite:
-                gradients = numerics.check_numerics(gradients, terms)
-            self.optimizer.apply(gradients, variables)
-        logs = self._report(x, y, student[0], sample_weight, total, logged)
-        return distribute_lib.shape_logs(logs, self.distribute_strategy)
+        return total
 
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher = self._run_teacher(x)
-        student = self._run_student(x, training=False)
-        total, logged, _ = self._loss_terms(
-            x, y, sample_weight, teacher, student, training=False
+    def _check_label_shape(self, y, predictions):
+        """One-hot labels given to a sparse loss: fail at trace time."""
+        if not _is_sparse_loss(self.loss) or not hasattr(y, "shape"):
+            return
+        y_shape, p_shape = tuple(y.shape), tuple(predictions.shape)
+        classes = p_shape[-1] if p_shape else None
+        if (
+            len(y_shape) == len(p_shape)
+            and classes is not None
+            and classes > 1
+            and y_shape[-1] == classes
+        ):
+            raise ValueError(
+                f"The labels have shape {y_shape}, like the predictions "
+                f"{p_shape}: they look one-hot, but the task loss "
+                f"{_loss_name(self.loss)} expects integer class ids of shape "
+                f"{p_shape[:-1]}. Compile with "
+                "`keras.losses.CategoricalCrossentropy(...)` for one-hot "
+                "labels, or pass class ids (`np.argmax(y, axis=-1)`)."
+            )
+
+    def make_train_function(self, force=False):
+        function = super().make_train_function(force=force)
+        function = self.train_function if function is None else function
+        if getattr(function, "keras_kd_counted", False):
+            return function
+
+        def counted(*args, **kwargs):
+            # Counted on return: an exhausted iterator raises instead.
+            result = function(*args, **kwargs)
+            self._steps_run += 1
+            return result
+
+        counted.keras_kd_counted = True
+        counted.keras_kd_guarded = getattr(function, "keras_kd_guarded", False)
+        self.train_function = counted
+        return counted
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`; raises if the data gave no batch at all."""
+        self._steps_run = 0
+        history = super().fit(*args, **kwargs)
+        epochs = kwargs.get("epochs", args[3] if len(args) > 3 else 1)
+        initial = kwargs.get("initial_epoch", 0)
+        if self._steps_run == 0 and epochs > initial and not self.stop_training:
+            raise ValueError(
+                "`fit` received no batches: the training data is empty (an "
+                "empty array, or a dataset that yields nothing), so nothing "
+                "was trained. Check the data pipeline (filters, `take`, "
+                "`steps_per_epoch`) and pass at least one example."
+            )
+        return history
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Compiled metrics see the student's predictions only."""
+        return super().compute_metrics(
+            x, y, y_pred[0], sample_weight=sample_weight
         )
-        logs = self._report(x, y, student[0], sample_weight, total, logged)
-        return distribute_lib.shape_logs(logs, self.distribute_strategy)
 
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self.student(x, training=False)
+    def predict_step(self, *args):
+        # TensorFlow and PyTorch: `(data)`; JAX: `(state, data)`, returning
+        # `(outputs, non_trainable_variables)`.
+        result = super().predict_step(*args)
+        if len(args) == 2:
+            outputs, state = result
+            return outputs[0], state
+        return result[0]
 
-    # --- compiling: loss scaling, XLA, multi-worker ------------------------
+    # --- compiling: loss scaling; saving the loss weights ------------------
 
     def compile(
         self, optimizer="rmsprop", *args, auto_scale_loss=True, **kwargs
@@ -414,42 +469,33 @@ class Distiller(keras.Model):
 
     def compile_from_config(self, config):
         # Keras skips this for models that override `compile`.
-        config = keras.saving.deserialize_keras_object(config)
+        config = keras.saving.deserialize_keras_object(
+            _portable_optimizers(config)
+        )
         self.compile(**config)
         if self.optimizer is not None and self.built:
             self.optimizer.build(self.trainable_variables)
 
-    def make_train_function(self, force=False):
-        if self.train_function is not None and not force:
-            return self.train_function
-        super().make_train_function(force=force)
-        if self.check_finite and self.jit_compile and not self.run_eagerly:
-            tf = _tf()
-            if self._finite_guard.flag is None:
-                with tf.init_scope():
-                    self._finite_guard.flag = tf.Variable(
-                        -1, dtype=tf.int32, trainable=False,
-                        name="non_finite_term",
-                    )
-            self.train_function = numerics.raise_on_non_finite(
-                self.train_function, self._finite_guard.flag,
-                self._term_names(),
-            )
-        else:
-            self._finite_guard.flag = None
-        return self.train_function
+    def save_own_variables(self, store):
+        # The loss weights are saved; the guard's flag is step state only.
+        for i, v in enumerate(self._saved_own_variables()):
+            store[f"{i}"] = v
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras reduces the first batch across replicas to build; the
-        # collective strategy cannot (keras-team/keras#20585). One replica's
-        # batch has the shapes the build needs.
-        strategy = self.distribute_strategy
-        if iterator is not None and distribute_lib.is_multi_worker(strategy):
-            data_batch = distribute_lib.first_local_batch(iterator, strategy)
-            iterator = None
-        return super()._maybe_symbolic_build(
-            iterator=iterator, data_batch=data_batch
-        )
+    def load_own_variables(self, store):
+        variables = self._saved_own_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"Distiller '{self.name}' expected {len(variables)} own "
+                f"variables (its loss weights), but the file holds "
+                f"{len(store.keys())}. Was it saved from a Distiller with "
+                "the same distillation losses?"
+            )
+        for i, v in enumerate(variables):
+            v.assign(store[f"{i}"])
+
+    def _saved_own_variables(self):
+        own = self._trainable_variables + self._non_trainable_variables
+        return [v for v in own if v is not self._non_finite_flag]
 
     # --- serialisation ---------------------------------------------------------
 
@@ -555,7 +601,7 @@ def _check_losses(distillation_losses):
 def _check_weights(losses, weights):
     if weights is None:
         return [float(loss.default_weight) for loss in losses]
-    if isinstance(weights, (int, float)):
+    if isinstance(weights, numbers.Real):
         weights = [weights]
     weights = list(weights)
     if len(weights) != len(losses):
@@ -565,19 +611,103 @@ def _check_weights(losses, weights):
             f"{[loss.name for loss in losses]}. Pass one weight per loss, in "
             "the same order, or None for each loss's default weight."
         )
-    for w in weights:
-        if not isinstance(w, (int, float)) or w < 0:
-            raise ValueError(
-                "Distillation loss weights must be numbers >= 0; received "
-                f"{weights}."
-            )
-    return [float(w) for w in weights]
+    return [
+        _check_weight(w, f"distillation_loss_weights[{i}] ({loss.name})")
+        for i, (w, loss) in enumerate(zip(weights, losses))
+    ]
+
+
+def _check_weight(value, what, hint=""):
+    """A loss weight as a float: a finite real number >= 0, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{what} must be a number >= 0; received {value!r} of type "
+            f"{type(value).__name__}. Pass a float such as 1.0. {hint}".strip()
+        )
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{what} must be a finite number >= 0; received {value!r}. "
+            f"Pass a float such as 1.0 (0 switches the term off). {hint}"
+            .strip()
+        )
+    return value
 
 
 def _output_shapes(extractor, model):
     if extractor is model and not taps_lib.has_graph(model):
         return [None]
     return [tuple(t.shape) for t in extractor.outputs]
+
+
+def _portable_optimizers(config):
+    """Points backend-specific optimizer classes at `keras.optimizers`.
+
+    Keras saves an optimizer under PyTorch or TensorFlow as, e.g.,
+    `keras.src.backend.torch.optimizers.torch_adam.Adam`; loaded under
+    another backend that class cannot train (JAX arrays given to torch
+    ops). `keras.optimizers.Adam` resolves to the active backend's class.
+    """
+    if isinstance(config, dict):
+        config = {k: _portable_optimizers(v) for k, v in config.items()}
+        module = config.get("module")
+        if isinstance(module, str) and module.startswith("keras.src.backend."):
+            if hasattr(keras.optimizers, str(config.get("class_name"))):
+                config["module"] = "keras.optimizers"
+        return config
+    if isinstance(config, (list, tuple)):
+        return type(config)(_portable_optimizers(v) for v in config)
+    return config
+
+
+_INPUT_CHECKS = ("sample_weight", "labels")
+
+
+def _negative_check(sample_weight):
+    """0, or NaN when any sample weight is negative or not finite."""
+    ops = keras.ops
+    if sample_weight is None:
+        return ops.zeros((), "float32")
+    values = ops.cast(sample_weight, "float32")
+    bad = ops.logical_or(
+        ops.any(ops.less(values, 0.0)),
+        ops.logical_not(ops.all(ops.isfinite(values))),
+    )
+    return ops.where(bad, float("nan"), 0.0)
+
+
+def _finite_labels(y):
+    """Float labels with NaN/Inf replaced by 0, and a check value (NaN if any).
+
+    The replacement keeps the task loss from failing inside the step (a NaN
+    class id becomes "label value of -9223372036854775808" on TensorFlow);
+    the guard then stops training and names the labels.
+    """
+    ops = keras.ops
+    if not hasattr(y, "dtype") or not keras.backend.is_float_dtype(
+        keras.backend.standardize_dtype(y.dtype)
+    ):
+        return y, ops.zeros((), "float32")
+    finite = ops.isfinite(y)
+    check = ops.where(ops.all(finite), 0.0, float("nan"))
+    return ops.where(finite, y, ops.zeros_like(y)), check
+
+
+def _loss_name(loss):
+    if isinstance(loss, str):
+        return repr(loss)
+    return getattr(loss, "name", None) or getattr(
+        loss, "__name__", type(loss).__name__
+    )
+
+
+def _is_sparse_loss(loss):
+    if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        return True
+    name = loss if isinstance(loss, str) else getattr(
+        loss, "__name__", type(loss).__name__
+    )
+    return isinstance(name, str) and "sparse_categorical" in name.lower()
 
 
 def _example_weights(sample_weight):

@@ -1,56 +1,31 @@
-"""What the Distiller does differently under `tf.distribute`.
+"""Scaling the Distiller out: what is the same on every backend, and where
+the backend-specific parts live.
 
-The loss reduction itself needs nothing here: every term is divided by the
-global batch (`local_batch * num_replicas_in_sync`) and the replicas' gradients
-are summed, so one step on N replicas equals one step on one device with the
-same global batch. This module holds the rest:
+The loss reduction needs nothing here: every term is divided by the global
+batch, so one step on N devices equals one step on one device with the same
+global batch. Under `tf.distribute` that is `local_batch * num_replicas` (see
+`keras_kd.backend.tensorflow`); under JAX's `keras.distribution.DataParallel`
+the step already sees the global batch.
 
 - `synchronize_batch_norm`: connectors (keras_kd's own layers) normalise over
-  the *global* batch under a multi-replica strategy, so their updates do not
-  depend on the number of devices. The student's own BatchNormalization layers
-  are left as the user built them: pass `synchronized=True` to them for
-  device-count-independent results (plain data parallelism normalises per
-  replica, which is a different model).
-- `first_local_batch` and `shape_logs`: the two places where Keras 3.15's
-  `fit()` fails under `MultiWorkerMirroredStrategy` (keras-team/keras#20585).
-  Keras's symbolic build reduces the first batch with `strategy.reduce(...)`,
-  which the collective strategy cannot do on an `(x, y)` tuple of per-replica
-  values; and Keras reduces the step's logs with
-  `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars. The
-  Distiller builds from one replica's batch instead and returns its logs with
-  shape `(1,)` in multi-worker mode (every replica holds the same, already
-  synchronised metric values, so their mean is that value).
+  the *global* batch under a multi-replica `tf.distribute` strategy, so their
+  updates do not depend on the number of devices. The student's own
+  BatchNormalization layers are left as the user built them: pass
+  `synchronized=True` to them for device-count-independent results (plain
+  data parallelism normalises per replica, which is a different model).
+- `is_multi_worker`, `first_local_batch`, `shape_logs`: the
+  `MultiWorkerMirroredStrategy` workarounds (keras-team/keras#20585),
+  TensorFlow only; they live in `keras_kd.backend.tensorflow`.
 """
 
 import keras
 
 
-def _tf():
-    import tensorflow as tf
-
-    return tf
-
-
 def replicas_in_sync():
-    """Number of replicas of the strategy in scope (1 outside any strategy)."""
-    tf = _tf()
-    return tf.distribute.get_strategy().num_replicas_in_sync
+    """Replicas whose batches form one global batch (1 outside tf.distribute)."""
+    from keras_kd import backend
 
-
-def is_multi_worker(strategy):
-    """Whether `strategy` is a `MultiWorkerMirroredStrategy` with >1 worker.
-
-    Mirrors the test Keras uses to pick its multi-worker reductions.
-    """
-    tf = _tf()
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return False
-    in_multi_worker_mode = getattr(
-        strategy.extended, "_in_multi_worker_mode", None
-    )
-    if in_multi_worker_mode is None:
-        return True
-    return bool(in_multi_worker_mode())
+    return backend.get().replicas_in_sync()
 
 
 def synchronize_batch_norm(layer):
@@ -66,35 +41,22 @@ def synchronize_batch_norm(layer):
     return changed
 
 
+def _tensorflow():
+    from keras_kd.backend import tensorflow
+
+    return tensorflow
+
+
+def is_multi_worker(strategy):
+    """Whether `strategy` is a `MultiWorkerMirroredStrategy` with >1 worker."""
+    return _tensorflow().is_multi_worker(strategy)
+
+
 def first_local_batch(iterator, strategy):
-    """The first batch of a distributed epoch iterator, as one replica sees it.
-
-    Keras's symbolic build only needs the shapes and dtypes of a batch.
-    """
-    tf = _tf()
-    for _, _, data_iterator in iterator:
-        batch = next(data_iterator)
-        break
-    else:
-        return None
-
-    def local(value):
-        if isinstance(value, tf.distribute.DistributedValues):
-            return strategy.experimental_local_results(value)[0]
-        return value
-
-    return tf.nest.map_structure(local, batch)
+    """The first batch of a distributed epoch iterator, as one replica sees it."""
+    return _tensorflow().first_local_batch(iterator, strategy)
 
 
 def shape_logs(logs, strategy):
-    """Gives scalar logs shape `(1,)` in multi-worker mode (see module doc)."""
-    if not is_multi_worker(strategy):
-        return logs
-    ops = keras.ops
-
-    def reshape(value):
-        if value is not None and len(getattr(value, "shape", ())) == 0:
-            return ops.reshape(value, (1,))
-        return value
-
-    return keras.tree.map_structure(reshape, logs)
+    """Gives scalar logs shape `(1,)` in multi-worker mode."""
+    return _tensorflow().shape_logs(logs, strategy)

@@ -8,32 +8,91 @@ around a float16 student would train without loss scaling, and small float16
 gradients would underflow to zero. `needs_loss_scaling` detects that case, and
 the Distiller wraps the optimizer itself.
 
-Non-finite guard. The Distiller stops training, before the update, when a loss
-term is NaN or Inf. In a normal graph that is `tf.debugging.check_numerics`,
-which raises inside the step. XLA compiles `CheckNumerics` away: under
-`jit_compile=True` the op passes NaN through silently (tested). There, the
-step instead records the first non-finite term in a variable, skips the update
-with a `cond` (as `LossScaleOptimizer` skips an overflowing step), and
-`raise_on_non_finite` raises the same `InvalidArgumentError` from Python right
-after the compiled function returns.
+Non-finite guard. The Distiller stops training, before the update, when a
+weighted loss term or the weighted total is NaN or Inf. The step computes
+`first_non_finite` over those values (-1 when all are finite). How the update
+is then skipped depends on the backend (see `keras_kd.backend`): a `cond`
+around the optimizer (TensorFlow, also under XLA and `tf.distribute`), a
+select of the old training state (JAX), or a check before the backward pass
+(PyTorch). The first bad term is recorded in a non-trainable int32 variable
+and `NonFiniteLossError` is raised from Python right after the step returns,
+so the user sees one exception naming the term, not a graph traceback.
 """
 
 import keras
 
 
-def _tf():
-    import tensorflow as tf
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or Inf; training stopped before the update.
 
-    return tf
+    Attributes:
+        term: the log name of the first non-finite term (`student_loss`,
+            `<loss name>_loss`, or `loss` for the weighted total).
+    """
+
+    def __init__(self, term):
+        self.term = term
+        super().__init__(non_finite_message(term))
+
+
+def guard_error(name, non_finite_error=NonFiniteLossError):
+    """The exception for the first value the guard flagged, by its name."""
+    if name == "sample_weight":
+        return ValueError(
+            "keras_kd: this batch has a negative or non-finite "
+            "`sample_weight`. Sample weights scale each example's loss and "
+            "must be finite numbers >= 0 (0 ignores an example). Training "
+            "stopped before this step's update was applied. Fix the weights "
+            "passed to `fit(sample_weight=...)` or yielded by the dataset."
+        )
+    if name == "labels":
+        return ValueError(
+            "keras_kd: the labels of this batch contain NaN or Inf. Training "
+            "stopped before this step's update was applied. Check the label "
+            "array or the dataset's label pipeline (missing values, a "
+            "division by zero) and pass finite labels."
+        )
+    return non_finite_error(name)
 
 
 def non_finite_message(name):
+    if name == "loss":
+        what = (
+            "the weighted total loss 'loss' is not finite (NaN or Inf) "
+            "although every weighted term is"
+        )
+        hint = (
+            "Check the regularization losses of the student and the "
+            "connectors, and lower the learning rate or the loss weights."
+        )
+    else:
+        what = f"the loss term '{name}' is not finite (NaN or Inf)"
+        hint = (
+            "Lower the learning rate or this term's weight, check the inputs "
+            "and labels for NaN/Inf, or check the teacher's outputs on this "
+            "data (`distiller.teacher.predict(...)`)."
+        )
     return (
-        f"keras_kd: the loss term '{name}' is not finite (NaN or Inf). "
-        "Training stopped before this step's update was applied, so the "
-        "weights are the last finite ones. Lower the learning rate or this "
-        "term's weight, or check the input data for NaN/Inf."
+        f"keras_kd: {what}. Training stopped before this step's update was "
+        "applied, so the trainable weights are the last finite ones. "
+        + hint
     )
+
+
+def first_non_finite(values):
+    """int32 index of the first non-finite scalar in `values`, else -1."""
+    ops = keras.ops
+    stacked = ops.stack([ops.cast(value, "float32") for value in values])
+    finite = ops.isfinite(stacked)
+    first_bad = ops.cast(ops.argmin(ops.cast(finite, "int32")), "int32")
+    return ops.where(ops.all(finite), ops.cast(-1, "int32"), first_bad)
+
+
+def sticky(previous, bad):
+    """The guard's new flag: the first bad index seen, kept once set."""
+    ops = keras.ops
+    previous = ops.cast(previous, "int32")
+    return ops.where(ops.less(previous, 0), bad, previous)
 
 
 def computes_in_float16(layers):
@@ -53,58 +112,3 @@ def needs_loss_scaling(optimizer, trained_layers):
     ):
         return False
     return computes_in_float16(trained_layers)
-
-
-def check_numerics(gradients, terms):
-    """Makes `gradients` depend on a `check_numerics` of every named term."""
-    tf = _tf()
-    checks = [
-        tf.debugging.check_numerics(value, non_finite_message(name))
-        for name, value in terms
-    ]
-    with tf.control_dependencies(checks):
-        return [None if g is None else tf.identity(g) for g in gradients]
-
-
-def apply_if_finite(optimizer, gradients, variables, terms, flag):
-    """Applies the update only if every term is finite (XLA-compatible).
-
-    `flag` is an int32 variable: -1 while every step was finite, else the
-    index (in `terms`) of the first non-finite term. Once set, later steps of
-    the same compiled call are skipped too.
-    """
-    ops = keras.ops
-    values = ops.stack([ops.cast(value, "float32") for _, value in terms])
-    finite = ops.isfinite(values)
-    all_finite = ops.all(finite)
-    first_bad = ops.cast(ops.argmin(ops.cast(finite, "int32")), "int32")
-    previous = ops.convert_to_tensor(flag)
-    clean = ops.less(previous, 0)
-    flag.assign(
-        ops.where(clean, ops.where(all_finite, -1, first_bad), previous)
-    )
-    if not optimizer.built:
-        optimizer.build(variables)
-
-    def apply():
-        optimizer.apply(gradients, variables)
-
-    ops.cond(ops.logical_and(clean, all_finite), apply, lambda: None)
-
-
-def raise_on_non_finite(function, flag, names):
-    """Wraps a train function: raises after a call that flagged a bad term."""
-    tf = _tf()
-
-    def guarded(iterator):
-        logs = function(iterator)
-        index = int(flag.numpy())
-        if index >= 0:
-            flag.assign(-1)  # the weights are finite: training may resume
-            raise tf.errors.InvalidArgumentError(
-                None, None, non_finite_message(names[index])
-            )
-        return logs
-
-    guarded.keras_kd_guarded = True
-    return guarded

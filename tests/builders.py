@@ -22,12 +22,14 @@ def cnn(width, name, *, size=8, classes=5, fused=False, counter=False,
     """conv -> relu -> conv -> bn -> relu -> gap -> dense.
 
     Layer names: `conv1`, `relu1` (absent if `fused`: `conv1` carries the
-    ReLU), `conv2`, `bn2`, `relu2`, `pool`, `logits`.
+    ReLU), `conv2`, `bn2`, `relu2`, `pool`, `logits`; with `counter` (True
+    for `CallCounter`, or a layer class) a `counter` layer on the input.
     """
     inputs = keras.Input((size, size, 3), name="image")
     x = inputs
     if counter:
-        x = CallCounter(name="counter")(x)
+        layer_class = CallCounter if counter is True else counter
+        x = layer_class(name="counter")(x)
     if fused:
         x = keras.layers.Conv2D(
             width, 3, padding="same", activation="relu", name="conv1"

@@ -1,10 +1,35 @@
+import importlib.util
+import inspect
 import os
+import re
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
+
+BACKEND = keras.backend.backend()
+
+# Suites that test TensorFlow-only features; under another backend they are
+# skipped (and not even imported when TensorFlow is not installed).
+TENSORFLOW_ONLY_MODULES = {
+    "test_cli.py": "the keras-kd command reads data through tf.data",
+    "test_data.py": "keras_kd.data builds tf.data pipelines",
+    "test_distribute.py": "tests tf.distribute strategies",
+    "test_export.py": "SavedModel / TFLite export runs in TensorFlow",
+    "test_notebooks.py": "the notebooks use tf.data and the TensorFlow backend",
+    "test_readme.py": "the README quickstart uses keras_kd.data (tf.data)",
+    "test_resume.py": "resumes keras-kd runs (tf.data input)",
+    "test_tensorboard.py": "keras.callbacks.TensorBoard writes through tf.summary",
+}
+_TF_CALL = re.compile(r"\btf\.")
+# `x.dtype == "float32"` is False for a torch.dtype; backend_utils.dtype_name
+# (keras.backend.standardize_dtype) compares on every backend.
+_DTYPE_VS_STRING = re.compile(r"\.dtype\s*==\s*[\"']")
+HAVE_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
+
+collect_ignore = [] if HAVE_TENSORFLOW else sorted(TENSORFLOW_ONLY_MODULES)
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +43,52 @@ def pytest_configure(config):
         "slow: takes tens of seconds (subprocesses, several fits); still "
         "runs in CI. Deselect locally with -m 'not slow'.",
     )
+    config.addinivalue_line(
+        "markers",
+        "tensorflow_only(reason): needs the TensorFlow backend; skipped "
+        "under KERAS_BACKEND=jax / torch.",
+    )
+
+
+def _tensorflow_only_reason(item):
+    module = os.path.basename(str(item.fspath))
+    if module in TENSORFLOW_ONLY_MODULES:
+        return TENSORFLOW_ONLY_MODULES[module]
+    marker = item.get_closest_marker("tensorflow_only")
+    if marker is not None:
+        return marker.kwargs.get("reason") or (marker.args[0] if marker.args
+                                               else "TensorFlow only")
+    # Tests written against TensorFlow's API (tf.GradientTape, tf.function,
+    # tf.cast ...) rather than keras.ops / tests/backend_utils.py.
+    function = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(function) if function else ""
+    except (OSError, TypeError):
+        source = ""
+    if _TF_CALL.search(source):
+        return "calls TensorFlow directly (tf.*); backend-neutral helpers: tests/backend_utils.py"
+    return None
+
+
+def _torch_skip_reason(item):
+    function = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(function) if function else ""
+    except (OSError, TypeError):
+        source = ""
+    if _DTYPE_VS_STRING.search(source):
+        return ("compares `x.dtype` with a string, which a torch.dtype never "
+                "equals; use backend_utils.dtype_name(x)")
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    if BACKEND == "tensorflow":
+        return
+    for item in items:
+        reason = _tensorflow_only_reason(item)
+        if reason:
+            item.add_marker(pytest.mark.skip(
+                reason=f"TensorFlow only ({reason}); KERAS_BACKEND={BACKEND}"))
+        elif BACKEND == "torch" and _torch_skip_reason(item):
+            item.add_marker(pytest.mark.skip(reason=_torch_skip_reason(item)))

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from backend_utils import to_numpy
 from builders import cnn
 from keras_kd.taps import Tap
 from keras_kd.taps import build_extractor
@@ -28,14 +29,14 @@ def test_fused_preactivation_is_the_conv_before_relu():
         model, [Tap("conv1", "preactivation"), Tap("conv1", "output")]
     )
     x = np.random.default_rng(1).normal(size=(2, 8, 8, 3)).astype("float32")
-    logits, pre, post = [np.asarray(t) for t in extractor(x)]
-    kernel, bias = [np.asarray(v, "float64") for v in model.get_layer("conv1").weights]
+    logits, pre, post = [to_numpy(t) for t in extractor(x)]
+    kernel, bias = [to_numpy(v).astype("float64") for v in model.get_layer("conv1").weights]
     expected = _conv_same(x.astype("float64"), kernel, bias)
     np.testing.assert_allclose(pre, expected, rtol=1e-4, atol=1e-5)
     assert (pre < 0).any(), "a pre-activation tap must keep negative values"
     np.testing.assert_allclose(post, np.maximum(expected, 0), rtol=1e-4, atol=1e-5)
     # Splitting the activation does not change what the model computes.
-    np.testing.assert_allclose(logits, np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, to_numpy(model(x)), rtol=1e-5, atol=1e-6)
     # The extractor shares the model's weights; it adds none.
     assert len(extractor.weights) == len(model.weights)
     assert {id(v) for v in extractor.weights} == {id(v) for v in model.weights}
@@ -49,7 +50,7 @@ def test_activation_layer_preactivation_is_its_input():
         model, [Tap("relu2", "preactivation"), Tap("bn2", "output")]
     )
     x = np.random.default_rng(2).normal(size=(3, 8, 8, 3)).astype("float32")
-    _, pre, bn_out = [np.asarray(t) for t in extractor(x)]
+    _, pre, bn_out = [to_numpy(t) for t in extractor(x)]
     np.testing.assert_array_equal(pre, bn_out)
 
 
@@ -65,11 +66,11 @@ def test_sequential_and_nested_models_can_be_tapped():
     x = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype("float32")
     logits, feat = extractor(x)
     direct = build_extractor(inner, [Tap("bn2")])(x)
-    np.testing.assert_allclose(np.asarray(feat), np.asarray(direct[1]), atol=1e-6)
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(outer(x)), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(feat), to_numpy(direct[1]), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(logits), to_numpy(outer(x)), atol=1e-6)
     seq_ext = build_extractor(seq, [Tap("c", "preactivation")])
     _, pre = seq_ext(x)
-    assert np.asarray(pre).min() < 0
+    assert to_numpy(pre).min() < 0
 
 
 def test_unknown_layer_lists_closest_names():

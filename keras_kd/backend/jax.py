@@ -1,0 +1,99 @@
+"""The Distiller on the JAX backend: the non-finite guard.
+
+Keras's JAX trainer is stateless: `train_step(state, data)` returns the new
+state, and state changes made in `compute_loss` (the guard's flag, the term
+trackers) are threaded through it. The guard runs Keras's own step, then keeps
+the old trainable, optimizer and non-trainable state (BatchNormalization
+statistics included) wherever the flag says a term was not finite: a select
+XLA fuses into the update. The train function raises from Python after a step
+that set the flag.
+
+`keras.distribution.DataParallel` needs nothing here: under it the step sees
+the global batch, so dividing by the batch size is the global reduction.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from keras_kd import numerics
+
+
+def replicas_in_sync():
+    """1: under `keras.distribution` the step already sees the global batch."""
+    return 1
+
+
+def record_non_finite(distiller, bad):
+    """Stores the step's first bad term index in the guard's flag variable."""
+    flag = distiller._non_finite_flag
+    flag.assign(numerics.sticky(flag.value, bad))
+
+
+def _flag_index(distiller):
+    flag = distiller._non_finite_flag
+    for index, variable in enumerate(distiller.non_trainable_variables):
+        if variable is flag:
+            return index
+    raise RuntimeError("keras_kd: the non-finite guard's flag is not tracked.")
+
+
+class TrainerMixin:
+    """JAX pieces of `Distiller` (see the module docstring)."""
+
+    def train_step(self, state, data):
+        logs, new_state = super().train_step(state, data)
+        if not self.check_finite:
+            return logs, new_state
+        old_trainable, old_non_trainable, old_optimizer, _ = state
+        trainable, non_trainable, optimizer, metrics = new_state
+        index = _flag_index(self)
+        ok = jnp.less(non_trainable[index], 0)
+
+        def keep(new, old):
+            return [jnp.where(ok, n, o) for n, o in zip(new, old)]
+
+        non_trainable = [
+            value if i == index else jnp.where(ok, value, old)
+            for i, (value, old) in enumerate(
+                zip(non_trainable, old_non_trainable)
+            )
+        ]
+        return logs, (
+            keep(trainable, old_trainable),
+            non_trainable,
+            keep(optimizer, old_optimizer),
+            metrics,
+        )
+
+    def make_train_function(self, force=False):
+        super().make_train_function(force=force)
+        function = self.train_function
+        if not self.check_finite or getattr(
+            function, "keras_kd_guarded", False
+        ):
+            return function
+        names = self._guard_names()
+
+        def guarded(state, iterator):
+            logs, state = function(state, iterator)
+            index = _flag_index(self)
+            bad = int(jax.device_get(state[1][index]))
+            if bad >= 0:
+                trainable, non_trainable, optimizer, metrics = state
+                non_trainable = list(non_trainable)
+                # The weights are the last finite ones: training may resume.
+                non_trainable[index] = jnp.asarray(-1, dtype="int32")
+                # Keras syncs this state back into the variables when `fit`
+                # unwinds (the previous state was donated to this step).
+                self._jax_state = {
+                    "trainable_variables": trainable,
+                    "non_trainable_variables": non_trainable,
+                    "optimizer_variables": optimizer,
+                    "metrics_variables": metrics,
+                }
+                raise numerics.guard_error(names[bad]) from None
+            return logs, state
+
+        guarded.keras_kd_guarded = True
+        self.train_function = guarded
+        return guarded

@@ -24,7 +24,15 @@ REPO_ROOT = os.path.dirname(TESTS_DIR)
 
 
 def to_numpy(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
+    """A NumPy copy of a tensor or variable, on any backend.
+
+    A variable is read through `.value`: `np.array(variable)` goes through
+    Keras's `Variable.__array__`, which lacks NumPy 2's `copy` argument and
+    warns on every call.
+    """
+    if isinstance(x, keras.Variable):
+        x = x.value
+    return np.array(keras.ops.convert_to_numpy(x))
 
 
 def dtype_name(x):

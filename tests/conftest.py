@@ -38,6 +38,17 @@ def _seed():
 
 
 def pytest_configure(config):
+    # Keras 3.15 saves every variable through `np.array(variable)`, whose
+    # `Variable.__array__(self, dtype=None)` lacks NumPy 2's `copy` keyword:
+    # one DeprecationWarning per variable per `model.save`
+    # (keras-team/keras#21288). Ignored only where Keras itself raises it;
+    # the tests read variables through backend_utils.to_numpy, so a warning
+    # from this project's own code still shows.
+    config.addinivalue_line(
+        "filterwarnings",
+        r"ignore:__array__ implementation doesn't accept a copy keyword"
+        r":DeprecationWarning:keras\.src\.",
+    )
     config.addinivalue_line(
         "markers",
         "slow: takes tens of seconds (subprocesses, several fits); still "

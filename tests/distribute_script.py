@@ -39,6 +39,7 @@ else:
 
 import keras  # noqa: E402
 
+from backend_utils import to_numpy  # noqa: E402
 from builders import cnn  # noqa: E402
 from builders import data  # noqa: E402
 from keras_kd import Distiller  # noqa: E402
@@ -81,7 +82,7 @@ def one_step(name, strategy, sync_student_bn=True):
         distiller = build([LOSSES[name]()], sync_student_bn)
     logs = distiller.fit(x, y, batch_size=16, epochs=1, verbose=0,
                          shuffle=False).history
-    weights = [keras.ops.convert_to_numpy(v) for v in distiller.weights]
+    weights = [to_numpy(v) for v in distiller.weights]
     return weights, [v.path for v in distiller.weights], logs
 
 
@@ -118,7 +119,7 @@ def worker():
                                     return_dict=True)
     np.savez(
         OUT,
-        *[keras.ops.convert_to_numpy(v) for v in distiller.weights],
+        *[to_numpy(v) for v in distiller.weights],
         history=json.dumps(history),
         evaluation=json.dumps(evaluation),
         replicas=STRATEGY.num_replicas_in_sync,

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from backend_utils import to_numpy  # noqa: E402
 from builders import all_losses  # noqa: E402
 from builders import cnn  # noqa: E402
 from builders import data  # noqa: E402
@@ -46,9 +47,9 @@ def build():
 
 
 def result(distiller, **extra):
-    weights = {v.path: np.asarray(keras.ops.convert_to_numpy(v)).tolist()
+    weights = {v.path: to_numpy(v).tolist()
                for v in distiller.trainable_variables}
-    stats = {v.path: np.asarray(keras.ops.convert_to_numpy(v)).tolist()
+    stats = {v.path: to_numpy(v).tolist()
              for v in distiller.student.non_trainable_variables}
     return dict(weights=weights, batch_norm_statistics=stats,
                 devices=len(jax.devices()), **extra)

@@ -24,6 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from backend_utils import to_numpy  # noqa: E402
 from builders import cnn  # noqa: E402
 from builders import data  # noqa: E402
 from builders import sparse_ce  # noqa: E402
@@ -103,7 +104,7 @@ def main():
     distiller.fit(x, y, batch_size=8, epochs=EPOCHS, shuffle=False, verbose=0,
                   callbacks=callbacks)
     variables = list(distiller.weights) + list(distiller.optimizer.variables)
-    np.savez(args.out, *[keras.ops.convert_to_numpy(v) for v in variables],
+    np.savez(args.out, *[to_numpy(v) for v in variables],
              names=np.array([v.path for v in variables]),
              loss_weights=np.array(list(distiller.loss_weights.values())))
 

@@ -16,15 +16,6 @@ from keras_kd.models import resnet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Keras 3.15 saves every variable through `np.array(variable)`, whose
-# `Variable.__array__(self, dtype=None)` lacks NumPy 2's `copy` keyword: one
-# DeprecationWarning per variable per `model.save` (keras-team/keras#21288).
-# Ignored only where Keras itself raises it; this file's own code would show.
-pytestmark = pytest.mark.filterwarnings(
-    r"ignore:__array__ implementation doesn't accept a copy keyword"
-    r":DeprecationWarning:keras\.src\.")
-
-
 def _tiny_npz(path):
     rng = np.random.default_rng(0)
     y_train = np.repeat(np.arange(3), 40)

@@ -99,10 +99,10 @@ def test_gradients_reach_student_and_connectors_only():
 
     distiller.compile(optimizer=keras.optimizers.SGD(0.05), loss=sparse_ce())
     x, y = data(n=8)
-    before = {id(v): keras.ops.convert_to_numpy(v) for v in distiller.trainable_variables}
+    before = {id(v): to_numpy(v) for v in distiller.trainable_variables}
     distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
     for v in distiller.trainable_variables:
-        assert not np.array_equal(keras.ops.convert_to_numpy(v), before[id(v)]), v.path
+        assert not np.array_equal(to_numpy(v), before[id(v)]), v.path
 
 
 def test_connectors_are_not_part_of_the_student():
@@ -194,7 +194,7 @@ def test_loss_weight_variables_change_the_compiled_step():
     # Only BatchNorm moving statistics may move when every weight is zero.
     for v, b in zip(student.weights, before):
         if v.trainable:
-            np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), b)
+            np.testing.assert_array_equal(to_numpy(v), b)
     assert distiller.loss_weights["activation_boundary"] == 0.0
     with pytest.raises(ValueError, match="Unknown loss weight 'kd'"):
         distiller.set_loss_weights(kd=1.0)
@@ -289,7 +289,7 @@ def test_non_finite_term_stops_training_before_the_update():
     # updated by the forward pass itself, as in any Keras model).
     for v, b in zip(student.weights, before):
         if v.trainable:
-            np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), b)
+            np.testing.assert_array_equal(to_numpy(v), b)
 
 
 # --- saving ------------------------------------------------------------------------
@@ -311,7 +311,7 @@ def test_save_and_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, verbose=0),
                                   distiller.predict(x, verbose=0))
     for a, b in zip(loaded.weights, distiller.weights):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     assert float(to_numpy(loaded.get_loss("logits_distillation").temperature)) == 2.5
     assert loaded.loss_weights["activation_boundary"] == 0.5
     assert len(loaded.get_loss("activation_boundary").connectors) == 2

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import keras_kd
+from backend_utils import to_numpy
 from builders import cnn
 from builders import data
 from builders import sparse_ce
@@ -20,7 +21,7 @@ def _pair():
 
 
 def _trainable(model):
-    return [keras.ops.convert_to_numpy(v) for v in model.trainable_weights]
+    return [to_numpy(v) for v in model.trainable_weights]
 
 
 def _assert_unchanged(model, before):

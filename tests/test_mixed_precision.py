@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from backend_utils import to_numpy
 from builders import all_losses
 from builders import cnn
 from builders import data
@@ -92,7 +93,7 @@ def test_mixed_precision_fit_matches_float32(case):
 
 
 def _trainable(distiller):
-    return [keras.ops.convert_to_numpy(v) for v in distiller.trainable_weights]
+    return [to_numpy(v) for v in distiller.trainable_weights]
 
 
 def test_float16_student_gets_loss_scaling_and_overflow_steps_are_skipped():

@@ -131,10 +131,12 @@ def test_setup_commands_match_ci():
     commands = re.findall(r"^pip install .*$", _section("Set up"), re.M)
     assert commands == [
         'pip install -e ".[cpu]" && keras-kd',
-        'pip install -e ".[cpu,test,examples]" && python -m pytest tests -q',
+        'pip install torch==2.13.0 && pip install -e '
+        '".[cpu,jax,torch,test,examples]" && python -m pytest tests -q',
     ]
     ci = (README.parent / ".ci" / "run").read_text()
-    assert 'pip install -e ".[cpu,test,examples]"' in ci
+    assert 'pip install "torch==2.13.0"' in ci
+    assert 'pip install -e ".[cpu,jax,torch,test,examples]"' in ci
     assert "python -m pytest tests -q" in ci
 
 

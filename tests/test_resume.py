@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 
+from backend_utils import to_numpy
 from builders import cnn
 from builders import data
 from builders import sparse_ce
@@ -154,7 +155,7 @@ def test_a_torn_write_and_the_last_good_checkpoint(tmp_path, monkeypatch,
     model = distiller()
     model.fit(x, y, epochs=1, verbose=0,
               callbacks=[make(delete_checkpoint=False)])  # epoch 0 committed
-    saved = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    saved = [to_numpy(v) for v in model.weights]
     restore_writer = _torn_writer(monkeypatch)
     with pytest.raises(RuntimeError, match="died while writing"):
         model.fit(x, y, epochs=2, verbose=0,
@@ -172,6 +173,6 @@ def test_a_torn_write_and_the_last_good_checkpoint(tmp_path, monkeypatch,
     restore.on_train_begin()
     assert restored._initial_epoch == 1
     for a, b in zip(restored.weights, saved):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), b)
+        np.testing.assert_array_equal(to_numpy(a), b)
     with pytest.raises(ValueError, match="local file system"):
         AtomicBackupAndRestore("gs://bucket/backup")

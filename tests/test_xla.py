@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from backend_utils import to_numpy
 from builders import cnn
 from builders import data
 from builders import sparse_ce
@@ -59,8 +60,8 @@ def test_jit_compile_gives_the_losses_of_the_graph_step():
                                    err_msg=key)
         assert np.all(np.isfinite(logs[key])), key
     for a, b in zip(xla.student.weights, graph.student.weights):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(a),
-                                   keras.ops.convert_to_numpy(b), atol=1e-6)
+        np.testing.assert_allclose(to_numpy(a),
+                                   to_numpy(b), atol=1e-6)
 
 
 def test_check_numerics_is_silent_under_xla():
@@ -75,7 +76,7 @@ def test_check_numerics_is_silent_under_xla():
 
 
 def _trainable(model):
-    return [keras.ops.convert_to_numpy(v) for v in model.trainable_weights]
+    return [to_numpy(v) for v in model.trainable_weights]
 
 
 def test_non_finite_term_stops_training_before_the_update_under_xla():

@@ -94,3 +94,101 @@ def compiled(fn):
 
         return jax.jit(fn)
     return fn
+
+
+def compiled_unknown_batch(fn, *args):
+    """`fn(*args)` as NumPy, traced with the batch dimension unknown.
+
+    Every argument's first dimension is one symbolic batch size, so `fn`
+    must not specialise on it: `tf.function` with `None` in the input
+    signature and `jit_compile=True`; `jax.export` with a symbolic batch
+    dimension (XLA); `torch.export` with a dynamic `Dim` (a graph capture,
+    no C++ compiler needed), run through the exported module.
+    """
+    args = [np.asarray(a) for a in args]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        specs = [tf.TensorSpec((None,) + a.shape[1:], a.dtype) for a in args]
+        out = tf.function(fn, input_signature=specs, jit_compile=True)(
+            *[tf.constant(a) for a in args])
+    elif BACKEND == "jax":
+        import jax
+        from jax import export
+
+        batch = export.symbolic_shape("batch")[0]
+        specs = [jax.ShapeDtypeStruct((batch,) + a.shape[1:], a.dtype)
+                 for a in args]
+        out = export.export(jax.jit(fn))(*specs).call(*args)
+    elif BACKEND == "torch":
+        import torch
+
+        class _Fn(torch.nn.Module):
+            def forward(self, *tensors):
+                return fn(*tensors)
+
+        tensors = tuple(torch.tensor(a) for a in args)
+        batch = torch.export.Dim("batch")
+        exported = torch.export.export(
+            _Fn(), tensors,
+            # One entry for `*tensors`: a tuple with one spec per tensor.
+            dynamic_shapes=(tuple({0: batch} for _ in args),))
+        out = exported.module()(*tensors)
+    else:  # pragma: no cover
+        raise NotImplementedError(f"no compiler on the {BACKEND} backend")
+    return to_numpy(out)
+
+
+def intermediate_shapes(fn, *args):
+    """The shape of every intermediate tensor `fn(*args)` computes.
+
+    TensorFlow: every op output of the traced `tf.function` graph; JAX:
+    every equation output of the jaxpr, nested jaxprs included; PyTorch:
+    every ATen op output, recorded by a `TorchDispatchMode` while `fn` runs.
+    """
+    args = [np.asarray(a, "float32") for a in args]
+    shapes = []
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        graph = tf.function(fn).get_concrete_function(
+            *[tf.TensorSpec(a.shape, a.dtype) for a in args]).graph
+        for op in graph.get_operations():
+            for output in op.outputs:
+                if output.shape.rank is not None:
+                    shapes.append(tuple(output.shape.as_list()))
+    elif BACKEND == "jax":
+        import jax
+        from jax import core
+
+        def visit(jaxpr):
+            for eqn in jaxpr.eqns:
+                for var in eqn.outvars:
+                    shapes.append(tuple(var.aval.shape))
+                for param in eqn.params.values():
+                    for sub in (param if isinstance(param, (list, tuple))
+                                else [param]):
+                        if isinstance(sub, core.ClosedJaxpr):
+                            visit(sub.jaxpr)
+                        elif isinstance(sub, core.Jaxpr):
+                            visit(sub)
+
+        visit(jax.make_jaxpr(fn)(*args).jaxpr)
+    elif BACKEND == "torch":
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class _Record(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in (out if isinstance(out, (list, tuple)) else [out]):
+                    if isinstance(t, torch.Tensor):
+                        shapes.append(tuple(t.shape))
+                return out
+
+        tensors = [torch.tensor(a) for a in args]
+        with _Record():
+            fn(*tensors)
+    else:  # pragma: no cover
+        raise NotImplementedError(f"no tracing on the {BACKEND} backend")
+    return shapes

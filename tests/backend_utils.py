@@ -159,7 +159,6 @@ def intermediate_shapes(fn, *args):
                     shapes.append(tuple(output.shape.as_list()))
     elif BACKEND == "jax":
         import jax
-        from jax import core
 
         def visit(jaxpr):
             for eqn in jaxpr.eqns:
@@ -168,9 +167,9 @@ def intermediate_shapes(fn, *args):
                 for param in eqn.params.values():
                     for sub in (param if isinstance(param, (list, tuple))
                                 else [param]):
-                        if isinstance(sub, core.ClosedJaxpr):
-                            visit(sub.jaxpr)
-                        elif isinstance(sub, core.Jaxpr):
+                        # Nested (closed) jaxprs: pjit, custom_jvp, cond...
+                        sub = getattr(sub, "jaxpr", sub)
+                        if hasattr(sub, "eqns"):
                             visit(sub)
 
         visit(jax.make_jaxpr(fn)(*args).jaxpr)

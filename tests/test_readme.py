@@ -109,8 +109,17 @@ def test_not_run_snippets_give_a_reason():
 def test_readme_snippet_runs_as_pasted(tmp_path, name, section, reason, code):
     if reason is not None:
         pytest.skip(f"README marks it not-run: {reason}")
+    # A snippet that picks its backend (`os.environ["KERAS_BACKEND"] = ...`
+    # before importing keras) runs under it; the tiny-data prelude imports
+    # keras first, so the same backend goes into the environment.
+    chosen = re.search(
+        r"""^os\.environ\[["']KERAS_BACKEND["']\]\s*=\s*["'](\w+)["']""",
+        code, re.M)
+    backend = chosen.group(1) if chosen else "tensorflow"
+    if backend != "tensorflow":
+        pytest.importorskip(backend)
     script = TINY + "\n# --- README: " + name + "\n" + code + CHECKS.get(section, "")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), KERAS_BACKEND="tensorflow",
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KERAS_BACKEND=backend,
                TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env,

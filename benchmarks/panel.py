@@ -89,8 +89,8 @@ SGD_WEIGHT_DECAY = 5e-4  # decoupled (keras.optimizers.SGD(weight_decay=...))
 # learning rate follows a cosine to 0 over them. Configs with the AB schedule
 # first run AB_INIT_CHUNKS extra chunks of AB initialisation at constant rate
 # (RepDistiller: 30 initialisation epochs before its 240).
-STEPS = {("fmnist", "short"): 300, ("fmnist", "long"): 2400,
-         ("cifar10", "short"): 300, ("cifar10", "long"): 1600}
+STEPS = {("fmnist", "short"): 300, ("fmnist", "long"): 1800,  # long: 1.9 epochs of 60k
+         ("cifar10", "short"): 300, ("cifar10", "long"): 800}  # long: 20 epochs of 5k
 CHUNKS = 5
 AB_INIT_CHUNKS = 1
 SEEDS = (0, 1, 2)
@@ -117,15 +117,28 @@ CELLS = {
     "c10_red_sgd_long_tiny": dict(data="cifar10", train="reduced", optimizer="sgd",
                                   schedule="long", student="tiny", extras=False),
 }
-# Parts of <= ~45 min each on 2 idle cores (see --plan for the estimate).
+# Parts of <= ~45 min each on 2 idle cores (see --plan for the estimate):
+# "cell" runs every seed of a cell, "cell@0,1" only those seeds. Part 1 holds
+# the cheapest cells; the long Fashion-MNIST cells are split by seed.
 PARTS = {
     1: ["fm_red_adam_short_tiny", "fm_red_sgd_short_small"],
-    2: ["c10_full_adam_short_small", "c10_full_sgd_short_tiny"],
-    3: ["fm_full_adam_long_tiny"],
-    4: ["fm_full_sgd_long_small"],
-    5: ["c10_red_adam_long_small"],
-    6: ["c10_red_sgd_long_tiny"],
+    2: ["c10_full_adam_short_small@0,1"],  # + the CIFAR-10 teacher (~15-25 min)
+    3: ["c10_full_adam_short_small@2", "c10_full_sgd_short_tiny"],
+    4: ["fm_full_adam_long_tiny@0,1"],
+    5: ["fm_full_adam_long_tiny@2", "fm_full_sgd_long_small@0"],
+    6: ["fm_full_sgd_long_small@1,2"],
+    7: ["c10_red_adam_long_small"],
+    8: ["c10_red_sgd_long_tiny"],
 }
+
+
+def part_entries(entries):
+    """[(cell, seeds)] of a part's entries ("cell" or "cell@0,1")."""
+    out = []
+    for entry in entries:
+        cell, _, seeds = entry.partition("@")
+        out.append((cell, tuple(int(x) for x in seeds.split(",")) if seeds else SEEDS))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -177,18 +190,22 @@ CONFIGS = {
                losses=lambda n: [_at(n)], ab_schedule=False, weights=None, group="extra"),
 }
 
-# Seconds per training step (including the AB initialisation steps), used by
-# --plan when panel.jsonl holds no measurement for that data set / student /
-# config yet. From steptime measurements on the shared 2-core VM (load ~7-8,
-# 2026-11-23, batch 128 train_on_batch, scaled to each data set's batch): an
-# idle machine is faster, so these overestimate.
+# Seconds per training step (AB initialisation steps included), used by --plan
+# where panel.jsonl holds no measurement for that data set / student / config
+# yet. Fashion-MNIST: part 1's first runs (batch 64, load average 3.5-5 on 2
+# cores); CIFAR-10: benchmarks/results/accuracy.md (batch 128, ResNet-8
+# teacher, load 5-6), tiny students guessed. An idle machine is faster.
 FALLBACK_SECONDS_PER_STEP = {
-    ("fmnist", "small", "alone"): 0.12, ("fmnist", "tiny", "alone"): 0.09,
-    ("fmnist", "small", "distill"): 0.38, ("fmnist", "tiny", "distill"): 0.23,
-    ("cifar10", "small", "alone"): 0.24, ("cifar10", "tiny", "alone"): 0.2,
-    ("cifar10", "small", "distill"): 0.9, ("cifar10", "tiny", "distill"): 0.85,
+    ("fmnist", "tiny", "alone"): 0.076, ("fmnist", "tiny", "distill"): 0.15,
+    ("fmnist", "tiny", "ab"): 0.25,
+    ("fmnist", "small", "alone"): 0.10, ("fmnist", "small", "distill"): 0.18,
+    ("fmnist", "small", "ab"): 0.30,
+    ("cifar10", "small", "alone"): 0.18, ("cifar10", "small", "distill"): 0.21,
+    ("cifar10", "small", "ab"): 0.37,
+    ("cifar10", "tiny", "alone"): 0.13, ("cifar10", "tiny", "distill"): 0.17,
+    ("cifar10", "tiny", "ab"): 0.30,
 }
-FALLBACK_TEACHER_SECONDS_PER_STEP = {"fmnist": 0.81, "cifar10": 0.74}
+FALLBACK_TEACHER_SECONDS_PER_STEP = {"fmnist": 0.73, "cifar10": 0.74}
 RUN_OVERHEAD_SECONDS = 15  # build, trace, evaluate
 
 SMOKE = dict(train_images=2000, test_images=1000, teacher_steps=20, steps=10, seeds=(0,))
@@ -629,7 +646,8 @@ def seconds_per_step(records, data, student, config):
                 and CELLS[r["cell"]]["student"] == student and r["config"] == config]
     if measured:
         return float(np.median(measured)), "measured"
-    kind = "alone" if CONFIGS[config]["losses"] is None else "distill"
+    kind = ("alone" if CONFIGS[config]["losses"] is None else
+            "ab" if CONFIGS[config]["ab_schedule"] else "distill")
     return FALLBACK_SECONDS_PER_STEP[(data, student, kind)], "fallback"
 
 
@@ -645,9 +663,9 @@ def plan(records, cache_dir, parts):
           "available, else the fallback table; + teacher training if not cached):")
     rows = []
     trained = set(teachers)
-    for part, cells in parts.items():
+    for part, entries in parts.items():
         total, todo, sources = 0.0, 0, set()
-        for cell in cells:
+        for cell, seeds in part_entries(entries):
             c = CELLS[cell]
             if c["data"] not in trained:
                 t = DATASETS[c["data"]]["teacher"]
@@ -659,13 +677,13 @@ def plan(records, cache_dir, parts):
                 steps += (steps // CHUNKS) * AB_INIT_CHUNKS * CONFIGS[config]["ab_schedule"]
                 sps, src = seconds_per_step(records, c["data"], c["student"], config)
                 sources.add(src)
-                for seed in SEEDS:
+                for seed in seeds:
                     if (cell, config, seed) in recs:
                         continue
                     todo += 1
                     total += steps * sps + RUN_OVERHEAD_SECONDS
-        runs = sum(len(cell_configs(c)) * len(SEEDS) for c in cells)
-        rows.append([part, ",".join(cells), runs, todo, f"{total / 60:.0f}",
+        runs = sum(len(cell_configs(c)) * len(ss) for c, ss in part_entries(entries))
+        rows.append([part, " ".join(entries), runs, todo, f"{total / 60:.0f}",
                      "+".join(sorted(sources))])
     common.print_table(["part", "cells", "runs", "to do", "est. min", "from"], rows)
     loads = [r["load_average"][0] for r in records if r.get("load_average")]
@@ -711,27 +729,29 @@ def main(argv=None):
         return 0
 
     if args.cells:
-        cells = [c for c in args.cells.split(",") if c]
+        work = [(c, SEEDS) for c in args.cells.split(",") if c]
     elif args.part:
-        cells = PARTS[args.part]
+        work = part_entries(PARTS[args.part])
     elif args.smoke:
-        cells = ["fm_red_adam_short_tiny"]
+        work = [("fm_red_adam_short_tiny", SEEDS)]
     else:
         parser.error("pick what to run: --part N, --cells a,b, --smoke, --report or --plan")
-    for c in cells:
+    for c, _ in work:
         if c not in CELLS:
             parser.error(f"unknown cell {c!r}; expected some of {list(CELLS)}")
     only = [c for c in args.configs.split(",") if c] if args.configs else None
     for c in only or []:
         if c not in CONFIGS:
             parser.error(f"unknown config {c!r}; expected some of {list(CONFIGS)}")
-    seeds = (tuple(int(s) for s in args.seeds.split(",")) if args.seeds else
-             SMOKE["seeds"] if args.smoke else SEEDS)
+    if args.seeds or args.smoke:
+        override = (tuple(int(s) for s in args.seeds.split(",")) if args.seeds
+                    else SMOKE["seeds"])
+        work = [(c, override) for c, _ in work]
 
     done = {(r["cell"], r["config"], r["seed"]) for r in records}
     wall = time.time()
     datasets, teachers = {}, cached_teachers(cache_dir, args.smoke)
-    for cell in cells:
+    for cell, seeds in work:
         name = CELLS[cell]["data"]
         if name not in datasets:
             datasets[name] = Data(name, args.data_dir, args.smoke)

@@ -506,13 +506,25 @@ def build_report(paths, records, teachers, smoke=False):
           f"{t['train_seconds']:.0f}"] for k, t in teachers.items()])
     lines += ["", "## Summary: gain over the student alone (points)", ""]
     lines += common.markdown_table(
-        ["cell", "teacher %", "alone %"] + methods,
+        ["cell", "teacher %", "alone %", "teacher − alone"] + methods,
         [[r["cell"], f"{r['teacher']:.2f}" if r["teacher"] else "",
-          fmt_acc(list(acc.get((r["cell"], "alone"), {}).values()))]
+          fmt_acc(list(acc.get((r["cell"], "alone"), {}).values())),
+          f"{r['teacher'] - r['alone']:+.2f}" if r["teacher"] and np.isfinite(r["alone"])
+          else ""]
          + [fmt_gain(r["gains"][m]) if m in r["gains"] else "" for m in methods]
          for r in summary]
-        + [["**mean over cells**", "", ""]
+        + [["**mean over cells**", "", "", ""]
            + [mean_over_cells(summary, m) for m in methods]])
+    lines += ["", "### Issue 9, point 2 (on the cells measured so far)", "",
+              "Rule: KD, AB + KD and NST + KD each beat the student alone (higher mean) in "
+              "every cell where the teacher beats the student alone by 3 points or more, "
+              "with a mean gain over the panel of at least +1 point each; no method's mean "
+              "falls below the student alone's mean by more than the student alone's std "
+              "in any cell. Cells with fewer than 2 seeds are left out.", ""]
+    lines += common.markdown_table(
+        ["method", "cells", "mean gain", "loses where teacher − alone ≥ 3",
+         "below alone by > 1 std", "rule holds"],
+        [rule_row(summary, m) for m in methods])
     if os.path.exists(paths["png"]):
         lines += ["", f"![gains per cell]({os.path.basename(paths['png'])})"]
     lines += ["", "## Per cell", ""]
@@ -547,8 +559,12 @@ def build_report(paths, records, teachers, smoke=False):
         for c, m, s in missing:
             by.setdefault(c, {}).setdefault(m, []).append(s)
         lines += ["## Not run yet", ""]
-        lines += [f"- `{c}`: " + "; ".join(f"{m} (seeds {', '.join(map(str, ss))})"
-                                          for m, ss in v.items()) for c, v in by.items()]
+        for c, v in by.items():
+            if c not in cells:
+                lines.append(f"- `{c}`: not started ({sum(map(len, v.values()))} runs)")
+            else:
+                lines.append(f"- `{c}`: " + "; ".join(
+                    f"{m} (seeds {', '.join(map(str, ss))})" for m, ss in v.items()))
         lines += [""]
     lines += ["## Every run", ""]
     lines += common.markdown_table(
@@ -575,6 +591,20 @@ def build_report(paths, records, teachers, smoke=False):
         json.dump(payload, f, indent=1, default=float)
     os.replace(tmp, paths["json"])
     plot(paths["png"], summary, methods)
+
+
+def rule_row(summary, method):
+    rows = [r for r in summary if method in r["gains"] and r["gains"][method]["n"] >= 2]
+    gap3 = [r for r in rows if r["teacher"] and r["teacher"] - r["alone"] >= 3]
+    loses = [r["cell"] for r in gap3 if r["gains"][method]["gain"] <= 0]
+    below = [r["cell"] for r in rows if np.isfinite(r["alone_std"])
+             and r["gains"][method]["gain"] < -r["alone_std"]]
+    mean = float(np.mean([r["gains"][method]["gain"] for r in rows])) if rows else float("nan")
+    needs_win = method in ("kd", "ab_kd", "nst_kd")
+    holds = not below and (not needs_win or (not loses and mean >= 1.0))
+    return [method, len(rows), f"{mean:+.2f}" if rows else "",
+            ", ".join(loses) if needs_win else "(not required)",
+            ", ".join(below), ("yes" if holds else "**no**") if rows else ""]
 
 
 def mean_over_cells(summary, method):

@@ -566,6 +566,15 @@ def build_report(paths, records, teachers, smoke=False):
                 lines.append(f"- `{c}`: " + "; ".join(
                     f"{m} (seeds {', '.join(map(str, ss))})" for m, ss in v.items()))
         lines += [""]
+    if not smoke:
+        lines += ["## Parts (`--part N`)", "",
+                  "Estimated minutes for the runs not done yet, from the median seconds "
+                  "per step measured here (same data set, student and config) or a fallback "
+                  "table, plus the teacher's training where it is not cached; measured on "
+                  "a shared machine, so an idle one is faster.", ""]
+        lines += common.markdown_table(
+            PLAN_HEADER, plan_rows(records, os.path.join(common.RESULTS_DIR, "cache"), PARTS))
+        lines += [""]
     lines += ["## Every run", ""]
     lines += common.markdown_table(
         ["finished (UTC)", "cell", "config", "seed", "test acc. %", "s", "ms / step",
@@ -681,16 +690,13 @@ def seconds_per_step(records, data, student, config):
     return FALLBACK_SECONDS_PER_STEP[(data, student, kind)], "fallback"
 
 
-def plan(records, cache_dir, parts):
+PLAN_HEADER = ["part", "cells", "runs", "to do", "est. min to do", "from"]
+
+
+def plan_rows(records, cache_dir, parts):
+    """Per part: runs, runs left, estimated minutes for those left, sources."""
     teachers = cached_teachers(cache_dir, False)
     acc, recs = latest(records)
-    print("Cells:")
-    common.print_table(["cell", "data", "train set", "optimizer", "schedule", "student",
-                        "configs"],
-                       [[r["cell"], r["data"], r["train"], r["optimizer"], r["schedule"],
-                         r["student"], r["configs"]] for r in map(describe_cell, CELLS)])
-    print("\nParts (estimated minutes; seconds per step measured in panel.jsonl where "
-          "available, else the fallback table; + teacher training if not cached):")
     rows = []
     trained = set(teachers)
     for part, entries in parts.items():
@@ -715,7 +721,18 @@ def plan(records, cache_dir, parts):
         runs = sum(len(cell_configs(c)) * len(ss) for c, ss in part_entries(entries))
         rows.append([part, " ".join(entries), runs, todo, f"{total / 60:.0f}",
                      "+".join(sorted(sources))])
-    common.print_table(["part", "cells", "runs", "to do", "est. min", "from"], rows)
+    return rows
+
+
+def plan(records, cache_dir, parts):
+    print("Cells:")
+    common.print_table(["cell", "data", "train set", "optimizer", "schedule", "student",
+                        "configs"],
+                       [[r["cell"], r["data"], r["train"], r["optimizer"], r["schedule"],
+                         r["student"], r["configs"]] for r in map(describe_cell, CELLS)])
+    print("\nParts (estimated minutes; seconds per step measured in panel.jsonl where "
+          "available, else the fallback table; + teacher training if not cached):")
+    common.print_table(PLAN_HEADER, plan_rows(records, cache_dir, parts))
     loads = [r["load_average"][0] for r in records if r.get("load_average")]
     if loads:
         print(f"\n(measured runs had a 1-min load average of {min(loads)} to {max(loads)} "

@@ -466,7 +466,7 @@ def build_report(paths, records, teachers, smoke=False):
                   f"{SMOKE['teacher_steps']} steps. " + status)
     lines = common.header_markdown(
         "Panel: distillation gain over the student alone, with library defaults",
-        records[0]["finished"][:16] if records else "-",
+        first_start(records),
         [status, "", "Runs came from (from the repository root):", "", "```bash",
          *commands, "```", "",
          f"keras_kd commit(s) under test: {', '.join(f'`{c}`' for c in commits)}. "
@@ -597,9 +597,32 @@ def build_report(paths, records, teachers, smoke=False):
         teachers=teachers, summary=summary, runs=records)
     tmp = paths["json"] + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1, default=float)
+        json.dump(json_safe(payload), f, indent=1, allow_nan=False)
     os.replace(tmp, paths["json"])
     plot(paths["png"], summary, methods)
+
+
+def first_start(records):
+    """When the first run started (its finish time less its training time)."""
+    if not records:
+        return "-"
+    fmt = "%Y-%m-%d %H:%M:%S"
+    starts = [datetime.datetime.strptime(r["finished"], fmt)
+              - datetime.timedelta(seconds=r["seconds"]) for r in records]
+    return min(starts).strftime("%Y-%m-%d %H:%M")
+
+
+def json_safe(value):
+    """NaN -> None and tuples -> lists, recursively (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def rule_row(summary, method):

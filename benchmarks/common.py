@@ -163,3 +163,55 @@ def median_seconds(call, repeats, warmup=2):
     times.sort()
     mid = len(times) // 2
     return times[mid] if len(times) % 2 else 0.5 * (times[mid - 1] + times[mid])
+
+
+def load_average():
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def append_jsonl(path, record):
+    """Appends one JSON line to `path` and flushes it to disk at once."""
+    import json
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines file (an empty list if it does not exist)."""
+    import json
+
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def mean_std(values):
+    """`(mean, sample std)` of a sequence; std is nan for fewer than 2 values."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    std = float(values.std(ddof=1)) if values.size > 1 else float("nan")
+    return float(values.mean()), std
+
+
+def paired_gain(treated, baseline):
+    """Mean and sample std of `treated[k] - baseline[k]` over the shared keys.
+
+    `treated` and `baseline` map a seed to a score; only seeds present in both
+    count (a paired comparison: same seed, same initialisation and data order).
+    Returns `(mean, std, n)`.
+    """
+    seeds = sorted(set(treated) & set(baseline))
+    mean, std = mean_std([treated[s] - baseline[s] for s in seeds])
+    return mean, std, len(seeds)

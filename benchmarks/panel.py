@@ -340,15 +340,24 @@ def run_one(cell, config, seed, data, teacher, smoke):
     load_start = common.load_average()
     keras.utils.set_random_seed(seed)  # same initial student for every config
     student = build(d["students"][c["student"]], data.shape, "student")
-    optimizer = make_optimizer(c["optimizer"], c["data"], init * chunk, CHUNKS * chunk)
+    # With the AB schedule the optimizer restarts when stage 2 begins (the
+    # library default, as RepDistiller), so the schedule restarts too: stage 2
+    # runs the same cosine as the student alone, and stage 1 its first steps.
+    restart = spec.get("restart_optimizer", True)
+    optimizer = make_optimizer(c["optimizer"], c["data"], 0 if restart else init * chunk,
+                               CHUNKS * chunk)
     callbacks = []
     if spec["losses"] is None:
         model = student
     else:
         model = keras_kd.Distiller(teacher, student, spec["losses"](stages),
-                                   distillation_loss_weights=spec["weights"])
+                                   distillation_loss_weights=spec["weights"],
+                                   **spec.get("distiller_kwargs", {}))
         if init:
-            callbacks.append(keras_kd.callbacks.ActivationBoundarySchedule(init_epochs=init))
+            callbacks.append(keras_kd.callbacks.ActivationBoundarySchedule(
+                init_epochs=init, restart_optimizer=restart))
+        if spec.get("callbacks"):
+            callbacks += spec["callbacks"](init, CHUNKS)
     model.compile(optimizer=optimizer, loss=cross_entropy())
     start = time.time()
     history = model.fit(data.train(c["train"], d["train_batch"], seed),  # same order per seed

@@ -14,6 +14,7 @@ from keras_kd import Distiller
 from keras_kd import NonFiniteLossError
 from keras_kd import losses as L
 from keras_kd.callbacks import ActivationBoundarySchedule
+from keras_kd.callbacks import restart_optimizer
 from keras_kd.taps import Tap
 from keras_kd.taps import build_extractor
 
@@ -256,6 +257,78 @@ def test_activation_boundary_schedule_two_stages():
     # Stage 2 leaves the connectors alone and trains the head.
     np.testing.assert_array_equal(snapshots[2][1], snapshots[4][1])
     assert not np.array_equal(snapshots[2][0], snapshots[4][0])
+
+
+def _fit_dense(model, optimizer, x, y):
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    return [to_numpy(w) for w in model.weights]
+
+
+def test_restart_optimizer_is_a_fresh_optimizer():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(12, 5)).astype("float32")
+    y = rng.normal(size=(12, 3)).astype("float32")
+
+    def make_optimizer():
+        schedule = keras.optimizers.schedules.CosineDecay(0.05, decay_steps=9)
+        return keras.optimizers.Adam(schedule)
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    optimizer = make_optimizer()
+    _fit_dense(model, optimizer, x, y)  # 3 steps: moments and step count move
+    start = [to_numpy(w) for w in model.weights]
+    restart_optimizer(optimizer)
+    assert int(to_numpy(optimizer.iterations)) == 0
+    restarted = _fit_dense(model, optimizer, x, y)
+
+    fresh_model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    fresh_model.set_weights(start)
+    fresh = _fit_dense(fresh_model, make_optimizer(), x, y)
+    for a, b in zip(restarted, fresh):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # Without the restart the same epoch moves the weights differently.
+    keras.utils.set_random_seed(3)
+    other = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    other_optimizer = make_optimizer()
+    _fit_dense(other, other_optimizer, x, y)
+    kept = _fit_dense(other, other_optimizer, x, y)
+    assert not np.allclose(kept[0], fresh[0], rtol=1e-4)
+
+
+def test_restart_optimizer_keeps_loss_scale_and_learning_rate():
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.1, momentum=0.9), initial_scale=64.0)
+    variable = keras.Variable(np.ones(3, "float32"))
+    optimizer.apply([keras.ops.ones(3)], [variable])
+    optimizer.inner_optimizer.learning_rate.assign(0.02)
+    restart_optimizer(optimizer)
+    assert int(to_numpy(optimizer.iterations)) == 0
+    assert float(to_numpy(optimizer.dynamic_scale)) == 64.0
+    assert float(to_numpy(optimizer.inner_optimizer.learning_rate)) == pytest.approx(0.02)
+    for momentum in optimizer.inner_optimizer.momentums:
+        np.testing.assert_array_equal(to_numpy(momentum), 0.0)
+    with pytest.raises(TypeError, match="keras.optimizers.Optimizer"):
+        restart_optimizer("adam")
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_activation_boundary_schedule_restarts_the_optimizer(restart):
+    teacher, student = _pair()
+    ab = L.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"])
+    distiller = Distiller(teacher, student, [L.LogitsDistillation(), ab])
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-3), loss=sparse_ce())
+    x, y = data(n=8)
+    steps = []
+    callbacks = [ActivationBoundarySchedule(init_epochs=1, restart_optimizer=restart),
+                 keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: steps.append(
+                     int(to_numpy(distiller.optimizer.iterations))))]
+    distiller.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=callbacks)
+    # 2 steps per epoch; the restart at the start of epoch 2 resets the count.
+    assert steps == ([2, 2, 4] if restart else [2, 4, 6])
+    with pytest.raises(TypeError, match="restart_optimizer"):
+        ActivationBoundarySchedule(1, restart_optimizer="yes")
 
 
 def test_activation_boundary_schedule_needs_an_ab_loss():

@@ -111,11 +111,11 @@ def _parser():
         "runs the two-stage activation-boundary schedule (AB initialisation "
         "first, then the other losses). Default: kd,nst.",
     )
-    parser.add_argument("--epochs", type=_integer(1), default=6,
-                        help="student epochs (alone and distilled), >= 1. "
-                        "Default 6.")
-    parser.add_argument("--teacher-epochs", type=_integer(1), default=6,
-                        help="teacher epochs, >= 1. Default 6.")
+    parser.add_argument("--epochs", type=_integer(1), default=12,
+                        help="student epochs over the student's images "
+                        "(alone and distilled), >= 1. Default 12.")
+    parser.add_argument("--teacher-epochs", type=_integer(1), default=4,
+                        help="teacher epochs, >= 1. Default 4.")
     parser.add_argument("--ab-epochs", type=_integer(0), default=1,
                         help="AB initialisation epochs (>= 0, with 'ab' in "
                         "--methods), run before the --epochs of ordinary "
@@ -136,16 +136,28 @@ def _parser():
                         "horizontal flips) or 'crop_flip' (4-pixel pad, "
                         "random crop and flip, the CIFAR standard). "
                         "Default none.")
+    parser.add_argument("--student-fraction", type=_real(0.0, 1.0), default=0.25,
+                        help="the students (alone and distilled) train on this "
+                        "class-balanced fraction of the teacher's training "
+                        "images, in (0, 1]: a student with few labels and a "
+                        "teacher that saw more, the regime where distillation "
+                        "pays. Default 0.25.")
+    parser.add_argument("--seeds", type=_integer(1), default=3,
+                        help="train the student alone and distilled with this "
+                        "many seeds (same initial weights and data order for "
+                        "both in each seed) and print mean ± std and the "
+                        "paired gain, >= 1. Default 3.")
     parser.add_argument("--seed", type=_integer(0), default=0,
-                        help="random seed of initialisation, subset and "
-                        "shuffling, >= 0. Default 0.")
+                        help="random seed of the teacher and the subsets, and "
+                        "the first student seed, >= 0. Default 0.")
     parser.add_argument("--output", default=None,
                         help="directory to save teacher, student and "
                         "distilled student as .keras files (they take raw "
                         "pixels; `keras-kd export` takes them as they are).")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 1 epoch each (plus 1 of AB "
-                        "initialisation) on 1,000 images.")
+                        help="a smoke test of the pipeline: 1 epoch each (plus 1 "
+                        "of AB initialisation), 1 seed, 1,000 images; its "
+                        "accuracies say nothing about the methods.")
     return parser
 
 
@@ -157,7 +169,7 @@ def _losses(methods, teacher, student, stages):
     chosen = []
     for method in methods:
         if method == "kd":
-            chosen.append(losses.LogitsDistillation(temperature=4.0))
+            chosen.append(losses.LogitsDistillation())
         elif method == "ab":
             chosen.append(losses.ActivationBoundary(taps, taps))
         elif method == "nst":
@@ -192,6 +204,13 @@ def _pipelines(x_train, y_train, x_test, y_test, *, batch_size, augment=None):
     return train_ds, test_ds, mean, std
 
 
+def _mean_std(values):
+    import numpy as np
+
+    values = np.asarray(values, dtype="float64")
+    return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+
+
 def distill(argv=None):
     """Runs the main job; returns the results dict (also printed)."""
     args = _parser().parse_args(argv)
@@ -206,9 +225,10 @@ def distill(argv=None):
         args.epochs = args.teacher_epochs = 1
         args.ab_epochs = min(args.ab_epochs, 1)
         args.train_fraction = min(args.train_fraction, 1000 / 6000)
+        args.seeds = 1
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
-        import tensorflow  # noqa: F401
+        import tensorflow as tf
     except ImportError as error:
         raise SystemExit(
             f"keras-kd: the main job trains with TensorFlow, which could not "
@@ -216,12 +236,14 @@ def distill(argv=None):
             '`pip install "keras-kd[cpu]"` (tensorflow-cpu; `[gpu]` for CUDA).'
         ) from error
     import keras
-
     from keras_kd import callbacks as kd_callbacks
     from keras_kd import data
     from keras_kd.distiller import Distiller
     from keras_kd.models import conv_net
 
+    # Same printout on every run on the same machine: seeded initialisers,
+    # subsets and shuffles, and deterministic kernels.
+    tf.config.experimental.enable_op_determinism()
     started = time.time()
     keras.utils.set_random_seed(args.seed)
     try:
@@ -232,32 +254,42 @@ def distill(argv=None):
     x_train, y_train = data.balanced_subset(
         arrays["x_train"], arrays["y_train"], args.train_fraction,
         seed=args.seed)
+    x_student, y_student = data.balanced_subset(
+        x_train, y_train, args.student_fraction, seed=args.seed)
     x_test, y_test = arrays["x_test"], arrays["y_test"]
     classes = len(arrays["class_names"])
     name = args.data or "bundled Fashion-MNIST subset"
+    seeds = [args.seed + i for i in range(args.seeds)]
     print(
-        f"keras-kd: {name}: {len(x_train)} train / {len(x_test)} test images "
-        f"of {x_train.shape[1:]}, {classes} classes; methods "
-        f"{'+'.join(methods)}",
+        f"keras-kd: {name}, {x_train.shape[1:]} images, {classes} classes.\n"
+        f"  The teacher trains on {len(x_train)} images; each student (alone "
+        f"and distilled) on a\n  class-balanced {len(x_student)} of them "
+        f"(--student-fraction {args.student_fraction:g}); test: "
+        f"{len(x_test)} images.\n  Methods {'+'.join(methods)}; seeds "
+        f"{seeds}.",
         flush=True,
     )
-    train_ds, test_ds, mean, std = _pipelines(
-        x_train, y_train, x_test, y_test, batch_size=args.batch_size,
-        augment=None if args.augment == "none" else args.augment)
+    # Both subsets share the teacher's normalisation statistics.
+    mean, std = data.channel_stats(x_train)
+    augment = None if args.augment == "none" else args.augment
+
+    def train_ds(x, y, seed):
+        return data.make_dataset(x, y, batch_size=args.batch_size, training=True,
+                                 augment=augment, rescale=False, seed=seed)
+
+    test_ds = data.make_dataset(x_test, y_test, batch_size=256, rescale=False)
     shape = x_train.shape[1:]
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    steps = -(-len(x_train) // args.batch_size)
-
-    def compile_fit(model, epochs, seed, callbacks=()):
+    def compile_fit(model, dataset, epochs, steps, callbacks=(), decay_epochs=None):
         # Cosine decay to zero: the final weights, not a noisy point, are
         # what each model is judged by.
         learning_rate = keras.optimizers.schedules.CosineDecay(
-            args.learning_rate, decay_steps=max(1, epochs * steps))
+            args.learning_rate, decay_steps=max(1, (decay_epochs or epochs) * steps))
         optimizer = keras.optimizers.SGD(
             learning_rate, momentum=0.9, nesterov=True)
-        model.compile(optimizer=optimizer, loss=ce, metrics=["accuracy"])
-        model.fit(train_ds(seed), epochs=epochs, verbose=2, shuffle=False,
+        model.compile(optimizer=optimizer, loss=ce)
+        model.fit(dataset, epochs=epochs, verbose=0, shuffle=False,
                   callbacks=list(callbacks))
         return model
 
@@ -266,52 +298,103 @@ def distill(argv=None):
         return float(model.evaluate(test_ds, verbose=0, return_dict=True)[
             "accuracy"])
 
-    print("\n[1/3] teacher", flush=True)
-    teacher = compile_fit(conv_net(shape, classes, (32, 64, 128), mean=mean,
-                                   std=std, name="teacher"),
-                          args.teacher_epochs, 1)
-    print("\n[2/3] student alone", flush=True)
-    keras.utils.set_random_seed(args.seed + 1)
-    alone = compile_fit(conv_net(shape, classes, (8, 16, 32), mean=mean,
-                                 std=std, name="student_alone"), args.epochs, 2)
-    print(f"\n[3/3] student distilled ({'+'.join(methods)})", flush=True)
-    keras.utils.set_random_seed(args.seed + 1)  # same initial student
-    student = conv_net(shape, classes, (8, 16, 32), mean=mean, std=std,
-                       name="student")
-    distiller = Distiller(teacher, student,
-                          _losses(methods, teacher, student, 3))
-    schedule, init_epochs = [], 0
-    if "ab" in methods:
-        init_epochs = args.ab_epochs
-        schedule.append(kd_callbacks.ActivationBoundarySchedule(init_epochs))
-    compile_fit(distiller, init_epochs + args.epochs, 2, schedule)
+    teacher_steps = -(-len(x_train) // args.batch_size)
+    student_steps = -(-len(x_student) // args.batch_size)
+    print(f"\n[teacher] conv_net(32, 64, 128), {args.teacher_epochs} epochs of "
+          f"{teacher_steps} steps", flush=True)
+    keras.utils.set_random_seed(args.seed)
+    teacher = compile_fit(
+        conv_net(shape, classes, (32, 64, 128), mean=mean, std=std, name="teacher"),
+        train_ds(x_train, y_train, args.seed), args.teacher_epochs, teacher_steps)
+    teacher_accuracy = accuracy(teacher)
+    print(f"  test accuracy {teacher_accuracy:.4f}", flush=True)
 
+    init_epochs = args.ab_epochs if "ab" in methods else 0
+    print(f"\n[students] conv_net(8, 16, 32), {args.epochs} epochs of "
+          f"{student_steps} steps"
+          + (f" (+{init_epochs} of AB initialisation first)" if init_epochs else "")
+          + "; same initial weights and data order for alone and distilled",
+          flush=True)
+    alone_scores, distilled_scores = [], []
+    alone = student = None
+    for seed in seeds:
+        keras.utils.set_random_seed(seed)
+        alone = compile_fit(
+            conv_net(shape, classes, (8, 16, 32), mean=mean, std=std,
+                     name="student_alone"),
+            train_ds(x_student, y_student, seed), args.epochs, student_steps)
+        keras.utils.set_random_seed(seed)  # the same initial student
+        student = conv_net(shape, classes, (8, 16, 32), mean=mean, std=std,
+                           name="student")
+        distiller = Distiller(teacher, student, _losses(methods, teacher, student, 3))
+        schedule = []
+        if init_epochs:
+            # The optimizer restarts after AB initialisation (as in
+            # RepDistiller), so the cosine spans the ordinary epochs.
+            schedule.append(kd_callbacks.ActivationBoundarySchedule(init_epochs))
+        compile_fit(distiller, train_ds(x_student, y_student, seed),
+                    init_epochs + args.epochs, student_steps, schedule,
+                    decay_epochs=args.epochs)
+        alone_scores.append(accuracy(alone))
+        distilled_scores.append(accuracy(student))
+        print(f"  seed {seed}: alone {alone_scores[-1]:.4f}   distilled "
+              f"{distilled_scores[-1]:.4f}   ({distilled_scores[-1] - alone_scores[-1]:+.4f})",
+              flush=True)
+
+    gains = [d - a for d, a in zip(distilled_scores, alone_scores)]
+    alone_mean, alone_std = _mean_std(alone_scores)
+    distilled_mean, distilled_std = _mean_std(distilled_scores)
+    gain_mean, gain_std = _mean_std(gains)
     results = {
-        "teacher": accuracy(teacher),
-        "student_alone": accuracy(alone),
-        "student_distilled": accuracy(distiller.student),
+        "teacher": teacher_accuracy,
+        "student_alone": alone_mean,
+        "student_alone_std": alone_std,
+        "student_distilled": distilled_mean,
+        "student_distilled_std": distilled_std,
+        "gain": gain_mean,
+        "gain_std": gain_std,
+        "seeds": seeds,
+        "alone_by_seed": alone_scores,
+        "distilled_by_seed": distilled_scores,
         "teacher_params": teacher.count_params(),
         "student_params": student.count_params(),
         "seconds": time.time() - started,
     }
+    n = len(seeds)
+    spread = f" ± {alone_std:.4f}" if n > 1 else ""
+    if n > 1:
+        noise = max(gain_std, alone_std)
+        verdict = ("a gain beyond the noise" if gain_mean > noise else
+                   "a loss beyond the noise" if gain_mean < -noise else
+                   "no difference beyond the noise")
+        noise_line = (f"  gain               {gain_mean:+.4f} ± {gain_std:.4f} (paired by "
+                      f"seed; {sum(g > 0 for g in gains)} of {n} seeds improved):\n"
+                      f"                     {verdict} (the larger of the gain's and "
+                      f"the student alone's std, {noise:.4f})\n")
+    else:
+        noise_line = ("  one seed: no estimate of the noise; run with --seeds 3 or "
+                      "more to compare\n")
+    smoke = ("  --quick is a smoke test of the pipeline (1 epoch, 1 seed, 1,000 "
+             "images):\n  its accuracies say nothing about the methods.\n"
+             if args.quick else "")
     print(
-        "\nTest accuracy\n"
-        f"  teacher            {results['teacher']:.4f}  "
+        f"\nTest accuracy ({'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'})\n"
+        f"  teacher            {teacher_accuracy:.4f}           "
         f"({results['teacher_params']:,} parameters)\n"
-        f"  student alone      {results['student_alone']:.4f}  "
+        f"  student alone      {alone_mean:.4f}{spread}  "
         f"({results['student_params']:,} parameters)\n"
-        f"  student distilled  {results['student_distilled']:.4f}  "
-        f"({'+'.join(methods)}; {results['student_distilled'] - results['student_alone']:+.4f} "
-        "vs alone)\n"
+        f"  student distilled  {distilled_mean:.4f}"
+        f"{f' ± {distilled_std:.4f}' if n > 1 else ''}  ({'+'.join(methods)})\n"
+        f"{noise_line}{smoke}"
         f"  wall time {results['seconds']:.0f} s",
         flush=True,
     )
     if args.output:
         os.makedirs(args.output, exist_ok=True)
         for label, model in (("teacher", teacher), ("student_alone", alone),
-                             ("student_distilled", distiller.student)):
+                             ("student_distilled", student)):
             model.save(os.path.join(args.output, f"{label}.keras"))
-        print(f"  saved models to {args.output}")
+        print(f"  saved models to {args.output} (the last seed's students)")
     return results
 
 

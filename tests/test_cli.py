@@ -50,6 +50,35 @@ def test_main_job_quick_on_an_npz(tmp_path):
     assert accuracy == pytest.approx(results["student_distilled"], abs=1e-6)
 
 
+def test_main_job_is_deterministic_and_reports_the_noise(tmp_path, capsys):
+    path = _tiny_npz(tmp_path / "tiny.npz")
+    argv = ["--data", str(path), "--epochs", "1", "--teacher-epochs", "1",
+            "--seeds", "2", "--batch-size", "16", "--methods", "kd"]
+    first = cli.distill(argv)
+    printed = capsys.readouterr().out
+    second = cli.distill(argv)
+    for key in ("teacher", "alone_by_seed", "distilled_by_seed"):
+        assert first[key] == second[key]
+    gains = [d - a for d, a in zip(first["distilled_by_seed"], first["alone_by_seed"])]
+    assert first["gain"] == pytest.approx(np.mean(gains))
+    assert first["gain_std"] == pytest.approx(np.std(gains, ddof=1))
+    assert first["student_alone_std"] == pytest.approx(
+        np.std(first["alone_by_seed"], ddof=1))
+    assert first["seeds"] == [0, 1]
+    assert "mean ± std over 2 seeds" in printed
+    assert "paired by seed" in printed
+    assert "the noise" in printed
+
+
+def test_quick_says_it_is_a_smoke_test(tmp_path, capsys):
+    path = _tiny_npz(tmp_path / "tiny.npz")
+    results = cli.distill(["--data", str(path), "--quick", "--batch-size", "16",
+                           "--methods", "kd"])
+    printed = capsys.readouterr().out
+    assert results["seeds"] == [0]
+    assert "smoke test" in printed and "say nothing about the methods" in printed
+
+
 @pytest.mark.parametrize("build", [
     lambda **kw: conv_net((8, 8, 3), 4, (4, 8), **kw),
     lambda **kw: resnet((8, 8, 3), 4, (4, 8), blocks=1, **kw),

@@ -227,6 +227,7 @@ class ActivationBoundary(DistillationLoss):
     """
 
     default_weight = 3e-3
+    paper_weight = 3e-3
     default_tap = "preactivation"
     pair_metric_names = ("boundary_agreement",)
 

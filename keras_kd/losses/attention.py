@@ -209,6 +209,7 @@ class AttentionTransfer(SpatialAlignment, DistillationLoss):
     """
 
     default_weight = 1000.0
+    paper_weight = 1000.0
 
     def __init__(
         self,

@@ -115,6 +115,7 @@ class FitNetsHint(DistillationLoss):
     """
 
     default_weight = 100.0
+    paper_weight = 100.0
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ from keras_kd.losses.reduction import validate_rank
 from keras_kd.losses.reduction import validate_reduction
 from keras_kd.losses.reduction import validate_same_shape
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.validation import check_preset
 from keras_kd.losses.validation import check_temperature
 from keras_kd.losses.validation import is_graph_value
 
@@ -262,9 +263,17 @@ class LogitsDistillation(DistillationLoss):
     """
 
     default_weight = 1.0
+    default_temperature = 4.0
+    paper_weight = 0.9
+    paper_temperature = 4.0
     reads_hidden_layers = False
 
-    def __init__(self, temperature=4.0, *, name="logits_distillation", **kwargs):
+    def __init__(self, temperature=None, *, name="logits_distillation", **kwargs):
+        preset = check_preset(kwargs.get("preset", "library"), "LogitsDistillation")
+        if temperature is None:
+            temperature = (
+                self.paper_temperature if preset == "paper" else self.default_temperature
+            )
         temperature = check_temperature(
             temperature, owner="LogitsDistillation"
         )

@@ -284,6 +284,7 @@ class NeuronSelectivityTransfer(SpatialAlignment, DistillationLoss):
     """
 
     default_weight = 50.0
+    paper_weight = 50.0
 
     def __init__(
         self,

@@ -165,3 +165,19 @@ def check_pair_weights(pair_weights, num_pairs, owner):
         )
         for i, w in enumerate(weights)
     ]
+
+
+#: The presets every distillation loss accepts (`preset=`).
+PRESETS = ("library", "paper")
+
+
+def check_preset(preset, owner):
+    """Validates a loss's `preset` argument; returns it."""
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ValueError(
+            f"{owner}: `preset` must be one of {PRESETS}; received "
+            f"{preset!r}. 'library' (the default) gives the defaults chosen "
+            "on keras_kd's panel benchmark; 'paper' the official code's "
+            "values."
+        )
+    return preset

@@ -1,0 +1,70 @@
+"""Search for library defaults: variants of each method on panel cells.
+
+Issue 9, point 2. Runs the panel's machinery (`panel.py`: same cells, seeds,
+initial weights, optimizer, schedule and data order) on *variants* of the
+methods' weights, temperatures and schedules, and writes their gains over the
+student alone to `benchmarks/results/defaults_search.{md,json,jsonl,png}`.
+The panel itself (`panel.py`) then measures the defaults chosen here on every
+cell; this file is the evidence for the choice.
+
+    python benchmarks/defaults_search.py --cells fm_red_adam_short_tiny \\
+        --configs alone,kd_t1,kd_t2 --data-dir ../shared/data
+    python benchmarks/defaults_search.py --report
+
+Arguments are those of `panel.py`; `--output` defaults to
+`benchmarks/results/defaults_search`.
+"""
+
+import os
+import sys
+
+import panel
+from panel import _at, _ab, _nst, _taps, losses  # noqa: F401
+
+import keras_kd
+
+
+def _kd(temperature):
+    return lambda n: [losses.LogitsDistillation(temperature=temperature)]
+
+
+VARIANTS = {
+    # KD: temperature and weight (student loss weight 1).
+    "kd_t1": dict(description="KD T=1, weight 1", losses=_kd(1.0), weights=None),
+    "kd_t2": dict(description="KD T=2, weight 1", losses=_kd(2.0), weights=None),
+    "kd_t4_w1_16": dict(description="KD T=4, weight 1/16", losses=_kd(4.0), weights=[1 / 16]),
+    "kd_t4_w0.25": dict(description="KD T=4, weight 0.25", losses=_kd(4.0), weights=[0.25]),
+    "kd_t2_w0.25": dict(description="KD T=2, weight 0.25", losses=_kd(2.0), weights=[0.25]),
+    "kd_t1_w2": dict(description="KD T=1, weight 2", losses=_kd(1.0), weights=[2.0]),
+    "kd_t1_w0.5": dict(description="KD T=1, weight 0.5", losses=_kd(1.0), weights=[0.5]),
+    # AB schedule: optimizer restarted at stage 2 (the new default) or not.
+    "ab_norestart": dict(description="AB schedule, then CE; one optimizer state",
+                         losses=lambda n: [_ab(n)], ab_schedule=True, weights=None,
+                         restart_optimizer=False),
+    "ab_restart": dict(description="AB schedule, then CE; optimizer restarted",
+                       losses=lambda n: [_ab(n)], ab_schedule=True, weights=None),
+    # NST alone and AT alone at lower weights (defaults: 50 and 1000).
+    "nst_w5": dict(description="NST alone, weight 5", losses=lambda n: [_nst(n)], weights=[5.0]),
+    "nst_w10": dict(description="NST alone, weight 10", losses=lambda n: [_nst(n)],
+                    weights=[10.0]),
+    "at_w100": dict(description="AT alone, weight 100", losses=lambda n: [_at(n)],
+                    weights=[100.0]),
+    "at_w250": dict(description="AT alone, weight 250", losses=lambda n: [_at(n)],
+                    weights=[250.0]),
+}
+
+for _name, _spec in VARIANTS.items():
+    _spec.setdefault("ab_schedule", False)
+    _spec.setdefault("group", "search")
+    panel.CONFIGS[_name] = _spec
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--output" not in argv:
+        argv += ["--output", os.path.join(panel.common.RESULTS_DIR, "defaults_search")]
+    return panel.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

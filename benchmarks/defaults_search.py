@@ -30,6 +30,8 @@ def _kd(temperature):
 
 VARIANTS = {
     # KD: temperature and weight (student loss weight 1).
+    "kd_t4": dict(description="KD T=4, weight 1 (keras_kd 0.1 default)", losses=_kd(4.0),
+                  weights=None),
     "kd_t1": dict(description="KD T=1, weight 1", losses=_kd(1.0), weights=None),
     "kd_t2": dict(description="KD T=2, weight 1", losses=_kd(2.0), weights=None),
     "kd_t4_w1_16": dict(description="KD T=4, weight 1/16", losses=_kd(4.0), weights=[1 / 16]),
@@ -43,6 +45,13 @@ VARIANTS = {
                          restart_optimizer=False),
     "ab_restart": dict(description="AB schedule, then CE; optimizer restarted",
                        losses=lambda n: [_ab(n)], ab_schedule=True, weights=None),
+    # Combinations with KD at T=1 (weight 1).
+    "ab_kd_t1": dict(description="AB schedule (restart), then CE + KD T=1",
+                     losses=lambda n: [_ab(n), losses.LogitsDistillation(temperature=1.0)],
+                     ab_schedule=True, weights=None),
+    "nst5_kd_t1": dict(description="NST weight 5 + KD T=1",
+                       losses=lambda n: [_nst(n), losses.LogitsDistillation(temperature=1.0)],
+                       weights=[5.0, 1.0]),
     # NST alone and AT alone at lower weights (defaults: 50 and 1000).
     "nst_w5": dict(description="NST alone, weight 5", losses=lambda n: [_nst(n)], weights=[5.0]),
     "nst_w10": dict(description="NST alone, weight 10", losses=lambda n: [_nst(n)],

@@ -21,6 +21,7 @@ from backend_utils import value_and_grad  # noqa: E402
 from keras import ops  # noqa: E402
 
 from keras_kd.losses import logits as logits_module  # noqa: E402
+from keras_kd.losses.logits import LogitsDistillation  # noqa: E402
 from keras_kd.losses.logits import logits_distillation_loss  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -66,11 +67,22 @@ def test_matches_numpy(temperature):
                                atol=ATOL)
 
 
-def test_default_temperature_is_4():
+def test_default_temperature_is_1_and_the_paper_preset_4():
     z_t, z_s = random_logits(seed=2)
     np.testing.assert_allclose(float(logits_distillation_loss(z_t, z_s)),
-                               np_kd_per_example(z_t, z_s, 4.0).mean(),
+                               np_kd_per_example(z_t, z_s, 1.0).mean(),
                                rtol=RTOL, atol=ATOL)
+    library, paper = LogitsDistillation(), LogitsDistillation(preset="paper")
+    assert float(to_numpy(library.temperature)) == 1.0
+    assert float(to_numpy(paper.temperature)) == 4.0
+    assert (library.default_weight, paper.default_weight) == (1.0, 0.9)
+    # An explicit temperature wins over the preset.
+    explicit = LogitsDistillation(temperature=2.0, preset="paper")
+    assert float(to_numpy(explicit.temperature)) == 2.0
+    assert explicit.get_config()["preset"] == "paper"
+    restored = LogitsDistillation.from_config(explicit.get_config())
+    assert float(to_numpy(restored.temperature)) == 2.0
+    assert restored.default_weight == 0.9
 
 
 def test_large_logits_are_stable():
@@ -108,10 +120,10 @@ def test_temperature_as_variable():
 def test_low_precision_inputs(dtype):
     z_t, z_s = random_logits(seed=6)
     t_low, s_low = ops.cast(z_t, dtype), ops.cast(z_s, dtype)
-    out = logits_distillation_loss(t_low, s_low)
+    out = logits_distillation_loss(t_low, s_low, 4.0)
     assert dtype_name(out) == "float32"
     reference = logits_distillation_loss(ops.cast(t_low, "float32"),
-                                         ops.cast(s_low, "float32"))
+                                         ops.cast(s_low, "float32"), 4.0)
     np.testing.assert_allclose(float(out), float(reference), rtol=1e-6)
     np.testing.assert_allclose(float(out),
                                np_kd_per_example(z_t, z_s, 4.0).mean(),
@@ -138,7 +150,7 @@ def test_compiles_with_unknown_batch_and_xla():
     z_t, z_s = random_logits(seed=8)
 
     def fn(a, b):
-        return logits_distillation_loss(a, b, reduction="none")
+        return logits_distillation_loss(a, b, 4.0, reduction="none")
 
     np.testing.assert_allclose(compiled_unknown_batch(fn, z_t, z_s),
                                np_kd_per_example(z_t, z_s, 4.0),

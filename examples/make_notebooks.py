@@ -503,7 +503,7 @@ def activation_boundaries():
             TAPS = [f"stage{i}_relu" for i in (1, 2, 3)]
             keras.utils.set_random_seed(SEED + 1)
             student = keras_kd.models.resnet(INPUT_SHAPE, NUM_CLASSES, STUDENT_WIDTHS, STUDENT_BLOCKS, name="student")
-            ab = losses.ActivationBoundary(TAPS, TAPS)  # margin 1, weight 3e-3 (official)
+            ab = losses.ActivationBoundary(TAPS, TAPS)  # margin 1; per-element mean, weight 1 (preset="paper": the official sum, 3e-3)
             kd = losses.LogitsDistillation(temperature=4.0)
             distiller = keras_kd.Distiller(teacher, student, [ab, kd])
             print("pair weights:", ab.pair_weights)

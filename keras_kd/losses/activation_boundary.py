@@ -216,6 +216,13 @@ class ActivationBoundary(DistillationLoss):
             `"preactivation"` (only its sign is used).
         student_tap: where to read the student layers. Defaults to
             `"preactivation"`.
+        normalize: divide each pair's loss by its number of elements per
+            example (`H * W * C` of the teacher tensor), so that one weight
+            suits any feature size. Defaults to `True` with
+            `preset="library"` and `False` (the official sum) with
+            `preset="paper"`.
+        preset: `"library"` (default: `normalize=True`, weight `1.0`) or
+            `"paper"` (the official sum over elements, weight `3e-3`).
         name: name used in logs and `set_loss_weights`. Defaults to
             `"activation_boundary"`.
 
@@ -226,7 +233,7 @@ class ActivationBoundary(DistillationLoss):
     [0.5, 1.0]
     """
 
-    default_weight = 3e-3
+    default_weight = 1.0
     paper_weight = 3e-3
     default_tap = "preactivation"
     pair_metric_names = ("boundary_agreement",)
@@ -239,12 +246,19 @@ class ActivationBoundary(DistillationLoss):
         margin=1.0,
         pair_weights=None,
         connector="auto",
+        normalize=None,
         teacher_tap=None,
         student_tap=None,
         name="activation_boundary",
         **kwargs,
     ):
         margin = _check_margin(margin)
+        if normalize is None:
+            normalize = kwargs.get("preset", "library") != "paper"
+        if not isinstance(normalize, bool):
+            raise TypeError(
+                f"`normalize` must be True or False; received {normalize!r}."
+            )
         if connector not in ("auto", "always", "never"):
             raise ValueError(
                 f"`connector` must be 'auto', 'always' or 'never'; received "
@@ -257,6 +271,8 @@ class ActivationBoundary(DistillationLoss):
         )
         self.margin = float(margin)
         self.connector = connector
+        self.normalize = normalize
+        self._elements = {}
 
     @staticmethod
     def default_pair_weights(n):
@@ -281,6 +297,10 @@ class ActivationBoundary(DistillationLoss):
                 "the channel axis (a 1x1 connector maps channels only). Tap "
                 "layers with the same spatial size."
             )
+        elements = 1
+        for size in teacher_shape[1:]:
+            elements = None if size is None or elements is None else elements * int(size)
+        self._elements[index] = elements
         differ = teacher_shape[-1] != student_shape[-1]
         if self.connector == "never" and differ:
             raise ValueError(
@@ -335,9 +355,19 @@ class ActivationBoundary(DistillationLoss):
             )
 
     def pair_loss(self, index, teacher, student):
-        return activation_boundary_loss(
+        loss = activation_boundary_loss(
             teacher, student, self.margin, reduction="none"
         )
+        if self.normalize:
+            elements = self._elements.get(index)
+            if elements is None:  # a dynamic spatial size: count at run time
+                shape = ops.shape(teacher)
+                elements = 1
+                for size in shape[1:]:
+                    elements = elements * size
+                elements = ops.cast(elements, "float32")
+            loss = loss / elements
+        return loss
 
     def pair_metrics(self, index, teacher, student):
         return {
@@ -348,5 +378,6 @@ class ActivationBoundary(DistillationLoss):
 
     def get_config(self):
         config = super().get_config()
-        config.update(margin=self.margin, connector=self.connector)
+        config.update(margin=self.margin, connector=self.connector,
+                      normalize=self.normalize)
         return config

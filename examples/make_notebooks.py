@@ -156,13 +156,16 @@ PLOT_HELPERS = code(
         for ax, metric in zip(axes.flat, metrics):
             for label, history in histories.items():
                 values = history.history.get(metric)
+                if not values and metric.endswith("student_loss"):
+                    # A model trained alone logs its task loss as `loss`.
+                    values = history.history.get(metric.replace("student_loss", "loss"))
                 if values:
                     epochs = np.arange(1, len(values) + 1)
                     ax.plot(epochs, values, marker="o", markersize=3, label=label)
             if reference is not None and metric in reference:
                 ax.axhline(reference[metric], color="gray", linestyle="--", label="teacher")
             ax.set_xlabel("epoch")
-            ax.set_title(metric)
+            ax.set_title("task loss (student_loss; alone: loss)" if metric == "student_loss" else metric)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         plt.tight_layout()
@@ -321,7 +324,7 @@ def quickstart():
             """
             keras.utils.set_random_seed(SEED + 1)
             student = keras_kd.models.conv_net(INPUT_SHAPE, NUM_CLASSES, STUDENT_WIDTHS, name="student")
-            distiller = keras_kd.Distiller(teacher, student, [losses.LogitsDistillation(temperature=4.0)])
+            distiller = keras_kd.Distiller(teacher, student, [losses.LogitsDistillation()])
             distilled_history = compile_and_fit(distiller, EPOCHS)
             print(sorted(distilled_history.history))
             """
@@ -504,7 +507,7 @@ def activation_boundaries():
             keras.utils.set_random_seed(SEED + 1)
             student = keras_kd.models.resnet(INPUT_SHAPE, NUM_CLASSES, STUDENT_WIDTHS, STUDENT_BLOCKS, name="student")
             ab = losses.ActivationBoundary(TAPS, TAPS)  # margin 1; per-element mean, weight 1 (preset="paper": the official sum, 3e-3)
-            kd = losses.LogitsDistillation(temperature=4.0)
+            kd = losses.LogitsDistillation()
             distiller = keras_kd.Distiller(teacher, student, [ab, kd])
             print("pair weights:", ab.pair_weights)
             for connector in ab.connectors:
@@ -720,7 +723,7 @@ def neuron_selectivity():
             """
             distiller = keras_kd.Distiller(
                 teacher, new_student("student_nst_kd"),
-                [nst("polynomial"), losses.LogitsDistillation(temperature=4.0)],
+                [nst("polynomial"), losses.LogitsDistillation()],
                 distillation_loss_weights=[NST_WEIGHTS["polynomial"], 1.0])
             histories["NST polynomial + KD"] = compile_and_fit(distiller, EPOCHS)
             students["NST polynomial + KD"] = distiller.student
@@ -995,7 +998,7 @@ def bring_your_own_models():
                 student = classifier(student_backbone, f"{library}_student")
                 distiller = keras_kd.Distiller(teacher, student, [
                     losses.FitNetsHint(hint_teacher, hint_student),
-                    losses.LogitsDistillation(temperature=4.0),
+                    losses.LogitsDistillation(),
                 ])
                 for connector in distiller.get_loss("fitnets_hint").connectors:
                     print(f"connector {connector.name}: {connector.count_params():,} parameters")

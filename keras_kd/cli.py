@@ -112,11 +112,11 @@ def _parser():
         "boundary schedule (AB initialisation first, then the other losses). "
         "Default: kd.",
     )
-    parser.add_argument("--epochs", type=_integer(1), default=12,
+    parser.add_argument("--epochs", type=_integer(1), default=10,
                         help="student epochs over the student's images "
-                        "(alone and distilled), >= 1. Default 12.")
-    parser.add_argument("--teacher-epochs", type=_integer(1), default=4,
-                        help="teacher epochs, >= 1. Default 4.")
+                        "(alone and distilled), >= 1. Default 10.")
+    parser.add_argument("--teacher-epochs", type=_integer(1), default=3,
+                        help="teacher epochs, >= 1. Default 3.")
     parser.add_argument("--ab-epochs", type=_integer(0), default=1,
                         help="AB initialisation epochs (>= 0, with 'ab' in "
                         "--methods), run before the --epochs of ordinary "

@@ -181,11 +181,22 @@ class ActivationBoundary(DistillationLoss):
     BN for rank-2 features) built when the channel counts differ. Pairs are
     combined as `sum_i pair_weight_i * L_i`; the official weights are
     `2^(i - n + 1)` from the shallowest pair to the deepest (1/4, 1/2, 1 for
-    three pairs) and the whole term is scaled by `3e-3` (the Distiller's
-    default weight for this loss). Logs `boundary_agreement` (fraction of
-    teacher neurons whose on/off state the student reproduces), per pair
-    when there are several. Use `keras_kd.callbacks.ActivationBoundarySchedule`
-    for the paper's two-stage training.
+    three pairs). Logs `boundary_agreement` (fraction of teacher neurons
+    whose on/off state the student reproduces), per pair when there are
+    several. Use `keras_kd.callbacks.ActivationBoundarySchedule` for the
+    paper's two-stage training.
+
+    Scale. The official code sums the squared hinge over every element and
+    scales the term by `3e-3` (`preset="paper"`), so the term grows with
+    `H * W * C`: about 25,000 on a small 28x28 CNN, 75 after weighting,
+    against a task loss near 1. The library default (`normalize=True`,
+    weight 1) averages each pair over its elements instead, so one weight
+    suits any feature size. On keras_kd's panel
+    (`benchmarks/defaults_search.py`, 3 seeds; AB initialisation then
+    cross-entropy, optimizer restarted), the official scale lost 2.5 points
+    against the student alone with a small student under SGD, the
+    per-element mean at weight 1 did not (with Adam, whose updates ignore the
+    loss scale, both were within the noise once the optimizer restarts).
 
     Taps: by default both sides read the pre-activation of the named layer:
     name an activation layer (`ReLU`, `Activation("relu")`, ...) and its

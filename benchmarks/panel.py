@@ -488,8 +488,11 @@ def build_report(paths, records, teachers, smoke=False):
         "same optimizer, learning-rate schedule (cosine to 0) and data order (seeded "
         "shuffle and augmentation); seeds " + ", ".join(map(str, SEEDS)) + ".",
         f"- Steps are split in {CHUNKS} Keras epochs; configs with the AB schedule first run "
-        f"{AB_INIT_CHUNKS} extra epoch(s) of AB initialisation (AB loss only, constant "
-        "learning rate), as RepDistiller runs 30 initialisation epochs before its 240.",
+        f"{AB_INIT_CHUNKS} extra epoch(s) of AB initialisation (AB loss only), as "
+        "RepDistiller runs 30 initialisation epochs before its 240; then the optimizer "
+        "restarts (library default) and the ordinary epochs run the same cosine schedule "
+        "as the student alone (keras_kd 0.1's runs, in panel_v0_1, kept one optimizer: "
+        "constant learning rate during initialisation, then the cosine).",
         "- Distillation losses use the library defaults (no weight, temperature or margin "
         "passed). Taps: AB on every stage's pre-activation (`stage{i}_relu`, default tap); "
         "NST on the last stage's pre-activation; AT on every stage's output.",

@@ -140,11 +140,11 @@ def test_logged_terms_match_numpy_with_sample_weights(preset):
     s_out = [np.asarray(o, "float64") for o in s_ext(x)]
     ce = (w * _np_ce(s_out[0], y)).sum() / 10
     kd_val = (w * _np_kd(t_out[0], s_out[0], 3.0)).sum() / 10
-    # The library preset averages each pair over its H*W*C elements; the
-    # paper preset sums them, as the official code does.
-    sizes = [np.prod(t_out[k].shape[1:]) if preset == "library" else 1.0 for k in (1, 2)]
-    ab_per = (0.5 * _np_ab(t_out[1], s_out[1]) / sizes[0]
-              + 1.0 * _np_ab(t_out[2], s_out[2]) / sizes[1])
+    # The paper preset sums over elements, as the official code does; the
+    # library preset divides that by the pair-weighted element count.
+    sizes = [np.prod(t_out[k].shape[1:]) for k in (1, 2)]
+    count = 0.5 * sizes[0] + 1.0 * sizes[1] if preset == "library" else 1.0
+    ab_per = (0.5 * _np_ab(t_out[1], s_out[1]) + 1.0 * _np_ab(t_out[2], s_out[2])) / count
     ab_val = (w * ab_per).sum() / 10
     np.testing.assert_allclose(logs["student_loss"], ce, rtol=1e-4)
     np.testing.assert_allclose(logs["logits_distillation_loss"], kd_val, rtol=1e-4)

@@ -190,8 +190,12 @@ class ActivationBoundary(DistillationLoss):
     scales the term by `3e-3` (`preset="paper"`), so the term grows with
     `H * W * C`: about 25,000 on a small 28x28 CNN, 75 after weighting,
     against a task loss near 1. The library default (`normalize=True`,
-    weight 1) averages each pair over its elements instead, so one weight
-    suits any feature size. On keras_kd's panel
+    weight 1) divides the summed term by the pair-weighted element count
+    `sum_i pair_weight_i * H_i * W_i * C_i`: the term becomes a weighted
+    average of the per-element hinge, so one weight suits any feature size,
+    and the pairs keep the official code's relative weights (on a network
+    whose stages halve `H * W * C`, `2^(i - n + 1)` makes every pair count
+    the same). On keras_kd's panel
     (`benchmarks/defaults_search.py`, 3 seeds; AB initialisation then
     cross-entropy, optimizer restarted), the official scale lost 2.5 points
     against the student alone with a small student under SGD, the
@@ -227,9 +231,12 @@ class ActivationBoundary(DistillationLoss):
             `"preactivation"` (only its sign is used).
         student_tap: where to read the student layers. Defaults to
             `"preactivation"`.
-        normalize: divide each pair's loss by its number of elements per
-            example (`H * W * C` of the teacher tensor), so that one weight
-            suits any feature size. Defaults to `True` with
+        normalize: divide the official summed term by the pair-weighted
+            number of elements per example (`sum_i pair_weight_i * H_i *
+            W_i * C_i` of the teacher tensors), so that one weight suits any
+            feature size while the pairs keep their official relative
+            weights. (With a spatial size unknown until run time, each pair
+            is divided by its own element count.) Defaults to `True` with
             `preset="library"` and `False` (the official sum) with
             `preset="paper"`.
         preset: `"library"` (default: `normalize=True`, weight `1.0`) or
@@ -284,6 +291,7 @@ class ActivationBoundary(DistillationLoss):
         self.connector = connector
         self.normalize = normalize
         self._elements = {}
+        self._weighted_elements = None
 
     @staticmethod
     def default_pair_weights(n):
@@ -365,12 +373,21 @@ class ActivationBoundary(DistillationLoss):
                 stacklevel=2,
             )
 
+    def configure(self, teacher_shapes, student_shapes, student_dtype, names):
+        super().configure(teacher_shapes, student_shapes, student_dtype, names)
+        counts = [self._elements.get(i) for i in range(self.num_pairs)]
+        weighted = None
+        if None not in counts:
+            weighted = sum(w * n for w, n in zip(self.pair_weights, counts))
+            weighted = float(weighted) if weighted > 0 else 1.0
+        self._weighted_elements = weighted
+
     def pair_loss(self, index, teacher, student):
         loss = activation_boundary_loss(
             teacher, student, self.margin, reduction="none"
         )
         if self.normalize:
-            elements = self._elements.get(index)
+            elements = self._weighted_elements
             if elements is None:  # a dynamic spatial size: count at run time
                 shape = ops.shape(teacher)
                 elements = 1

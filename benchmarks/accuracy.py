@@ -253,7 +253,6 @@ def write_results(paths, s, started, teacher_meta, data_info, records, done, wal
               "(teacher included, or loaded from the cache)." if done else
               f"**Partial** (run in progress): {len(records)} runs so far, "
               f"{wall / 60:.1f} min elapsed.")
-    settings = dict(s)
     lines = common.header_markdown("CIFAR-10 accuracy: keras_kd distillation methods",
                                    started, [status, ""])
     lines += ["## Setup", "",

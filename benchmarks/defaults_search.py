@@ -21,7 +21,6 @@ import sys
 import panel
 from panel import _at, _ab, _nst, _taps, losses  # noqa: F401
 
-import keras_kd
 
 
 def _ab_sum(n):

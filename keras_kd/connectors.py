@@ -102,7 +102,3 @@ def _regressor_conv(student_shape, teacher_shape, init, dtype):
         "whose resolution matches the teacher layer (or is 2x, 4x, ... it)."
     )
 
-
-def needs_projection(student_shape, teacher_shape):
-    """Whether a pair of features needs a 1x1 projection (channels differ)."""
-    return student_shape[-1] != teacher_shape[-1]

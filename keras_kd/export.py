@@ -85,7 +85,6 @@ import dataclasses
 import difflib
 import fnmatch
 import itertools
-import json
 import os
 import re
 import shutil

@@ -11,7 +11,6 @@ keras-cv, keras-hub).
 """
 
 import importlib.util
-import os
 import pathlib
 import sys
 import time

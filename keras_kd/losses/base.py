@@ -134,7 +134,6 @@ class DistillationLoss(keras.layers.Layer):
             None if s is None else Tap(s, self.student_tap) for s in students
         ]
         self.connectors = []
-        self.configured = False
 
     @staticmethod
     def default_pair_weights(n):
@@ -181,7 +180,6 @@ class DistillationLoss(keras.layers.Layer):
             connectors.append(connector)
         self.connectors = [c for c in connectors if c is not None]
         self._connector_of_pair = connectors
-        self.configured = True
         self.built = True
 
     def configure_pair(self, index, teacher_shape, student_shape, dtype, names):

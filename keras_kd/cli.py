@@ -375,8 +375,9 @@ def distill(argv=None):
     else:
         noise_line = ("  one seed: no estimate of the noise; run with --seeds 3 or "
                       "more to compare\n")
-    smoke = ("  --quick is a smoke test of the pipeline (1 epoch, 1 seed, 1,000 "
-             "images):\n  its accuracies say nothing about the methods.\n"
+    smoke = ("  --quick is a smoke test of the pipeline (1 epoch, 1 seed, at most "
+             "1,000 training\n  images): its accuracies say nothing about the "
+             "methods.\n"
              if args.quick else "")
     print(
         f"\nTest accuracy ({'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'})\n"

@@ -188,7 +188,7 @@ class AttentionTransfer(SpatialAlignment, DistillationLoss):
     panel (`benchmarks/defaults_search.py`, 3 seeds, AT on every stage, gain
     over the student alone) `beta = 1000` lost 10.6 points with a tiny
     student under Adam and 2.3 with a small one under SGD; `100` gained
-    +0.6 and +0.7 (250: -1.6 and +0.6).
+    +0.6 and +0.8 (250: -1.6 and +0.1).
 
     Reference:
         Zagoruyko, Komodakis, "Paying More Attention to Attention",

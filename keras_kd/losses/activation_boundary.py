@@ -1,5 +1,6 @@
 """Activation boundary (AB) distillation: Heo et al., AAAI 2019."""
 
+import math
 import warnings
 
 import keras
@@ -291,7 +292,6 @@ class ActivationBoundary(DistillationLoss):
         self.margin = float(margin)
         self.connector = connector
         self.normalize = normalize
-        self._elements = {}
         self._weighted_elements = None
 
     @staticmethod
@@ -317,10 +317,6 @@ class ActivationBoundary(DistillationLoss):
                 "the channel axis (a 1x1 connector maps channels only). Tap "
                 "layers with the same spatial size."
             )
-        elements = 1
-        for size in teacher_shape[1:]:
-            elements = None if size is None or elements is None else elements * int(size)
-        self._elements[index] = elements
         differ = teacher_shape[-1] != student_shape[-1]
         if self.connector == "never" and differ:
             raise ValueError(
@@ -376,10 +372,12 @@ class ActivationBoundary(DistillationLoss):
 
     def configure(self, teacher_shapes, student_shapes, student_dtype, names):
         super().configure(teacher_shapes, student_shapes, student_dtype, names)
-        counts = [self._elements.get(i) for i in range(self.num_pairs)]
+        # Elements per example of each teacher tensor; None when a spatial
+        # size is only known at run time (pair_loss then counts each pair).
         weighted = None
-        if None not in counts:
-            weighted = sum(w * n for w, n in zip(self.pair_weights, counts))
+        if all(None not in shape[1:] for shape in teacher_shapes):
+            weighted = sum(w * math.prod(shape[1:])
+                           for w, shape in zip(self.pair_weights, teacher_shapes))
             weighted = float(weighted) if weighted > 0 else 1.0
         self._weighted_elements = weighted
 

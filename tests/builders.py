@@ -48,6 +48,13 @@ def cnn(width, name, *, size=8, classes=5, fused=False, counter=False,
     return keras.Model(inputs, outputs, name=name)
 
 
+def pair(teacher_width=8, student_width=4, **kwargs):
+    """A teacher `cnn` and a narrower student whose conv1 has a fused ReLU."""
+    teacher = cnn(teacher_width, "teacher", **kwargs)
+    student = cnn(student_width, "student", fused=True, **kwargs)
+    return teacher, student
+
+
 def data(n=16, size=8, classes=5, seed=0):
     import numpy as np
 

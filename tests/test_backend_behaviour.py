@@ -14,8 +14,10 @@ import pytest
 from backend_utils import BACKEND
 from backend_utils import to_numpy
 from builders import CallCounter
+from builders import all_losses
 from builders import cnn
 from builders import data
+from builders import pair
 from builders import sparse_ce
 from keras_kd import Distiller
 from keras_kd import losses as L
@@ -44,22 +46,6 @@ def _counting_cnn(width, name, counter, fused=False):
     return cnn(width, name, fused=fused, counter=counter)
 
 
-def _pair(teacher_width=8, student_width=4, **kwargs):
-    teacher = cnn(teacher_width, "teacher", **kwargs)
-    student = cnn(student_width, "student", fused=True, **kwargs)
-    return teacher, student
-
-
-def _losses():
-    return [
-        L.LogitsDistillation(temperature=4.0),
-        L.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"]),
-        L.NeuronSelectivityTransfer("relu2", "relu2"),
-        L.FitNetsHint("bn2", "bn2"),
-        L.AttentionTransfer("relu2", "relu2"),
-    ]
-
-
 def _weights(variables):
     return [to_numpy(v) for v in variables]
 
@@ -72,7 +58,7 @@ def test_each_network_runs_once_per_step_eagerly():
     student = _counting_cnn(4, "student", CallCounter, fused=True)
     # KD + AB on two pairs: several taps per network; fewer losses keep
     # JAX's op-by-op eager mode quick (the compiled test below uses all).
-    distiller = Distiller(teacher, student, _losses()[:2])
+    distiller = Distiller(teacher, student, all_losses()[:2])
     distiller.compile(optimizer="sgd", loss=sparse_ce(), run_eagerly=True)
     x, y = data(n=8)
     # Warm-up: the first fit/evaluate/predict may also run the networks on
@@ -94,7 +80,7 @@ def test_each_network_runs_once_per_step_eagerly():
 def test_each_network_runs_once_per_compiled_step():
     teacher = _counting_cnn(8, "teacher", StepCounter)
     student = _counting_cnn(4, "student", StepCounter, fused=True)
-    distiller = Distiller(teacher, student, _losses())
+    distiller = Distiller(teacher, student, all_losses())
     distiller.compile(optimizer="sgd", loss=sparse_ce())
     x, y = data(n=12)
     t = teacher.get_layer("counter").runs
@@ -114,8 +100,8 @@ def test_each_network_runs_once_per_compiled_step():
 
 
 def test_teacher_bit_identical_and_gradients_reach_student_and_connectors_only():
-    teacher, student = _pair()
-    losses = _losses()
+    teacher, student = pair()
+    losses = all_losses()
     distiller = Distiller(teacher, student, losses)
     connectors = [c for loss in losses for c in loss.connectors]
     assert len(connectors) == 3  # AB conv1 (4->8), AB relu2 (4->8), hint
@@ -139,7 +125,7 @@ def test_teacher_bit_identical_and_gradients_reach_student_and_connectors_only()
 # --- sample weights, logs ------------------------------------------------------------
 
 
-def _no_batch_statistics_pair():
+def _no_batch_statisticspair():
     # Without BatchNormalization in training mode and without connectors
     # (equal widths), an example can reach the update only through the loss.
     teacher = cnn(4, "teacher", bn=False)
@@ -164,7 +150,7 @@ def test_zero_sample_weight_example_changes_nothing():
     results = []
     for xs, ys in ((x, y), (other_x, other_y)):
         keras.utils.set_random_seed(0)
-        distiller = _no_batch_statistics_pair()
+        distiller = _no_batch_statisticspair()
         distiller.fit(xs, ys, sample_weight=w, batch_size=8, epochs=2, verbose=0)
         results.append(_weights(distiller.student.weights))
     for a, b in zip(*results):
@@ -173,15 +159,15 @@ def test_zero_sample_weight_example_changes_nothing():
     finals = []
     for xs, ys in ((x, y), (other_x, other_y)):
         keras.utils.set_random_seed(0)
-        distiller = _no_batch_statistics_pair()
+        distiller = _no_batch_statisticspair()
         distiller.fit(xs, ys, batch_size=8, epochs=1, verbose=0)
         finals.append(_weights(distiller.student.weights))
     assert any(not np.allclose(a, b) for a, b in zip(*finals))
 
 
 def test_every_term_and_boundary_agreement_is_logged():
-    teacher, student = _pair()
-    distiller = Distiller(teacher, student, _losses())
+    teacher, student = pair()
+    distiller = Distiller(teacher, student, all_losses())
     distiller.compile(optimizer="adam", loss=sparse_ce(), metrics=["accuracy"])
     x, y = data(n=8)
     history = distiller.fit(x, y, batch_size=8, epochs=2, verbose=0,
@@ -200,7 +186,7 @@ def test_every_term_and_boundary_agreement_is_logged():
 
 
 def test_activation_boundary_schedule_two_stages():
-    teacher, student = _pair()
+    teacher, student = pair()
     ab = L.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"])
     distiller = Distiller(teacher, student, [L.LogitsDistillation(), ab])
     distiller.compile(optimizer=keras.optimizers.SGD(0.05), loss=sparse_ce())
@@ -240,7 +226,7 @@ def _fit_history(jit_compile=None, policy="float32", steps=3):
         student = cnn(4, "student", fused=True)
         student.set_weights(student_f32.get_weights())
         keras.utils.set_random_seed(2)
-        distiller = Distiller(teacher, student, _losses())
+        distiller = Distiller(teacher, student, all_losses())
         kwargs = {} if jit_compile is None else {"jit_compile": jit_compile}
         distiller.compile(optimizer=keras.optimizers.SGD(1e-2), loss=sparse_ce(),
                           **kwargs)
@@ -302,7 +288,7 @@ def test_mixed_precision_student_trains_like_float32(policy, float32_run):
 def test_non_finite_term_stops_before_the_update_and_names_it():
     from keras_kd import NonFiniteLossError
 
-    teacher, student = _pair()
+    teacher, student = pair()
     distiller = Distiller(teacher, student, [
         L.ActivationBoundary("relu1", "conv1"), L.LogitsDistillation()])
     distiller.compile(optimizer=keras.optimizers.Adam(1e-2), loss=sparse_ce())
@@ -332,8 +318,8 @@ def test_non_finite_term_stops_before_the_update_and_names_it():
 
 
 def test_keras_file_round_trip(tmp_path):
-    teacher, student = _pair()
-    losses = _losses()
+    teacher, student = pair()
+    losses = all_losses()
     distiller = Distiller(teacher, student, losses)
     distiller.compile(optimizer="adam", loss=sparse_ce(), metrics=["accuracy"])
     x, y = data(n=8)
@@ -350,10 +336,17 @@ def test_keras_file_round_trip(tmp_path):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     assert float(to_numpy(loaded.get_loss("logits_distillation").temperature)) == 2.5
     assert loaded.loss_weights["activation_boundary"] == 0.5
+    assert len(loaded.get_loss("activation_boundary").connectors) == 2
     # The loaded distiller trains on, from the saved optimizer state.
     assert int(to_numpy(loaded.optimizer.iterations)) == 2
     loaded.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert int(to_numpy(loaded.optimizer.iterations)) == 4
+    # And its config round-trips on its own.
+    rebuilt = Distiller.from_config(distiller.get_config())
+    assert [loss.name for loss in rebuilt.distillation_losses] == [
+        loss.name for loss in losses]
+    assert rebuilt.get_config()["distillation_losses"] == distiller.get_config()[
+        "distillation_losses"]
 
 
 def test_backend_is_the_one_requested():

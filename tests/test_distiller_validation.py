@@ -11,13 +11,10 @@ import keras_kd
 from backend_utils import to_numpy
 from builders import cnn
 from builders import data
+from builders import pair
 from builders import sparse_ce
 from keras_kd import Distiller
 from keras_kd import losses as L
-
-
-def _pair():
-    return cnn(8, "teacher"), cnn(4, "student", fused=True)
 
 
 def _trainable(model):
@@ -50,7 +47,7 @@ def _assert_unchanged(model, before):
     ],
 )
 def test_constructor_rejects_bad_loss_weights(kwargs, error, pattern):
-    teacher, student = _pair()
+    teacher, student = pair()
     with pytest.raises(error, match=pattern):
         Distiller(teacher, student, L.LogitsDistillation(), **kwargs)
 
@@ -67,7 +64,7 @@ def test_constructor_rejects_bad_loss_weights(kwargs, error, pattern):
     ],
 )
 def test_set_loss_weights_rejects_bad_values(value, error, pattern):
-    teacher, student = _pair()
+    teacher, student = pair()
     distiller = Distiller(teacher, student, L.LogitsDistillation())
     with pytest.raises(error, match=pattern):
         distiller.set_loss_weights(student=0.5, logits_distillation=value)
@@ -109,7 +106,7 @@ def test_non_finite_total_is_caught_and_named():
 
 
 def test_non_finite_term_raises_one_clear_exception():
-    teacher, student = _pair()
+    teacher, student = pair()
     # Poison the teacher's logits (NaN bias): KD becomes NaN, AB does not.
     # (A NaN conv kernel is not enough: ReLU maps NaN to 0 on some backends.)
     logits = teacher.get_layer("logits")
@@ -136,7 +133,7 @@ def test_non_finite_term_raises_one_clear_exception():
 
 @pytest.mark.parametrize("bad", [-1.0, np.nan])
 def test_bad_sample_weight_stops_before_the_update(bad):
-    teacher, student = _pair()
+    teacher, student = pair()
     distiller = Distiller(teacher, student, L.LogitsDistillation())
     distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=sparse_ce())
     x, y = data(n=8)
@@ -150,7 +147,7 @@ def test_bad_sample_weight_stops_before_the_update(bad):
 
 
 def test_non_finite_float_labels_are_named():
-    teacher, student = _pair()
+    teacher, student = pair()
     distiller = Distiller(teacher, student, L.LogitsDistillation())
     distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=sparse_ce())
     x, y = data(n=8)
@@ -166,7 +163,7 @@ def test_non_finite_float_labels_are_named():
     "loss", [sparse_ce(), "sparse_categorical_crossentropy"],
     ids=["instance", "string"])
 def test_one_hot_labels_with_a_sparse_loss_fail_clearly(loss):
-    teacher, student = _pair()
+    teacher, student = pair()
     distiller = Distiller(teacher, student, L.LogitsDistillation())
     distiller.compile(optimizer="sgd", loss=loss)
     x, y = data(n=8)
@@ -187,7 +184,7 @@ def test_empty_training_data_raise():
         pytest.skip("tf.data input: TensorFlow backend only")
     import tensorflow as tf
 
-    teacher, student = _pair()
+    teacher, student = pair()
     distiller = Distiller(teacher, student, L.LogitsDistillation())
     distiller.compile(optimizer="sgd", loss=sparse_ce())
     x, y = data(n=8)
@@ -208,7 +205,7 @@ def test_losses_check_the_models_at_construction():
             seen.append((teacher.name, student.name))
             raise ValueError("checked: this pair is not supported")
 
-    teacher, student = _pair()
+    teacher, student = pair()
     with pytest.raises(ValueError, match="checked: this pair"):
         Distiller(teacher, student, [L.FitNetsHint("bn2", "bn2"), Checked()])
     assert seen == [("teacher", "student")]
@@ -237,7 +234,7 @@ def test_compile_config_from_another_backend_trains(saved_under):
                                        "initial_scale": 2.0},
                             "registered_name": "LossScaleOptimizer"},
               "loss": None}
-    teacher, student = _pair()
+    teacher, student = pair()
     distiller = Distiller(teacher, student, L.LogitsDistillation())
     distiller.compile_from_config(config)
     inner = distiller.optimizer.inner_optimizer

@@ -237,6 +237,16 @@ def test_exchange_swaps_two_directories(tmp_path):
 
 # --- interrupted exports -----------------------------------------------------
 
+
+def _export_killed_by_sigkill(script, target):
+    """Runs `script` (an export that SIGKILLs itself) on `target` in a child."""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    code = script.format(tests=os.path.join(ROOT, "tests"))
+    process = subprocess.run([sys.executable, "-c", code, str(target)],
+                             env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+
 KILL_BETWEEN_RENAMES = textwrap.dedent("""
     import os, signal, sys
     os.environ["KERAS_BACKEND"] = "tensorflow"
@@ -268,12 +278,7 @@ def test_sigkill_between_renames_then_next_export_restores(model, artifacts,
     shutil.copytree(saved_model, target)
     (target / "saved_model.pb").write_bytes(b"the user's only copy")
     old = _tree(target)
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    code = KILL_BETWEEN_RENAMES.format(tests=os.path.join(ROOT, "tests"))
-    process = subprocess.run([sys.executable, "-c", code, str(target)],
-                             env=env, capture_output=True, text=True,
-                             timeout=300)
-    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+    _export_killed_by_sigkill(KILL_BETWEEN_RENAMES, target)
     # The window the issue describes: no target, the old copy in a leftover.
     assert not target.exists()
     (leftover,) = [p for p in tmp_path.iterdir() if p.name.startswith(".sm.")]
@@ -309,12 +314,7 @@ def test_sigkill_mid_tflite_export_then_next_export_cleans(model, artifacts,
     tflite, _ = artifacts
     target = tmp_path / "m.tflite"
     target.write_bytes(tflite.read_bytes())
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    code = KILL_BEFORE_RENAME.format(tests=os.path.join(ROOT, "tests"))
-    process = subprocess.run([sys.executable, "-c", code, str(target)],
-                             env=env, capture_output=True, text=True,
-                             timeout=300)
-    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+    _export_killed_by_sigkill(KILL_BEFORE_RENAME, target)
     assert target.read_bytes() == tflite.read_bytes()  # untouched
     (leftover,) = [p for p in tmp_path.iterdir() if p.name != "m.tflite"]
     assert leftover.name.startswith(".m.tflite.partial-")

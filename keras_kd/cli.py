@@ -243,8 +243,22 @@ def distill(argv=None):
     from keras_kd.models import conv_net
 
     # Same printout on every run on the same machine: seeded initialisers,
-    # subsets and shuffles, and deterministic kernels.
+    # subsets and shuffles, and deterministic kernels. The switch is
+    # process-wide (and turns XLA off in Keras), so a caller that runs the
+    # job in its own process gets its previous setting back afterwards.
+    from tensorflow.python.framework import config as tf_config
+
+    was_deterministic = tf_config.is_op_determinism_enabled()
     tf.config.experimental.enable_op_determinism()
+    try:
+        return _run(args, methods, tf, keras, kd_callbacks, data, Distiller,
+                    conv_net)
+    finally:
+        if not was_deterministic:
+            tf_config.disable_op_determinism()
+
+
+def _run(args, methods, tf, keras, kd_callbacks, data, Distiller, conv_net):
     started = time.time()
     keras.utils.set_random_seed(args.seed)
     try:

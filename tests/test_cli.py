@@ -54,8 +54,14 @@ def test_main_job_is_deterministic_and_reports_the_noise(tmp_path, capsys):
     path = _tiny_npz(tmp_path / "tiny.npz")
     argv = ["--data", str(path), "--epochs", "1", "--teacher-epochs", "1",
             "--seeds", "2", "--batch-size", "16", "--methods", "kd"]
+    from tensorflow.python.framework import config as tf_config
+
+    assert not tf_config.is_op_determinism_enabled()
     first = cli.distill(argv)
     printed = capsys.readouterr().out
+    # The process-wide switch is back off: later work in this process (XLA
+    # in particular, which Keras turns off under determinism) is unaffected.
+    assert not tf_config.is_op_determinism_enabled()
     second = cli.distill(argv)
     for key in ("teacher", "alone_by_seed", "distilled_by_seed"):
         assert first[key] == second[key]

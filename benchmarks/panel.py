@@ -434,11 +434,44 @@ def fmt_gain(g):
     return text + ("" if g["n"] >= len(SEEDS) else f" (n={g['n']})")
 
 
-def fmt_acc(values):
+def fmt_gain_short(g):
+    """One decimal, as in the README: '**+1.8 ± 0.2**', '+0.2 ± 0.1 ≈', '+1.1 (1 seed)'."""
+    if g["n"] == 0:
+        return "–"
+    if g["n"] < 2:
+        return f"{g['gain']:+.1f} (1 seed)"
+    text = f"{g['gain']:+.1f} ± {g['gain_std']:.1f}"
+    return text + " ≈" if g["verdict"] == "inside noise" else f"**{text}**"
+
+
+# Shown beside each gain in the before/after table: the same cells with
+# keras_kd 0.1's defaults (the papers' values), kept in this file.
+BEFORE_STEM = "panel_v0_1"
+SHORT_NAMES = {"kd": "KD", "ab_kd": "AB + KD", "nst_kd": "NST + KD", "ab": "AB",
+               "nst": "NST", "at": "AT"}
+
+
+def before_after_table(acc, before_acc, cells, methods):
+    """Markdown rows: per cell, the student alone and each method's gain now
+    and (in brackets) with keras_kd 0.1's defaults. The README's table."""
+    rows = []
+    for c in cells:
+        row = [c, fmt_acc(list(acc.get((c, "alone"), {}).values()), digits=1)]
+        for m in methods:
+            now, was = gain_stats(acc, c, m), gain_stats(before_acc, c, m)
+            row.append("" if now["n"] == was["n"] == 0 else
+                       f"{fmt_gain_short(now)} (was {fmt_gain_short(was)})")
+        rows.append(row)
+    return common.markdown_table(
+        ["cell", "alone %"] + [SHORT_NAMES.get(m, m) for m in methods], rows)
+
+
+def fmt_acc(values, digits=2):
     mean, std = common.mean_std([100 * v for v in values])
     if not values:
         return ""
-    return f"{mean:.2f}" if len(values) < 2 else f"{mean:.2f} ± {std:.2f}"
+    return (f"{mean:.{digits}f}" if len(values) < 2
+            else f"{mean:.{digits}f} ± {std:.{digits}f}")
 
 
 def build_report(paths, records, teachers, smoke=False):
@@ -539,6 +572,14 @@ def build_report(paths, records, teachers, smoke=False):
         [rule_row(summary, m) for m in methods])
     if os.path.exists(paths["png"]):
         lines += ["", f"![gains per cell]({os.path.basename(paths['png'])})"]
+    before_path = os.path.join(os.path.dirname(paths["jsonl"]), BEFORE_STEM + ".jsonl")
+    if not smoke and os.path.exists(before_path):
+        before_acc, _ = latest(common.read_jsonl(before_path))
+        lines += ["", "### Before and after (the README's table)", "",
+                  "Gain over the student alone in points, one decimal, with the same "
+                  f"cell's gain under keras_kd 0.1's defaults (`{BEFORE_STEM}.md`) in "
+                  "brackets; – where that config was not run.", ""]
+        lines += before_after_table(acc, before_acc, cells, methods)
     lines += ["", "## Per cell", ""]
     for r in summary:
         c = r["cell"]

@@ -10,7 +10,9 @@ import shlex
 import sys
 import time
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS_DIR = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "results"
+)
 
 
 def quiet_tensorflow():
@@ -111,9 +113,18 @@ def versions():
 
 def header_markdown(title, started, extra=()):
     """Title, command, machine and versions as markdown lines."""
-    lines = [f"# {title}", "", "Command (from the repository root):", "",
-             "```bash", command_line(), "```", "",
-             f"Started {started} UTC.", ""]
+    lines = [
+        f"# {title}",
+        "",
+        "Command (from the repository root):",
+        "",
+        "```bash",
+        command_line(),
+        "```",
+        "",
+        f"Started {started} UTC.",
+        "",
+    ]
     lines += ["| machine | |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in machine().items()]
     lines += ["", "| package | version |", "| --- | --- |"]
@@ -123,15 +134,21 @@ def header_markdown(title, started, extra=()):
 
 
 def markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |",
-             "| " + " | ".join("---" for _ in header) + " |"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---" for _ in header) + " |",
+    ]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
 
 
 def print_table(header, rows):
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
-              for i, h in enumerate(header)]
+    widths = [
+        max(len(str(h)), *(len(str(r[i])) for r in rows))
+        if rows
+        else len(str(h))
+        for i, h in enumerate(header)
+    ]
     fmt = "  ".join("{:<%d}" % w for w in widths)
     print(fmt.format(*header))
     print(fmt.format(*("-" * w for w in widths)))

@@ -65,21 +65,47 @@ DEFAULT_DATA_DIR = os.path.join(os.path.dirname(REPO), "shared", "data")
 # (it is trained once per data set on the full training set and cached).
 DATASETS = {
     "fmnist": dict(
-        file="fashion_mnist.npz", augment=None, train_batch=64, sgd_lr=0.05,
-        teacher=dict(arch="conv_net", widths=(32, 64, 128), blocks=None,
-                     steps=938, batch_size=128, optimizer="adam", lr=2e-3),
-        students={"small": dict(arch="conv_net", widths=(8, 16, 32), blocks=None),
-                  "tiny": dict(arch="conv_net", widths=(4, 8, 16), blocks=None)},
+        file="fashion_mnist.npz",
+        augment=None,
+        train_batch=64,
+        sgd_lr=0.05,
+        teacher=dict(
+            arch="conv_net",
+            widths=(32, 64, 128),
+            blocks=None,
+            steps=938,
+            batch_size=128,
+            optimizer="adam",
+            lr=2e-3,
+        ),
+        students={
+            "small": dict(arch="conv_net", widths=(8, 16, 32), blocks=None),
+            "tiny": dict(arch="conv_net", widths=(4, 8, 16), blocks=None),
+        },
     ),
     "cifar10": dict(
-        file="cifar10.npz", augment="crop_flip", train_batch=128, sgd_lr=0.1,
-        teacher=dict(arch="resnet", widths=(16, 32, 64), blocks=1,
-                     steps=1950, batch_size=128, optimizer="sgd", lr=0.1),
-        students={"small": dict(arch="resnet", widths=(8, 16, 32), blocks=1),
-                  "tiny": dict(arch="resnet", widths=(4, 8, 16), blocks=1)},
+        file="cifar10.npz",
+        augment="crop_flip",
+        train_batch=128,
+        sgd_lr=0.1,
+        teacher=dict(
+            arch="resnet",
+            widths=(16, 32, 64),
+            blocks=1,
+            steps=1950,
+            batch_size=128,
+            optimizer="sgd",
+            lr=0.1,
+        ),
+        students={
+            "small": dict(arch="resnet", widths=(8, 16, 32), blocks=1),
+            "tiny": dict(arch="resnet", widths=(4, 8, 16), blocks=1),
+        },
     ),
 }
-REDUCED_FRACTION = 0.1  # class-balanced, keras_kd.data.balanced_subset(seed=SUBSET_SEED)
+REDUCED_FRACTION = (
+    0.1  # class-balanced, keras_kd.data.balanced_subset(seed=SUBSET_SEED)
+)
 SUBSET_SEED = 0
 TEACHER_SEED = 0
 ADAM_LR = 2e-3
@@ -89,8 +115,12 @@ SGD_WEIGHT_DECAY = 5e-4  # decoupled (keras.optimizers.SGD(weight_decay=...))
 # learning rate follows a cosine to 0 over them. Configs with the AB schedule
 # first run AB_INIT_CHUNKS extra chunks of AB initialisation at constant rate
 # (RepDistiller: 30 initialisation epochs before its 240).
-STEPS = {("fmnist", "short"): 300, ("fmnist", "long"): 1800,  # long: 1.9 epochs of 60k
-         ("cifar10", "short"): 300, ("cifar10", "long"): 800}  # long: 20 epochs of 5k
+STEPS = {
+    ("fmnist", "short"): 300,
+    ("fmnist", "long"): 1800,  # long: 1.9 epochs of 60k
+    ("cifar10", "short"): 300,
+    ("cifar10", "long"): 800,
+}  # long: 20 epochs of 5k
 CHUNKS = 5
 AB_INIT_CHUNKS = 1
 SEEDS = (0, 1, 2)
@@ -100,22 +130,70 @@ SEEDS = (0, 1, 2)
 # optimizer), so each level of each factor is in 4 cells. `extras`: also run
 # the single feature methods (AB, NST, AT alone) there.
 CELLS = {
-    "fm_red_adam_short_tiny": dict(data="fmnist", train="reduced", optimizer="adam",
-                                   schedule="short", student="tiny", extras=True),
-    "fm_red_sgd_short_small": dict(data="fmnist", train="reduced", optimizer="sgd",
-                                   schedule="short", student="small", extras=True),
-    "c10_full_adam_short_small": dict(data="cifar10", train="full", optimizer="adam",
-                                      schedule="short", student="small", extras=True),
-    "c10_full_sgd_short_tiny": dict(data="cifar10", train="full", optimizer="sgd",
-                                    schedule="short", student="tiny", extras=True),
-    "fm_full_adam_long_tiny": dict(data="fmnist", train="full", optimizer="adam",
-                                   schedule="long", student="tiny", extras=False),
-    "fm_full_sgd_long_small": dict(data="fmnist", train="full", optimizer="sgd",
-                                   schedule="long", student="small", extras=False),
-    "c10_red_adam_long_small": dict(data="cifar10", train="reduced", optimizer="adam",
-                                    schedule="long", student="small", extras=False),
-    "c10_red_sgd_long_tiny": dict(data="cifar10", train="reduced", optimizer="sgd",
-                                  schedule="long", student="tiny", extras=False),
+    "fm_red_adam_short_tiny": dict(
+        data="fmnist",
+        train="reduced",
+        optimizer="adam",
+        schedule="short",
+        student="tiny",
+        extras=True,
+    ),
+    "fm_red_sgd_short_small": dict(
+        data="fmnist",
+        train="reduced",
+        optimizer="sgd",
+        schedule="short",
+        student="small",
+        extras=True,
+    ),
+    "c10_full_adam_short_small": dict(
+        data="cifar10",
+        train="full",
+        optimizer="adam",
+        schedule="short",
+        student="small",
+        extras=True,
+    ),
+    "c10_full_sgd_short_tiny": dict(
+        data="cifar10",
+        train="full",
+        optimizer="sgd",
+        schedule="short",
+        student="tiny",
+        extras=True,
+    ),
+    "fm_full_adam_long_tiny": dict(
+        data="fmnist",
+        train="full",
+        optimizer="adam",
+        schedule="long",
+        student="tiny",
+        extras=False,
+    ),
+    "fm_full_sgd_long_small": dict(
+        data="fmnist",
+        train="full",
+        optimizer="sgd",
+        schedule="long",
+        student="small",
+        extras=False,
+    ),
+    "c10_red_adam_long_small": dict(
+        data="cifar10",
+        train="reduced",
+        optimizer="adam",
+        schedule="long",
+        student="small",
+        extras=False,
+    ),
+    "c10_red_sgd_long_tiny": dict(
+        data="cifar10",
+        train="reduced",
+        optimizer="sgd",
+        schedule="long",
+        student="tiny",
+        extras=False,
+    ),
 }
 # Parts of <= ~45 min each on 2 idle cores (see --plan for the estimate):
 # "cell" runs every seed of a cell, "cell@0,1" only those seeds. Part 1 holds
@@ -137,7 +215,9 @@ def part_entries(entries):
     out = []
     for entry in entries:
         cell, _, seeds = entry.partition("@")
-        out.append((cell, tuple(int(x) for x in seeds.split(",")) if seeds else SEEDS))
+        out.append(
+            (cell, tuple(int(x) for x in seeds.split(",")) if seeds else SEEDS)
+        )
     return out
 
 
@@ -162,7 +242,11 @@ def _ab(stages):
 def _nst(stages):
     deepest = f"stage{stages}_relu"
     return losses.NeuronSelectivityTransfer(
-        deepest, deepest, teacher_tap="preactivation", student_tap="preactivation")
+        deepest,
+        deepest,
+        teacher_tap="preactivation",
+        student_tap="preactivation",
+    )
 
 
 def _at(stages):
@@ -172,22 +256,55 @@ def _at(stages):
 CONFIGS = {
     # name: description, losses (None: the student alone), ab_schedule,
     # weights (Distiller distillation_loss_weights; None: defaults), group.
-    "alone": dict(description="student alone (cross-entropy)", losses=None,
-                  ab_schedule=False, weights=None, group="core"),
-    "kd": dict(description="KD, library defaults", losses=lambda n: [_kd(n)],
-               ab_schedule=False, weights=None, group="core"),
-    "ab_kd": dict(description="AB schedule (AB init, then CE + KD), defaults",
-                  losses=lambda n: [_ab(n), _kd(n)], ab_schedule=True, weights=None,
-                  group="core"),
-    "nst_kd": dict(description="NST (last stage, pre-act.) + KD, defaults",
-                   losses=lambda n: [_nst(n), _kd(n)], ab_schedule=False, weights=None,
-                   group="core"),
-    "ab": dict(description="AB schedule (AB init, then CE), defaults",
-               losses=lambda n: [_ab(n)], ab_schedule=True, weights=None, group="extra"),
-    "nst": dict(description="NST alone (last stage, pre-act.), defaults",
-                losses=lambda n: [_nst(n)], ab_schedule=False, weights=None, group="extra"),
-    "at": dict(description="attention transfer alone (every stage), defaults",
-               losses=lambda n: [_at(n)], ab_schedule=False, weights=None, group="extra"),
+    "alone": dict(
+        description="student alone (cross-entropy)",
+        losses=None,
+        ab_schedule=False,
+        weights=None,
+        group="core",
+    ),
+    "kd": dict(
+        description="KD, library defaults",
+        losses=lambda n: [_kd(n)],
+        ab_schedule=False,
+        weights=None,
+        group="core",
+    ),
+    "ab_kd": dict(
+        description="AB schedule (AB init, then CE + KD), defaults",
+        losses=lambda n: [_ab(n), _kd(n)],
+        ab_schedule=True,
+        weights=None,
+        group="core",
+    ),
+    "nst_kd": dict(
+        description="NST (last stage, pre-act.) + KD, defaults",
+        losses=lambda n: [_nst(n), _kd(n)],
+        ab_schedule=False,
+        weights=None,
+        group="core",
+    ),
+    "ab": dict(
+        description="AB schedule (AB init, then CE), defaults",
+        losses=lambda n: [_ab(n)],
+        ab_schedule=True,
+        weights=None,
+        group="extra",
+    ),
+    "nst": dict(
+        description="NST alone (last stage, pre-act.), defaults",
+        losses=lambda n: [_nst(n)],
+        ab_schedule=False,
+        weights=None,
+        group="extra",
+    ),
+    "at": dict(
+        description="attention transfer alone (every stage), defaults",
+        losses=lambda n: [_at(n)],
+        ab_schedule=False,
+        weights=None,
+        group="extra",
+    ),
 }
 
 # Seconds per training step (AB initialisation steps included), used by --plan
@@ -196,26 +313,36 @@ CONFIGS = {
 # cores); CIFAR-10: benchmarks/results/accuracy.md (batch 128, ResNet-8
 # teacher, load 5-6), tiny students guessed. An idle machine is faster.
 FALLBACK_SECONDS_PER_STEP = {
-    ("fmnist", "tiny", "alone"): 0.076, ("fmnist", "tiny", "distill"): 0.15,
+    ("fmnist", "tiny", "alone"): 0.076,
+    ("fmnist", "tiny", "distill"): 0.15,
     ("fmnist", "tiny", "ab"): 0.25,
-    ("fmnist", "small", "alone"): 0.10, ("fmnist", "small", "distill"): 0.18,
+    ("fmnist", "small", "alone"): 0.10,
+    ("fmnist", "small", "distill"): 0.18,
     ("fmnist", "small", "ab"): 0.30,
-    ("cifar10", "small", "alone"): 0.18, ("cifar10", "small", "distill"): 0.21,
+    ("cifar10", "small", "alone"): 0.18,
+    ("cifar10", "small", "distill"): 0.21,
     ("cifar10", "small", "ab"): 0.37,
-    ("cifar10", "tiny", "alone"): 0.13, ("cifar10", "tiny", "distill"): 0.17,
+    ("cifar10", "tiny", "alone"): 0.13,
+    ("cifar10", "tiny", "distill"): 0.17,
     ("cifar10", "tiny", "ab"): 0.30,
 }
 FALLBACK_TEACHER_SECONDS_PER_STEP = {"fmnist": 0.73, "cifar10": 0.74}
 RUN_OVERHEAD_SECONDS = 15  # build, trace, evaluate
 
-SMOKE = dict(train_images=2000, test_images=1000, teacher_steps=20, steps=10, seeds=(0,))
+SMOKE = dict(
+    train_images=2000, test_images=1000, teacher_steps=20, steps=10, seeds=(0,)
+)
 
 
 # ---------------------------------------------------------------------------
 def cell_configs(cell, only=None):
     """The configs a cell runs, core group first."""
-    names = [c for c, spec in CONFIGS.items()
-             if spec["group"] == "core" or (spec["group"] == "extra" and CELLS[cell]["extras"])]
+    names = [
+        c
+        for c, spec in CONFIGS.items()
+        if spec["group"] == "core"
+        or (spec["group"] == "extra" and CELLS[cell]["extras"])
+    ]
     if only:
         names = [c for c in only if c in CONFIGS]
     return names
@@ -224,16 +351,23 @@ def cell_configs(cell, only=None):
 def build(spec, input_shape, name):
     if spec["arch"] == "conv_net":
         return conv_net(input_shape, 10, widths=spec["widths"], name=name)
-    return resnet(input_shape, 10, widths=spec["widths"], blocks=spec["blocks"], name=name)
+    return resnet(
+        input_shape, 10, widths=spec["widths"], blocks=spec["blocks"], name=name
+    )
 
 
 def make_optimizer(kind, data, hold, decay_steps):
     if kind == "adam":
-        return keras.optimizers.Adam(CosineAfterHold(ADAM_LR, hold, decay_steps))
+        return keras.optimizers.Adam(
+            CosineAfterHold(ADAM_LR, hold, decay_steps)
+        )
     if kind == "sgd":
         return keras.optimizers.SGD(
             CosineAfterHold(DATASETS[data]["sgd_lr"], hold, decay_steps),
-            momentum=SGD_MOMENTUM, nesterov=True, weight_decay=SGD_WEIGHT_DECAY)
+            momentum=SGD_MOMENTUM,
+            nesterov=True,
+            weight_decay=SGD_WEIGHT_DECAY,
+        )
     raise ValueError(f"unknown optimizer {kind!r}; expected 'adam' or 'sgd'.")
 
 
@@ -243,15 +377,23 @@ def describe_cell(cell, steps=None):
     s = d["students"][c["student"]]
     steps = steps or STEPS[(c["data"], c["schedule"])]
     lr = ADAM_LR if c["optimizer"] == "adam" else d["sgd_lr"]
-    opt = (f"Adam {lr:g}" if c["optimizer"] == "adam" else
-           f"SGD {lr:g} Nesterov {SGD_MOMENTUM}, wd {SGD_WEIGHT_DECAY:g}")
+    opt = (
+        f"Adam {lr:g}"
+        if c["optimizer"] == "adam"
+        else f"SGD {lr:g} Nesterov {SGD_MOMENTUM}, wd {SGD_WEIGHT_DECAY:g}"
+    )
     return dict(
-        cell=cell, data=c["data"],
-        train="full" if c["train"] == "full" else f"{100 * REDUCED_FRACTION:.0f}% balanced",
-        optimizer=opt, schedule=f"{c['schedule']}: {steps} steps x {d['train_batch']}",
+        cell=cell,
+        data=c["data"],
+        train="full"
+        if c["train"] == "full"
+        else f"{100 * REDUCED_FRACTION:.0f}% balanced",
+        optimizer=opt,
+        schedule=f"{c['schedule']}: {steps} steps x {d['train_batch']}",
         student=f"{c['student']}: {s['arch']}{tuple(s['widths'])}"
         + (f" blocks={s['blocks']}" if s["blocks"] else ""),
-        configs=",".join(cell_configs(cell)))
+        configs=",".join(cell_configs(cell)),
+    )
 
 
 class Data:
@@ -260,46 +402,79 @@ class Data:
     def __init__(self, name, data_dir, smoke):
         path = os.path.join(data_dir, DATASETS[name]["file"])
         if not os.path.exists(path):
-            raise SystemExit(f"panel: {path} not found; pass --data-dir, the folder "
-                             f"holding {DATASETS[name]['file']}.")
+            raise SystemExit(
+                f"panel: {path} not found; pass --data-dir, the folder "
+                f"holding {DATASETS[name]['file']}."
+            )
         arrays = keras_kd.data.load_arrays(path)
         x, y = arrays["x_train"], arrays["y_train"]
         x_test, y_test = arrays["x_test"], arrays["y_test"]
         if smoke:
-            x, y = keras_kd.data.balanced_subset(x, y, SMOKE["train_images"] / len(y), seed=0)
-            x_test, y_test = x_test[: SMOKE["test_images"]], y_test[: SMOKE["test_images"]]
+            x, y = keras_kd.data.balanced_subset(
+                x, y, SMOKE["train_images"] / len(y), seed=0
+            )
+            x_test, y_test = (
+                x_test[: SMOKE["test_images"]],
+                y_test[: SMOKE["test_images"]],
+            )
         self.name, self.path = name, path
         self.full = (x, y)
-        self.reduced = keras_kd.data.balanced_subset(x, y, REDUCED_FRACTION, seed=SUBSET_SEED)
+        self.reduced = keras_kd.data.balanced_subset(
+            x, y, REDUCED_FRACTION, seed=SUBSET_SEED
+        )
         # The teacher and every student see inputs normalised the same way.
         self.stats = keras_kd.data.channel_stats(x)
-        self.test = keras_kd.data.make_dataset(x_test, y_test, batch_size=500,
-                                               mean=self.stats[0], std=self.stats[1])
+        self.test = keras_kd.data.make_dataset(
+            x_test,
+            y_test,
+            batch_size=500,
+            mean=self.stats[0],
+            std=self.stats[1],
+        )
         self.shape = x.shape[1:]
-        self.sizes = dict(full=len(y), reduced=len(self.reduced[1]), test=len(y_test))
+        self.sizes = dict(
+            full=len(y), reduced=len(self.reduced[1]), test=len(y_test)
+        )
         self.key = f"{os.path.basename(path)}:{os.path.getsize(path)}:{len(y)}"
 
     def train(self, which, batch_size, seed):
         x, y = self.full if which == "full" else self.reduced
         return keras_kd.data.make_dataset(
-            x, y, batch_size=batch_size, training=True, augment=DATASETS[self.name]["augment"],
-            mean=self.stats[0], std=self.stats[1], seed=seed, drop_remainder=True).repeat()
+            x,
+            y,
+            batch_size=batch_size,
+            training=True,
+            augment=DATASETS[self.name]["augment"],
+            mean=self.stats[0],
+            std=self.stats[1],
+            seed=seed,
+            drop_remainder=True,
+        ).repeat()
 
 
 def teacher_for(data, cache_dir, smoke):
     spec = dict(DATASETS[data.name]["teacher"])
     if smoke:
         spec["steps"] = SMOKE["teacher_steps"]
-    settings = dict(spec, data=data.key, seed=TEACHER_SEED,
-                    augment=DATASETS[data.name]["augment"])
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    settings = dict(
+        spec,
+        data=data.key,
+        seed=TEACHER_SEED,
+        augment=DATASETS[data.name]["augment"],
+    )
+    key = hashlib.sha256(
+        json.dumps(settings, sort_keys=True).encode()
+    ).hexdigest()[:12]
     path = os.path.join(cache_dir, f"panel_teacher_{data.name}_{key}.keras")
     meta_path = path + ".json"
     if os.path.exists(path) and os.path.exists(meta_path):
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
-        print(f"teacher {data.name}: cached {path} (test accuracy "
-              f"{100 * meta['test_accuracy']:.2f}%)", flush=True)
+        print(
+            f"teacher {data.name}: cached {path} (test accuracy "
+            f"{100 * meta['test_accuracy']:.2f}%)",
+            flush=True,
+        )
         return keras.saving.load_model(path, compile=False), meta
     print(f"teacher {data.name}: training {spec}", flush=True)
     keras.utils.set_random_seed(TEACHER_SEED)
@@ -309,23 +484,39 @@ def teacher_for(data, cache_dir, smoke):
     if spec["optimizer"] == "adam":
         opt = keras.optimizers.Adam(CosineAfterHold(spec["lr"], 0, steps))
     else:
-        opt = keras.optimizers.SGD(CosineAfterHold(spec["lr"], 0, steps), momentum=SGD_MOMENTUM,
-                                   nesterov=True, weight_decay=SGD_WEIGHT_DECAY)
+        opt = keras.optimizers.SGD(
+            CosineAfterHold(spec["lr"], 0, steps),
+            momentum=SGD_MOMENTUM,
+            nesterov=True,
+            weight_decay=SGD_WEIGHT_DECAY,
+        )
     teacher.compile(optimizer=opt, loss=cross_entropy(), metrics=["accuracy"])
     start = time.time()
-    teacher.fit(data.train("full", spec["batch_size"], TEACHER_SEED),
-                steps_per_epoch=steps // chunks, epochs=chunks, verbose=2)
+    teacher.fit(
+        data.train("full", spec["batch_size"], TEACHER_SEED),
+        steps_per_epoch=steps // chunks,
+        epochs=chunks,
+        verbose=2,
+    )
     seconds = time.time() - start
     accuracy = evaluate(teacher, data.test)
-    meta = dict(settings, test_accuracy=accuracy, train_seconds=seconds,
-                seconds_per_step=seconds / steps, params=teacher.count_params(),
-                load_average=common.load_average())
+    meta = dict(
+        settings,
+        test_accuracy=accuracy,
+        train_seconds=seconds,
+        seconds_per_step=seconds / steps,
+        params=teacher.count_params(),
+        load_average=common.load_average(),
+    )
     os.makedirs(cache_dir, exist_ok=True)
     teacher.save(path)
     with open(meta_path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
-    print(f"teacher {data.name}: trained in {seconds:.0f} s, test accuracy "
-          f"{100 * accuracy:.2f}%, saved {path}", flush=True)
+    print(
+        f"teacher {data.name}: trained in {seconds:.0f} s, test accuracy "
+        f"{100 * accuracy:.2f}%, saved {path}",
+        flush=True,
+    )
     return teacher, meta
 
 
@@ -344,37 +535,63 @@ def run_one(cell, config, seed, data, teacher, smoke):
     # library default, as RepDistiller), so the schedule restarts too: stage 2
     # runs the same cosine as the student alone, and stage 1 its first steps.
     restart = spec.get("restart_optimizer", True)
-    optimizer = make_optimizer(c["optimizer"], c["data"], 0 if restart else init * chunk,
-                               CHUNKS * chunk)
+    optimizer = make_optimizer(
+        c["optimizer"],
+        c["data"],
+        0 if restart else init * chunk,
+        CHUNKS * chunk,
+    )
     callbacks = []
     if spec["losses"] is None:
         model = student
     else:
-        model = keras_kd.Distiller(teacher, student, spec["losses"](stages),
-                                   distillation_loss_weights=spec["weights"],
-                                   **spec.get("distiller_kwargs", {}))
+        model = keras_kd.Distiller(
+            teacher,
+            student,
+            spec["losses"](stages),
+            distillation_loss_weights=spec["weights"],
+            **spec.get("distiller_kwargs", {}),
+        )
         if init:
-            callbacks.append(keras_kd.callbacks.ActivationBoundarySchedule(
-                init_epochs=init, restart_optimizer=restart))
+            callbacks.append(
+                keras_kd.callbacks.ActivationBoundarySchedule(
+                    init_epochs=init, restart_optimizer=restart
+                )
+            )
         if spec.get("callbacks"):
             callbacks += spec["callbacks"](init, CHUNKS)
     model.compile(optimizer=optimizer, loss=cross_entropy())
     start = time.time()
-    history = model.fit(data.train(c["train"], d["train_batch"], seed),  # same order per seed
-                        steps_per_epoch=chunk, epochs=init + CHUNKS,
-                        callbacks=callbacks, verbose=0)
+    history = model.fit(
+        data.train(c["train"], d["train_batch"], seed),  # same order per seed
+        steps_per_epoch=chunk,
+        epochs=init + CHUNKS,
+        callbacks=callbacks,
+        verbose=0,
+    )
     seconds = time.time() - start
     accuracy = evaluate(student, data.test)
     return dict(
-        cell=cell, config=config, seed=seed, test_accuracy=accuracy,
-        seconds=seconds, steps=(init + CHUNKS) * chunk,
+        cell=cell,
+        config=config,
+        seed=seed,
+        test_accuracy=accuracy,
+        seconds=seconds,
+        steps=(init + CHUNKS) * chunk,
         seconds_per_step=seconds / ((init + CHUNKS) * chunk),
         last={k: float(v[-1]) for k, v in history.history.items()},
         nonfinite=any(not np.isfinite(v[-1]) for v in history.history.values()),
         load_average=[load_start, common.load_average()],
-        finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-        commit=git_commit(), command=common.command_line(), cpu=common.machine()["cpu"],
-        cores=os.cpu_count(), host=platform.node(), smoke=bool(smoke))
+        finished=datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        ),
+        commit=git_commit(),
+        command=common.command_line(),
+        cpu=common.machine()["cpu"],
+        cores=os.cpu_count(),
+        host=platform.node(),
+        smoke=bool(smoke),
+    )
 
 
 _COMMIT = None
@@ -385,10 +602,18 @@ def git_commit():
     global _COMMIT
     if _COMMIT is None:
         try:
-            out = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-                                 capture_output=True, text=True, timeout=10).stdout.strip()
-            dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "keras_kd"],
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            out = subprocess.run(
+                ["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", REPO, "status", "--porcelain", "keras_kd"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
             _COMMIT = (out or "unknown") + ("+dirty keras_kd" if dirty else "")
         except (OSError, subprocess.SubprocessError):
             _COMMIT = "unknown"
@@ -401,7 +626,9 @@ def latest(records):
     """(cell, config) -> {seed: accuracy}, and the matching records (last wins)."""
     acc, recs = {}, {}
     for r in records:
-        acc.setdefault((r["cell"], r["config"]), {})[r["seed"]] = r["test_accuracy"]
+        acc.setdefault((r["cell"], r["config"]), {})[r["seed"]] = r[
+            "test_accuracy"
+        ]
         recs[(r["cell"], r["config"], r["seed"])] = r
     return acc, recs
 
@@ -418,8 +645,14 @@ def gain_stats(acc, cell, config):
         verdict = "n<2"
     else:
         noise = max(std, alone_std)
-        verdict = "inside noise" if abs(mean) <= noise else ("better" if mean > 0 else "WORSE")
-    return dict(gain=mean, gain_std=std, n=n, alone_std=alone_std, verdict=verdict)
+        verdict = (
+            "inside noise"
+            if abs(mean) <= noise
+            else ("better" if mean > 0 else "WORSE")
+        )
+    return dict(
+        gain=mean, gain_std=std, n=n, alone_std=alone_std, verdict=verdict
+    )
 
 
 def fmt_gain(g):
@@ -447,8 +680,14 @@ def fmt_gain_short(g):
 # Shown beside each gain in the before/after table: the same cells with
 # keras_kd 0.1's defaults (the papers' values), kept in this file.
 BEFORE_STEM = "panel_v0_1"
-SHORT_NAMES = {"kd": "KD", "ab_kd": "AB + KD", "nst_kd": "NST + KD", "ab": "AB",
-               "nst": "NST", "at": "AT"}
+SHORT_NAMES = {
+    "kd": "KD",
+    "ab_kd": "AB + KD",
+    "nst_kd": "NST + KD",
+    "ab": "AB",
+    "nst": "NST",
+    "at": "AT",
+}
 
 
 def before_after_table(acc, before_acc, cells, methods):
@@ -459,36 +698,54 @@ def before_after_table(acc, before_acc, cells, methods):
         row = [c, fmt_acc(list(acc.get((c, "alone"), {}).values()), digits=1)]
         for m in methods:
             now, was = gain_stats(acc, c, m), gain_stats(before_acc, c, m)
-            row.append("" if now["n"] == was["n"] == 0 else
-                       f"{fmt_gain_short(now)} (was {fmt_gain_short(was)})")
+            row.append(
+                ""
+                if now["n"] == was["n"] == 0
+                else f"{fmt_gain_short(now)} (was {fmt_gain_short(was)})"
+            )
         rows.append(row)
     return common.markdown_table(
-        ["cell", "alone %"] + [SHORT_NAMES.get(m, m) for m in methods], rows)
+        ["cell", "alone %"] + [SHORT_NAMES.get(m, m) for m in methods], rows
+    )
 
 
 def fmt_acc(values, digits=2):
     mean, std = common.mean_std([100 * v for v in values])
     if not values:
         return ""
-    return (f"{mean:.{digits}f}" if len(values) < 2
-            else f"{mean:.{digits}f} ± {std:.{digits}f}")
+    return (
+        f"{mean:.{digits}f}"
+        if len(values) < 2
+        else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    )
 
 
 def build_report(paths, records, teachers, smoke=False):
     acc, recs = latest(records)
     cells = [c for c in CELLS if any(k[0] == c for k in acc)]
-    methods = [m for m in CONFIGS if m != "alone" and any(k[1] == m for k in acc)]
-    methods += sorted({k[1] for k in acc if k[1] not in CONFIGS and k[1] != "alone"})
-    planned = {(c, m, s) for c in (cells if smoke else CELLS) for m in cell_configs(c)
-               for s in (SMOKE["seeds"] if smoke else SEEDS)}
+    methods = [
+        m for m in CONFIGS if m != "alone" and any(k[1] == m for k in acc)
+    ]
+    methods += sorted(
+        {k[1] for k in acc if k[1] not in CONFIGS and k[1] != "alone"}
+    )
+    planned = {
+        (c, m, s)
+        for c in (cells if smoke else CELLS)
+        for m in cell_configs(c)
+        for s in (SMOKE["seeds"] if smoke else SEEDS)
+    }
     done = {k for k in recs if k in planned}
     commits = sorted({r.get("commit", "?") for r in records})
     commands = sorted({r.get("command", "?") for r in records})
     complete = len(done) == len(planned)
-    status = (f"**Complete**: all {len(planned)} planned runs." if complete else
-              f"**Partial**: {len(done)} of {len(planned)} planned runs "
-              f"({len(cells)} of {len(CELLS)} cells started). Missing runs are listed "
-              "at the end.")
+    status = (
+        f"**Complete**: all {len(planned)} planned runs."
+        if complete
+        else f"**Partial**: {len(done)} of {len(planned)} planned runs "
+        f"({len(cells)} of {len(CELLS)} cells started). Missing runs are listed "
+        "at the end."
+    )
 
     summary = []
     for c in cells:
@@ -496,26 +753,43 @@ def build_report(paths, records, teachers, smoke=False):
         t = teachers.get(CELLS[c]["data"])
         row["teacher"] = 100 * t["test_accuracy"] if t else None
         alone = list(acc.get((c, "alone"), {}).values())
-        row["alone"], row["alone_std"] = common.mean_std([100 * v for v in alone])
+        row["alone"], row["alone_std"] = common.mean_std(
+            [100 * v for v in alone]
+        )
         row["alone_n"] = len(alone)
-        row["gains"] = {m: gain_stats(acc, c, m) for m in methods if (c, m) in acc}
+        row["gains"] = {
+            m: gain_stats(acc, c, m) for m in methods if (c, m) in acc
+        }
         summary.append(row)
 
     if smoke:
-        status = (f"**Smoke run** (pipeline check, numbers meaningless): "
-                  f"{SMOKE['train_images']} training images, {SMOKE['test_images']} test "
-                  f"images, {SMOKE['steps']} steps per run, teacher of "
-                  f"{SMOKE['teacher_steps']} steps. " + status)
+        status = (
+            f"**Smoke run** (pipeline check, numbers meaningless): "
+            f"{SMOKE['train_images']} training images, {SMOKE['test_images']} test "
+            f"images, {SMOKE['steps']} steps per run, teacher of "
+            f"{SMOKE['teacher_steps']} steps. " + status
+        )
     lines = common.header_markdown(
         "Panel: distillation gain over the student alone, with library defaults",
         first_start(records),
-        [status, "", "Runs came from (from the repository root):", "", "```bash",
-         *commands, "```", "",
-         f"keras_kd commit(s) under test: {', '.join(f'`{c}`' for c in commits)}. "
-         "Machine and versions above are those of the process that wrote this report; "
-         "every run's load average is in the table at the end.", ""])
+        [
+            status,
+            "",
+            "Runs came from (from the repository root):",
+            "",
+            "```bash",
+            *commands,
+            "```",
+            "",
+            f"keras_kd commit(s) under test: {', '.join(f'`{c}`' for c in commits)}. "
+            "Machine and versions above are those of the process that wrote this report; "
+            "every run's load average is in the table at the end.",
+            "",
+        ],
+    )
     lines += [
-        "## Setup", "",
+        "## Setup",
+        "",
         "- Each cell trains the student alone and distilled with each method from the same "
         "initial weights (`keras.utils.set_random_seed(seed)` before building it), with the "
         "same optimizer, learning-rate schedule (cosine to 0) and data order (seeded "
@@ -534,61 +808,141 @@ def build_report(paths, records, teachers, smoke=False):
         "set. Inputs normalised by the full training set's channel mean and std.",
         "- Test accuracy on the full test set. Gain = method − alone, paired by seed, in "
         "points: mean ± sample std over seeds. **Bold**: |gain| exceeds both the gain's std "
-        "and the student alone's std; `≈`: inside that noise.", ""]
+        "and the student alone's std; `≈`: inside that noise.",
+        "",
+    ]
     lines += ["### Cells", ""]
     lines += common.markdown_table(
-        ["cell", "data", "train set", "optimizer", "schedule", "student", "configs"],
-        [[r["cell"], r["data"], r["train"], r["optimizer"], r["schedule"], r["student"],
-          r["configs"]] for r in map(describe_cell, CELLS)])
+        [
+            "cell",
+            "data",
+            "train set",
+            "optimizer",
+            "schedule",
+            "student",
+            "configs",
+        ],
+        [
+            [
+                r["cell"],
+                r["data"],
+                r["train"],
+                r["optimizer"],
+                r["schedule"],
+                r["student"],
+                r["configs"],
+            ]
+            for r in map(describe_cell, CELLS)
+        ],
+    )
     lines += ["", "### Teachers", ""]
     lines += common.markdown_table(
-        ["data", "teacher", "params", "steps x batch", "optimizer", "test acc. %",
-         "train s"],
-        [[k, f"{t['arch']}{tuple(t['widths'])}" + (f" blocks={t['blocks']}" if t["blocks"]
-                                                     else ""),
-          f"{t['params']:,}", f"{t['steps']} x {t['batch_size']}",
-          f"{t['optimizer']} {t['lr']:g}", f"{100 * t['test_accuracy']:.2f}",
-          f"{t['train_seconds']:.0f}"] for k, t in teachers.items()])
+        [
+            "data",
+            "teacher",
+            "params",
+            "steps x batch",
+            "optimizer",
+            "test acc. %",
+            "train s",
+        ],
+        [
+            [
+                k,
+                f"{t['arch']}{tuple(t['widths'])}"
+                + (f" blocks={t['blocks']}" if t["blocks"] else ""),
+                f"{t['params']:,}",
+                f"{t['steps']} x {t['batch_size']}",
+                f"{t['optimizer']} {t['lr']:g}",
+                f"{100 * t['test_accuracy']:.2f}",
+                f"{t['train_seconds']:.0f}",
+            ]
+            for k, t in teachers.items()
+        ],
+    )
     lines += ["", "## Summary: gain over the student alone (points)", ""]
     lines += common.markdown_table(
         ["cell", "teacher %", "alone %", "teacher − alone"] + methods,
-        [[r["cell"], f"{r['teacher']:.2f}" if r["teacher"] else "",
-          fmt_acc(list(acc.get((r["cell"], "alone"), {}).values())),
-          f"{r['teacher'] - r['alone']:+.2f}" if r["teacher"] and np.isfinite(r["alone"])
-          else ""]
-         + [fmt_gain(r["gains"][m]) if m in r["gains"] else "" for m in methods]
-         for r in summary]
-        + [["**mean over cells**", "", "", ""]
-           + [mean_over_cells(summary, m) for m in methods]])
-    lines += ["", "### Issue 9, point 2 (on the cells measured so far)", "",
-              "Rule: KD, AB + KD and NST + KD each beat the student alone (higher mean) in "
-              "every cell where the teacher beats the student alone by 3 points or more, "
-              "with a mean gain over the panel of at least +1 point each; no method's mean "
-              "falls below the student alone's mean by more than the student alone's std "
-              "in any cell. Cells with fewer than 2 seeds are left out.", ""]
+        [
+            [
+                r["cell"],
+                f"{r['teacher']:.2f}" if r["teacher"] else "",
+                fmt_acc(list(acc.get((r["cell"], "alone"), {}).values())),
+                f"{r['teacher'] - r['alone']:+.2f}"
+                if r["teacher"] and np.isfinite(r["alone"])
+                else "",
+            ]
+            + [
+                fmt_gain(r["gains"][m]) if m in r["gains"] else ""
+                for m in methods
+            ]
+            for r in summary
+        ]
+        + [
+            ["**mean over cells**", "", "", ""]
+            + [mean_over_cells(summary, m) for m in methods]
+        ],
+    )
+    lines += [
+        "",
+        "### Issue 9, point 2 (on the cells measured so far)",
+        "",
+        "Rule: KD, AB + KD and NST + KD each beat the student alone (higher mean) in "
+        "every cell where the teacher beats the student alone by 3 points or more, "
+        "with a mean gain over the panel of at least +1 point each; no method's mean "
+        "falls below the student alone's mean by more than the student alone's std "
+        "in any cell. Cells with fewer than 2 seeds are left out.",
+        "",
+    ]
     lines += common.markdown_table(
-        ["method", "cells", "mean gain", "loses where teacher − alone ≥ 3",
-         "below alone by > 1 std", "rule holds"],
-        [rule_row(summary, m) for m in methods])
+        [
+            "method",
+            "cells",
+            "mean gain",
+            "loses where teacher − alone ≥ 3",
+            "below alone by > 1 std",
+            "rule holds",
+        ],
+        [rule_row(summary, m) for m in methods],
+    )
     if os.path.exists(paths["png"]):
         lines += ["", f"![gains per cell]({os.path.basename(paths['png'])})"]
-    before_path = os.path.join(os.path.dirname(paths["jsonl"]), BEFORE_STEM + ".jsonl")
+    before_path = os.path.join(
+        os.path.dirname(paths["jsonl"]), BEFORE_STEM + ".jsonl"
+    )
     if not smoke and os.path.exists(before_path):
         before_acc, _ = latest(common.read_jsonl(before_path))
-        lines += ["", "### Before and after (the README's table)", "",
-                  "Gain over the student alone in points, one decimal, with the same "
-                  f"cell's gain under keras_kd 0.1's defaults (`{BEFORE_STEM}.md`) in "
-                  "brackets; – where that config was not run.", ""]
+        lines += [
+            "",
+            "### Before and after (the README's table)",
+            "",
+            "Gain over the student alone in points, one decimal, with the same "
+            f"cell's gain under keras_kd 0.1's defaults (`{BEFORE_STEM}.md`) in "
+            "brackets; – where that config was not run.",
+            "",
+        ]
         lines += before_after_table(acc, before_acc, cells, methods)
     lines += ["", "## Per cell", ""]
     for r in summary:
         c = r["cell"]
-        gap = (r["teacher"] - r["alone"]) if r["teacher"] and np.isfinite(r["alone"]) else None
-        lines += [f"### {c}", "",
-                  f"{r['data']}, {r['train']}, {r['optimizer']}, {r['schedule']}, "
-                  f"{r['student']}; teacher "
-                  + (f"{r['teacher']:.2f}%" if r["teacher"] else "not recorded")
-                  + (f" (teacher − alone: {gap:+.2f} points)" if gap is not None else ""), ""]
+        gap = (
+            (r["teacher"] - r["alone"])
+            if r["teacher"] and np.isfinite(r["alone"])
+            else None
+        )
+        lines += [
+            f"### {c}",
+            "",
+            f"{r['data']}, {r['train']}, {r['optimizer']}, {r['schedule']}, "
+            f"{r['student']}; teacher "
+            + (f"{r['teacher']:.2f}%" if r["teacher"] else "not recorded")
+            + (
+                f" (teacher − alone: {gap:+.2f} points)"
+                if gap is not None
+                else ""
+            ),
+            "",
+        ]
         rows = []
         for m in ["alone"] + methods:
             if (c, m) not in acc:
@@ -596,17 +950,35 @@ def build_report(paths, records, teachers, smoke=False):
             seeds = acc[(c, m)]
             rr = [recs[(c, m, s)] for s in sorted(seeds)]
             g = gain_stats(acc, c, m) if m != "alone" else None
-            rows.append([m, CONFIGS.get(m, {}).get("description", m),
-                         fmt_acc(list(seeds.values())),
-                         " / ".join(f"{100 * seeds[s]:.2f}" for s in sorted(seeds)),
-                         fmt_gain(g) if g else "", g["verdict"] if g else "",
-                         f"{np.mean([x['seconds'] for x in rr]):.0f}",
-                         f"{1000 * np.mean([x['seconds_per_step'] for x in rr]):.0f}"])
+            rows.append(
+                [
+                    m,
+                    CONFIGS.get(m, {}).get("description", m),
+                    fmt_acc(list(seeds.values())),
+                    " / ".join(f"{100 * seeds[s]:.2f}" for s in sorted(seeds)),
+                    fmt_gain(g) if g else "",
+                    g["verdict"] if g else "",
+                    f"{np.mean([x['seconds'] for x in rr]):.0f}",
+                    f"{1000 * np.mean([x['seconds_per_step'] for x in rr]):.0f}",
+                ]
+            )
         lines += common.markdown_table(
-            ["config", "method", "test acc. %", "per seed", "gain", "verdict", "s / run",
-             "ms / step"], rows)
+            [
+                "config",
+                "method",
+                "test acc. %",
+                "per seed",
+                "gain",
+                "verdict",
+                "s / run",
+                "ms / step",
+            ],
+            rows,
+        )
         lines += [""]
-    missing = sorted(planned - done, key=lambda k: (list(CELLS).index(k[0]), k[1], k[2]))
+    missing = sorted(
+        planned - done, key=lambda k: (list(CELLS).index(k[0]), k[1], k[2])
+    )
     if missing:
         by = {}
         for c, m, s in missing:
@@ -614,40 +986,85 @@ def build_report(paths, records, teachers, smoke=False):
         lines += ["## Not run yet", ""]
         for c, v in by.items():
             if c not in cells:
-                lines.append(f"- `{c}`: not started ({sum(map(len, v.values()))} runs)")
+                lines.append(
+                    f"- `{c}`: not started ({sum(map(len, v.values()))} runs)"
+                )
             else:
-                lines.append(f"- `{c}`: " + "; ".join(
-                    f"{m} (seeds {', '.join(map(str, ss))})" for m, ss in v.items()))
+                lines.append(
+                    f"- `{c}`: "
+                    + "; ".join(
+                        f"{m} (seeds {', '.join(map(str, ss))})"
+                        for m, ss in v.items()
+                    )
+                )
         lines += [""]
     if not smoke:
-        lines += ["## Parts (`--part N`)", "",
-                  "Estimated minutes for the runs not done yet, from the median seconds "
-                  "per step measured here (same data set, student and config) or a fallback "
-                  "table, plus the teacher's training where it is not cached; measured on "
-                  "a shared machine, so an idle one is faster.", ""]
+        lines += [
+            "## Parts (`--part N`)",
+            "",
+            "Estimated minutes for the runs not done yet, from the median seconds "
+            "per step measured here (same data set, student and config) or a fallback "
+            "table, plus the teacher's training where it is not cached; measured on "
+            "a shared machine, so an idle one is faster.",
+            "",
+        ]
         lines += common.markdown_table(
-            PLAN_HEADER, plan_rows(records, os.path.join(common.RESULTS_DIR, "cache"), PARTS))
+            PLAN_HEADER,
+            plan_rows(
+                records, os.path.join(common.RESULTS_DIR, "cache"), PARTS
+            ),
+        )
         lines += [""]
     lines += ["## Every run", ""]
     lines += common.markdown_table(
-        ["finished (UTC)", "cell", "config", "seed", "test acc. %", "s", "ms / step",
-         "load avg (start, end)", "last logged losses"],
-        [[r["finished"], r["cell"], r["config"], r["seed"], f"{100 * r['test_accuracy']:.2f}",
-          f"{r['seconds']:.0f}", f"{1000 * r['seconds_per_step']:.0f}",
-          ", ".join(str(x) for x in r["load_average"]),
-          ", ".join(f"{k} {v:.3g}" for k, v in sorted(r["last"].items())
-                    if "_stage" not in k)]
-         for r in records])
+        [
+            "finished (UTC)",
+            "cell",
+            "config",
+            "seed",
+            "test acc. %",
+            "s",
+            "ms / step",
+            "load avg (start, end)",
+            "last logged losses",
+        ],
+        [
+            [
+                r["finished"],
+                r["cell"],
+                r["config"],
+                r["seed"],
+                f"{100 * r['test_accuracy']:.2f}",
+                f"{r['seconds']:.0f}",
+                f"{1000 * r['seconds_per_step']:.0f}",
+                ", ".join(str(x) for x in r["load_average"]),
+                ", ".join(
+                    f"{k} {v:.3g}"
+                    for k, v in sorted(r["last"].items())
+                    if "_stage" not in k
+                ),
+            ]
+            for r in records
+        ],
+    )
     common.write_text(paths["md"], lines)
 
     payload = dict(
-        title="keras_kd panel benchmark", status=status, complete=complete,
-        commands=commands, commits=commits, machine=common.machine(),
-        versions=common.versions(), seeds=list(SEEDS), steps={f"{k[0]}/{k[1]}": v
-                                                              for k, v in STEPS.items()},
+        title="keras_kd panel benchmark",
+        status=status,
+        complete=complete,
+        commands=commands,
+        commits=commits,
+        machine=common.machine(),
+        versions=common.versions(),
+        seeds=list(SEEDS),
+        steps={f"{k[0]}/{k[1]}": v for k, v in STEPS.items()},
         cells={c: dict(CELLS[c], **describe_cell(c)) for c in CELLS},
         configs={m: s["description"] for m, s in CONFIGS.items()},
-        teachers=teachers, summary=summary, runs=records)
+        teachers=teachers,
+        summary=summary,
+        runs=records,
+    )
     tmp = paths["json"] + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(json_safe(payload), f, indent=1, allow_nan=False)
@@ -660,8 +1077,11 @@ def first_start(records):
     if not records:
         return "-"
     fmt = "%Y-%m-%d %H:%M:%S"
-    starts = [datetime.datetime.strptime(r["finished"], fmt)
-              - datetime.timedelta(seconds=r["seconds"]) for r in records]
+    starts = [
+        datetime.datetime.strptime(r["finished"], fmt)
+        - datetime.timedelta(seconds=r["seconds"])
+        for r in records
+    ]
     return min(starts).strftime("%Y-%m-%d %H:%M")
 
 
@@ -679,22 +1099,42 @@ def json_safe(value):
 
 
 def rule_row(summary, method):
-    rows = [r for r in summary if method in r["gains"] and r["gains"][method]["n"] >= 2]
+    rows = [
+        r
+        for r in summary
+        if method in r["gains"] and r["gains"][method]["n"] >= 2
+    ]
     gap3 = [r for r in rows if r["teacher"] and r["teacher"] - r["alone"] >= 3]
     loses = [r["cell"] for r in gap3 if r["gains"][method]["gain"] <= 0]
-    below = [r["cell"] for r in rows if np.isfinite(r["alone_std"])
-             and r["gains"][method]["gain"] < -r["alone_std"]]
-    mean = float(np.mean([r["gains"][method]["gain"] for r in rows])) if rows else float("nan")
+    below = [
+        r["cell"]
+        for r in rows
+        if np.isfinite(r["alone_std"])
+        and r["gains"][method]["gain"] < -r["alone_std"]
+    ]
+    mean = (
+        float(np.mean([r["gains"][method]["gain"] for r in rows]))
+        if rows
+        else float("nan")
+    )
     needs_win = method in ("kd", "ab_kd", "nst_kd")
     holds = not below and (not needs_win or (not loses and mean >= 1.0))
-    return [method, len(rows), f"{mean:+.2f}" if rows else "",
-            ", ".join(loses) if needs_win else "(not required)",
-            ", ".join(below), ("yes" if holds else "**no**") if rows else ""]
+    return [
+        method,
+        len(rows),
+        f"{mean:+.2f}" if rows else "",
+        ", ".join(loses) if needs_win else "(not required)",
+        ", ".join(below),
+        ("yes" if holds else "**no**") if rows else "",
+    ]
 
 
 def mean_over_cells(summary, method):
-    gains = [r["gains"][method]["gain"] for r in summary
-             if method in r["gains"] and r["gains"][method]["n"] >= 2]
+    gains = [
+        r["gains"][method]["gain"]
+        for r in summary
+        if method in r["gains"] and r["gains"][method]["n"] >= 2
+    ]
     if not gains:
         return ""
     return f"{np.mean(gains):+.2f} ({len(gains)} cells)"
@@ -713,26 +1153,43 @@ def plot(path, summary, methods):
         return
     cols = min(4, len(summary))
     rows = -(-len(summary) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(8.0, 3.6 * cols), 3.4 * rows + 0.4), squeeze=False)
-    for ax in axes.flat[len(summary):]:
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(max(8.0, 3.6 * cols), 3.4 * rows + 0.4),
+        squeeze=False,
+    )
+    for ax in axes.flat[len(summary) :]:
         ax.axis("off")
     for ax, r in zip(axes.flat, summary):
         names = [m for m in methods if m in r["gains"]]
         means = [r["gains"][m]["gain"] for m in names]
         errs = [np.nan_to_num(r["gains"][m]["gain_std"]) for m in names]
-        colors = ["grey" if r["gains"][m]["verdict"] in ("inside noise", "n<2") else
-                  ("C2" if r["gains"][m]["gain"] > 0 else "C3") for m in names]
+        colors = [
+            "grey"
+            if r["gains"][m]["verdict"] in ("inside noise", "n<2")
+            else ("C2" if r["gains"][m]["gain"] > 0 else "C3")
+            for m in names
+        ]
         ax.bar(names, means, yerr=errs, color=colors, capsize=3)
         if np.isfinite(r["alone_std"]):
-            ax.axhspan(-r["alone_std"], r["alone_std"], color="grey", alpha=0.15, lw=0)
+            ax.axhspan(
+                -r["alone_std"], r["alone_std"], color="grey", alpha=0.15, lw=0
+            )
         ax.axhline(0, color="black", lw=0.8)
-        gap = (f", T−S {r['teacher'] - r['alone']:+.1f}"
-               if r["teacher"] and np.isfinite(r["alone"]) else "")
+        gap = (
+            f", T−S {r['teacher'] - r['alone']:+.1f}"
+            if r["teacher"] and np.isfinite(r["alone"])
+            else ""
+        )
         ax.set_title(f"{r['cell']}\nalone {r['alone']:.1f}%{gap}", fontsize=8)
         ax.set_ylabel("gain over alone (points)", fontsize=8)
         ax.tick_params(axis="x", rotation=45, labelsize=7)
-    fig.suptitle("Gain over the student alone, library defaults: mean ± std over seeds\n"
-                 "grey band: the student alone's std; grey bar: inside the noise", fontsize=9)
+    fig.suptitle(
+        "Gain over the student alone, library defaults: mean ± std over seeds\n"
+        "grey band: the student alone's std; grey bar: inside the noise",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -743,8 +1200,10 @@ def cached_teachers(cache_dir, smoke):
     out = {}
     if not os.path.isdir(cache_dir):
         return out
-    for name in sorted(os.listdir(cache_dir), key=lambda n: os.path.getmtime(
-            os.path.join(cache_dir, n))):
+    for name in sorted(
+        os.listdir(cache_dir),
+        key=lambda n: os.path.getmtime(os.path.join(cache_dir, n)),
+    ):
         if name.startswith("panel_teacher_") and name.endswith(".keras.json"):
             with open(os.path.join(cache_dir, name), encoding="utf-8") as f:
                 meta = json.load(f)
@@ -756,13 +1215,23 @@ def cached_teachers(cache_dir, smoke):
 # ---------------------------------------------------------------------------
 # Plan.
 def seconds_per_step(records, data, student, config):
-    measured = [r["seconds_per_step"] for r in records
-                if CELLS.get(r["cell"], {}).get("data") == data and not r.get("smoke")
-                and CELLS[r["cell"]]["student"] == student and r["config"] == config]
+    measured = [
+        r["seconds_per_step"]
+        for r in records
+        if CELLS.get(r["cell"], {}).get("data") == data
+        and not r.get("smoke")
+        and CELLS[r["cell"]]["student"] == student
+        and r["config"] == config
+    ]
     if measured:
         return float(np.median(measured)), "measured"
-    kind = ("alone" if CONFIGS[config]["losses"] is None else
-            "ab" if CONFIGS[config]["ab_schedule"] else "distill")
+    kind = (
+        "alone"
+        if CONFIGS[config]["losses"] is None
+        else "ab"
+        if CONFIGS[config]["ab_schedule"]
+        else "distill"
+    )
     return FALLBACK_SECONDS_PER_STEP[(data, student, kind)], "fallback"
 
 
@@ -781,64 +1250,133 @@ def plan_rows(records, cache_dir, parts):
             c = CELLS[cell]
             if c["data"] not in trained:
                 t = DATASETS[c["data"]]["teacher"]
-                total += t["steps"] * FALLBACK_TEACHER_SECONDS_PER_STEP[c["data"]]
+                total += (
+                    t["steps"] * FALLBACK_TEACHER_SECONDS_PER_STEP[c["data"]]
+                )
                 trained.add(c["data"])
                 sources.add("teacher")
             for config in cell_configs(cell):
                 steps = STEPS[(c["data"], c["schedule"])]
-                steps += (steps // CHUNKS) * AB_INIT_CHUNKS * CONFIGS[config]["ab_schedule"]
-                sps, src = seconds_per_step(records, c["data"], c["student"], config)
+                steps += (
+                    (steps // CHUNKS)
+                    * AB_INIT_CHUNKS
+                    * CONFIGS[config]["ab_schedule"]
+                )
+                sps, src = seconds_per_step(
+                    records, c["data"], c["student"], config
+                )
                 sources.add(src)
                 for seed in seeds:
                     if (cell, config, seed) in recs:
                         continue
                     todo += 1
                     total += steps * sps + RUN_OVERHEAD_SECONDS
-        runs = sum(len(cell_configs(c)) * len(ss) for c, ss in part_entries(entries))
-        rows.append([part, " ".join(entries), runs, todo, f"{total / 60:.0f}",
-                     "+".join(sorted(sources))])
+        runs = sum(
+            len(cell_configs(c)) * len(ss) for c, ss in part_entries(entries)
+        )
+        rows.append(
+            [
+                part,
+                " ".join(entries),
+                runs,
+                todo,
+                f"{total / 60:.0f}",
+                "+".join(sorted(sources)),
+            ]
+        )
     return rows
 
 
 def plan(records, cache_dir, parts):
     print("Cells:")
-    common.print_table(["cell", "data", "train set", "optimizer", "schedule", "student",
-                        "configs"],
-                       [[r["cell"], r["data"], r["train"], r["optimizer"], r["schedule"],
-                         r["student"], r["configs"]] for r in map(describe_cell, CELLS)])
-    print("\nParts (estimated minutes; seconds per step measured in panel.jsonl where "
-          "available, else the fallback table; + teacher training if not cached):")
+    common.print_table(
+        [
+            "cell",
+            "data",
+            "train set",
+            "optimizer",
+            "schedule",
+            "student",
+            "configs",
+        ],
+        [
+            [
+                r["cell"],
+                r["data"],
+                r["train"],
+                r["optimizer"],
+                r["schedule"],
+                r["student"],
+                r["configs"],
+            ]
+            for r in map(describe_cell, CELLS)
+        ],
+    )
+    print(
+        "\nParts (estimated minutes; seconds per step measured in panel.jsonl where "
+        "available, else the fallback table; + teacher training if not cached):"
+    )
     common.print_table(PLAN_HEADER, plan_rows(records, cache_dir, parts))
     loads = [r["load_average"][0] for r in records if r.get("load_average")]
     if loads:
-        print(f"\n(measured runs had a 1-min load average of {min(loads)} to {max(loads)} "
-              f"on {os.cpu_count()} cores; an idle machine is faster)")
+        print(
+            f"\n(measured runs had a 1-min load average of {min(loads)} to {max(loads)} "
+            f"on {os.cpu_count()} cores; an idle machine is faster)"
+        )
 
 
 # ---------------------------------------------------------------------------
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", type=int, choices=sorted(PARTS), help="run one part")
-    parser.add_argument("--cells", default=None, help="comma-separated cells (instead of --part)")
-    parser.add_argument("--configs", default=None,
-                        help="comma-separated configs to run (default: each cell's own set)")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                        help="folder with fashion_mnist.npz and cifar10.npz "
-                        "(default: ../shared/data next to the repository)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="pipeline check: 2,000 training images, 10 steps, 1 seed, "
-                        "teacher of 20 steps -> results/panel_smoke.*")
-    parser.add_argument("--rerun", action="store_true",
-                        help="run again runs that the results file already holds")
-    parser.add_argument("--report", action="store_true", help="only rebuild the report")
-    parser.add_argument("--plan", action="store_true", help="print cells, parts and estimates")
-    parser.add_argument("--output", default=None,
-                        help="results stem (default benchmarks/results/panel[_smoke])")
+    parser.add_argument(
+        "--part", type=int, choices=sorted(PARTS), help="run one part"
+    )
+    parser.add_argument(
+        "--cells",
+        default=None,
+        help="comma-separated cells (instead of --part)",
+    )
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help="comma-separated configs to run (default: each cell's own set)",
+    )
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated seeds (default 0,1,2)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        help="folder with fashion_mnist.npz and cifar10.npz "
+        "(default: ../shared/data next to the repository)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="pipeline check: 2,000 training images, 10 steps, 1 seed, "
+        "teacher of 20 steps -> results/panel_smoke.*",
+    )
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run again runs that the results file already holds",
+    )
+    parser.add_argument(
+        "--report", action="store_true", help="only rebuild the report"
+    )
+    parser.add_argument(
+        "--plan", action="store_true", help="print cells, parts and estimates"
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="results stem (default benchmarks/results/panel[_smoke])",
+    )
     args = parser.parse_args(argv)
 
-    stem = args.output or os.path.join(common.RESULTS_DIR,
-                                       "panel_smoke" if args.smoke else "panel")
+    stem = args.output or os.path.join(
+        common.RESULTS_DIR, "panel_smoke" if args.smoke else "panel"
+    )
     paths = {k: f"{stem}.{k}" for k in ("md", "json", "jsonl", "png")}
     cache_dir = os.path.join(common.RESULTS_DIR, "cache")
     records = common.read_jsonl(paths["jsonl"])
@@ -847,7 +1385,9 @@ def main(argv=None):
         plan(records, cache_dir, PARTS)
         return 0
     if args.report:
-        build_report(paths, records, cached_teachers(cache_dir, args.smoke), args.smoke)
+        build_report(
+            paths, records, cached_teachers(cache_dir, args.smoke), args.smoke
+        )
         print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
         return 0
 
@@ -858,17 +1398,24 @@ def main(argv=None):
     elif args.smoke:
         work = [("fm_red_adam_short_tiny", SEEDS)]
     else:
-        parser.error("pick what to run: --part N, --cells a,b, --smoke, --report or --plan")
+        parser.error(
+            "pick what to run: --part N, --cells a,b, --smoke, --report or --plan"
+        )
     for c, _ in work:
         if c not in CELLS:
             parser.error(f"unknown cell {c!r}; expected some of {list(CELLS)}")
     only = [c for c in args.configs.split(",") if c] if args.configs else None
     for c in only or []:
         if c not in CONFIGS:
-            parser.error(f"unknown config {c!r}; expected some of {list(CONFIGS)}")
+            parser.error(
+                f"unknown config {c!r}; expected some of {list(CONFIGS)}"
+            )
     if args.seeds or args.smoke:
-        override = (tuple(int(s) for s in args.seeds.split(",")) if args.seeds
-                    else SMOKE["seeds"])
+        override = (
+            tuple(int(s) for s in args.seeds.split(","))
+            if args.seeds
+            else SMOKE["seeds"]
+        )
         work = [(c, override) for c, _ in work]
 
     done = {(r["cell"], r["config"], r["seed"]) for r in records}
@@ -884,20 +1431,30 @@ def main(argv=None):
         data = datasets[name]
         print(f"\ncell {cell}: {describe_cell(cell)}; {data.sizes}", flush=True)
         configs = cell_configs(cell, only)
-        groups = [[m for m in configs if CONFIGS[m]["group"] == g] for g in ("core", "extra")]
-        groups.append([m for m in configs if CONFIGS[m]["group"] not in ("core", "extra")])
+        groups = [
+            [m for m in configs if CONFIGS[m]["group"] == g]
+            for g in ("core", "extra")
+        ]
+        groups.append(
+            [m for m in configs if CONFIGS[m]["group"] not in ("core", "extra")]
+        )
         for group in groups:
             for seed in seeds:
                 for config in group:
                     if (cell, config, seed) in done and not args.rerun:
                         continue
-                    record = run_one(cell, config, seed, data, data.teacher, args.smoke)
+                    record = run_one(
+                        cell, config, seed, data, data.teacher, args.smoke
+                    )
                     common.append_jsonl(paths["jsonl"], record)
                     records.append(record)
-                    print(f"[{(time.time() - wall) / 60:6.1f} min] {cell} {config:7s} "
-                          f"seed {seed}: test acc. {100 * record['test_accuracy']:.2f}%  "
-                          f"{record['seconds']:.0f} s ({1000 * record['seconds_per_step']:.0f} "
-                          f"ms/step, load {record['load_average'][0]})", flush=True)
+                    print(
+                        f"[{(time.time() - wall) / 60:6.1f} min] {cell} {config:7s} "
+                        f"seed {seed}: test acc. {100 * record['test_accuracy']:.2f}%  "
+                        f"{record['seconds']:.0f} s ({1000 * record['seconds_per_step']:.0f} "
+                        f"ms/step, load {record['load_average'][0]})",
+                        flush=True,
+                    )
                     build_report(paths, records, teachers, args.smoke)
     build_report(paths, records, teachers, args.smoke)
     print(f"\ndone in {(time.time() - wall) / 60:.1f} min; wrote {paths['md']}")

@@ -167,10 +167,13 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             if same:
                 break
             os.close(fd)
-        record = json.dumps({
-            "pid": os.getpid(), "host": socket.gethostname(),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        })
+        record = json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            }
+        )
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode(), 0)
         _HELD[key] = [fd, self]

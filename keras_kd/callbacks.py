@@ -175,11 +175,17 @@ class ActivationBoundarySchedule(StagedSchedule):
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
-        if self.restart_optimizer and self.init_epochs and epoch == self.init_epochs:
+        if (
+            self.restart_optimizer
+            and self.init_epochs
+            and epoch == self.init_epochs
+        ):
             restart_optimizer(self.model.optimizer)
             if self.verbose:
-                print(f"\nEpoch {epoch + 1}: optimizer restarted (step 0, "
-                      "zero moments)")
+                print(
+                    f"\nEpoch {epoch + 1}: optimizer restarted (step 0, "
+                    "zero moments)"
+                )
 
     def _weights(self, epoch):
         from keras_kd.losses.activation_boundary import ActivationBoundary
@@ -240,10 +246,14 @@ def restart_optimizer(optimizer):
     learning_rate = getattr(target, "_learning_rate", None)
     if isinstance(learning_rate, keras.Variable):
         keep.add(id(learning_rate))
-    averages = list(getattr(target, "_model_variables_moving_average", None) or [])
+    averages = list(
+        getattr(target, "_model_variables_moving_average", None) or []
+    )
     keep |= {id(v) for v in averages}
     for variable in optimizer.variables:
         if id(variable) not in keep:
             variable.assign(ops.zeros(variable.shape, dtype=variable.dtype))
-    for average, weight in zip(averages, getattr(target, "_trainable_variables", [])):
+    for average, weight in zip(
+        averages, getattr(target, "_trainable_variables", [])
+    ):
         average.assign(ops.cast(weight, average.dtype))

@@ -110,7 +110,9 @@ def load_arrays(source=None, *, data_dir=None, download=True):
     ```
     """
     if source is None:
-        resource = importlib.resources.files("keras_kd.datasets") / BUNDLED_DATASET
+        resource = (
+            importlib.resources.files("keras_kd.datasets") / BUNDLED_DATASET
+        )
         with importlib.resources.as_file(resource) as path:
             return _load_npz(path)
     if isinstance(source, os.PathLike):
@@ -244,7 +246,9 @@ def make_dataset(
             f"`augment` must be one of {AUGMENTATIONS} or None; received {augment!r}."
         )
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
+        raise ValueError(
+            f"`batch_size` must be a positive int; received {batch_size!r}."
+        )
     channels = x.shape[-1]
     if (mean is None) != (std is None):
         raise ValueError(
@@ -262,7 +266,9 @@ def make_dataset(
         mean = _per_channel(mean, "mean", channels)
         std = _per_channel(std, "std", channels)
         if np.any(std <= 0):
-            raise ValueError(f"`std` must be positive in every channel; received {std.tolist()}.")
+            raise ValueError(
+                f"`std` must be positive in every channel; received {std.tolist()}."
+            )
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if training:
@@ -270,11 +276,16 @@ def make_dataset(
             shuffle_buffer or len(x), seed=seed, reshuffle_each_iteration=True
         )
         if augment is not None:
-            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            seeds = tf.data.Dataset.random(
+                seed=seed, rerandomize_each_iteration=True
+            )
             ds = tf.data.Dataset.zip((ds, seeds.batch(2)))
             augment_fn = _crop_flip if augment == "crop_flip" else _flip
             ds = ds.map(
-                lambda example, op_seed: (augment_fn(example[0], op_seed), example[1]),
+                lambda example, op_seed: (
+                    augment_fn(example[0], op_seed),
+                    example[1],
+                ),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
@@ -383,8 +394,12 @@ def prepare_tfds_directory(npz_path, data_dir, name):
     arrays = _load_npz(pathlib.Path(os.path.expanduser(os.fspath(npz_path))))
     features = tfds.features.FeaturesDict(
         {
-            "image": tfds.features.Image(shape=arrays["x_train"].shape[1:], dtype=np.uint8),
-            "label": tfds.features.ClassLabel(names=[str(n) for n in arrays["class_names"]]),
+            "image": tfds.features.Image(
+                shape=arrays["x_train"].shape[1:], dtype=np.uint8
+            ),
+            "label": tfds.features.ClassLabel(
+                names=[str(n) for n in arrays["class_names"]]
+            ),
         }
     )
 
@@ -409,9 +424,14 @@ def prepare_tfds_directory(npz_path, data_dir, name):
 def _crop_flip(image, seed):
     tf = _tensorflow("make_dataset")
     height, width = image.shape[0], image.shape[1]
-    padded = tf.pad(image, [[CROP_PADDING, CROP_PADDING], [CROP_PADDING, CROP_PADDING], [0, 0]])
+    padded = tf.pad(
+        image,
+        [[CROP_PADDING, CROP_PADDING], [CROP_PADDING, CROP_PADDING], [0, 0]],
+    )
     seeds = tf.random.experimental.stateless_split(seed, num=2)
-    image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=seeds[0])
+    image = tf.image.stateless_random_crop(
+        padded, tf.shape(image), seed=seeds[0]
+    )
     image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
     return tf.ensure_shape(image, (height, width, image.shape[-1]))
 
@@ -449,7 +469,9 @@ def _load_npz(path):
                 "re-save it with np.savez_compressed under those names."
             )
         arrays = {key: archive[key] for key in ARRAY_KEYS}
-        class_names = archive["class_names"] if "class_names" in archive.files else None
+        class_names = (
+            archive["class_names"] if "class_names" in archive.files else None
+        )
     return _validated(arrays, class_names, str(path))
 
 
@@ -460,10 +482,19 @@ def _load_tfds(name, *, data_dir, download):
         data_dir = os.path.expanduser(os.fspath(data_dir))
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except (ValueError, AssertionError) as error:  # tfds: unknown name, bad version
+    except (
+        ValueError,
+        AssertionError,
+    ) as error:  # tfds: unknown name, bad version
         known = tfds.list_builders(with_community_datasets=False)
-        close = difflib.get_close_matches(name.split(":")[0].split("/")[0], known, n=5)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        close = difflib.get_close_matches(
+            name.split(":")[0].split("/")[0], known, n=5
+        )
+        reason = (
+            str(error).strip().splitlines()[0]
+            if str(error).strip()
+            else type(error).__name__
+        )
         raise ValueError(
             f"Unknown data source {name!r}: it is not an existing file and tfds "
             f"could not load it as a data set name ({reason}) from data_dir={data_dir!r}. "
@@ -494,17 +525,25 @@ def _load_tfds(name, *, data_dir, download):
             ) from error
     info = builder.info
     keys = info.supervised_keys or ("image", "label")
-    if not isinstance(keys, tuple) or len(keys) != 2 or any(k not in info.features for k in keys):
+    if (
+        not isinstance(keys, tuple)
+        or len(keys) != 2
+        or any(k not in info.features for k in keys)
+    ):
         raise ValueError(
             f"The TensorFlow Datasets data set {name!r} has features "
             f"{list(info.features)} and supervised keys {info.supervised_keys}; "
             "expected an (image, label) pair. Use an image classification data set."
         )
-    test_split = "validation" if info.splits and "test" not in info.splits else "test"
+    test_split = (
+        "validation" if info.splits and "test" not in info.splits else "test"
+    )
     arrays = {}
     for split, suffix in (("train", "train"), (test_split, "test")):
         images, labels = [], []
-        ds = builder.as_dataset(split=split).map(lambda ex: (ex[keys[0]], ex[keys[1]]))
+        ds = builder.as_dataset(split=split).map(
+            lambda ex: (ex[keys[0]], ex[keys[1]])
+        )
         # Batched reads instead of batch_size=-1, which aborts the process in
         # TF 2.21 when a split's size is unknown (as under tfds.testing.mock_data).
         for x, y in tfds.as_numpy(ds.batch(4096)):
@@ -537,7 +576,15 @@ def _validated(arrays, class_names, origin):
             f"{origin} has train images shaped {arrays['x_train'].shape[1:]} and test "
             f"images shaped {arrays['x_test'].shape[1:]}; expected the same (H, W, C)."
         )
-    num_classes = int(max(arrays["y_train"].max(initial=-1), arrays["y_test"].max(initial=-1))) + 1
+    num_classes = (
+        int(
+            max(
+                arrays["y_train"].max(initial=-1),
+                arrays["y_test"].max(initial=-1),
+            )
+        )
+        + 1
+    )
     if class_names is None:
         class_names = [str(i) for i in range(num_classes)]
     class_names = np.asarray(class_names).astype(str)
@@ -575,7 +622,9 @@ def _as_labels(y, what):
             "`y.astype('int64')` (for one-hot labels, `y.argmax(-1)`)."
         )
     if y.size and y.min() < 0:
-        raise ValueError(f"{what} holds negative labels (min {y.min()}); expected class ids >= 0.")
+        raise ValueError(
+            f"{what} holds negative labels (min {y.min()}); expected class ids >= 0."
+        )
     return y.astype(np.int64)
 
 

@@ -52,15 +52,20 @@ def pixel_normalization(mean, std, *, name="normalize"):
             f"{mean.size} and {std.size} values. `keras_kd.data.channel_stats("
             "x_train)` returns both."
         )
-    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))
-            and np.all(std > 0)):
+    if not (
+        np.all(np.isfinite(mean))
+        and np.all(np.isfinite(std))
+        and np.all(std > 0)
+    ):
         raise ValueError(
             f"`mean` must be finite and `std` finite and positive; received "
             f"mean={mean.tolist()}, std={std.tolist()} (in [0, 1] units)."
         )
     return keras.layers.Normalization(
-        mean=(255.0 * mean).tolist(), variance=np.square(255.0 * std).tolist(),
-        name=name)
+        mean=(255.0 * mean).tolist(),
+        variance=np.square(255.0 * std).tolist(),
+        name=name,
+    )
 
 
 def _image_input(input_shape, mean, std):
@@ -83,8 +88,15 @@ def _image_input(input_shape, mean, std):
     return inputs, layer(inputs)
 
 
-def conv_net(input_shape, classes, widths=(16, 32, 64), *, mean=None,
-             std=None, name="conv_net"):
+def conv_net(
+    input_shape,
+    classes,
+    widths=(16, 32, 64),
+    *,
+    mean=None,
+    std=None,
+    name="conv_net",
+):
     """A VGG-style CNN: per stage two 3x3 conv + BN + ReLU, then max-pool.
 
     Args:
@@ -128,8 +140,16 @@ def conv_net(input_shape, classes, widths=(16, 32, 64), *, mean=None,
     return keras.Model(inputs, outputs, name=name)
 
 
-def resnet(input_shape, classes, widths=(16, 32, 64), blocks=2, *,
-           mean=None, std=None, name="resnet"):
+def resnet(
+    input_shape,
+    classes,
+    widths=(16, 32, 64),
+    blocks=2,
+    *,
+    mean=None,
+    std=None,
+    name="resnet",
+):
     """A CIFAR-style post-activation ResNet (He et al. 2016, basic blocks).
 
     Each block is conv-BN-ReLU-conv-BN, `Add` with the shortcut (1x1 conv +
@@ -173,24 +193,32 @@ def resnet(input_shape, classes, widths=(16, 32, 64), blocks=2, *,
             strides = 2 if (i > 1 and j == 1) else 1
             shortcut = x
             y = keras.layers.Conv2D(
-                width, 3, strides=strides, padding="same", use_bias=False,
+                width,
+                3,
+                strides=strides,
+                padding="same",
+                use_bias=False,
                 name=f"{prefix}_conv1",
             )(x)
             y = _BatchNorm(name=f"{prefix}_bn1")(y)
             y = keras.layers.ReLU(name=f"{prefix}_relu1")(y)
             y = keras.layers.Conv2D(
-                width, 3, padding="same", use_bias=False,
+                width,
+                3,
+                padding="same",
+                use_bias=False,
                 name=f"{prefix}_conv2",
             )(y)
             y = _BatchNorm(name=f"{prefix}_bn2")(y)
             if strides != 1 or shortcut.shape[-1] != width:
                 shortcut = keras.layers.Conv2D(
-                    width, 1, strides=strides, use_bias=False,
+                    width,
+                    1,
+                    strides=strides,
+                    use_bias=False,
                     name=f"{prefix}_proj",
                 )(shortcut)
-                shortcut = _BatchNorm(
-                    name=f"{prefix}_proj_bn"
-                )(shortcut)
+                shortcut = _BatchNorm(name=f"{prefix}_proj_bn")(shortcut)
             x = keras.layers.Add(name=f"{prefix}_add")([y, shortcut])
             x = keras.layers.ReLU(name=f"{prefix}_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)

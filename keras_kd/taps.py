@@ -257,8 +257,13 @@ def build_extractor(model, taps, role="given", name=None):
             inner = build_extractor(layer, inner_taps, role=role)
             outputs = inner(*args, **kwargs)
             for tap, value in zip(inner_taps, outputs[1:]):
-                _store(captured, Tap(f"{layer.name}/{tap.layer_name}",
-                                     tap.where), value, model, role)
+                _store(
+                    captured,
+                    Tap(f"{layer.name}/{tap.layer_name}", tap.where),
+                    value,
+                    model,
+                    role,
+                )
             return outputs[0]
         wanted = direct.get(layer.name, [])
         pre = None

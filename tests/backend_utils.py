@@ -55,22 +55,26 @@ def value_and_grad(fn, *args):
             for t in tensors:
                 tape.watch(t)
             value = fn(*tensors)
-        grads = tape.gradient(value, tensors,
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = tape.gradient(
+            value, tensors, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
     elif BACKEND == "jax":
         import jax
         import jax.numpy as jnp
 
         value, grads = jax.value_and_grad(fn, argnums=tuple(range(len(args))))(
-            *[jnp.asarray(a) for a in args])
+            *[jnp.asarray(a) for a in args]
+        )
     elif BACKEND == "torch":
         import torch
 
         tensors = [torch.tensor(a, requires_grad=True) for a in args]
         value = fn(*tensors)
         grads = torch.autograd.grad(value, tensors, allow_unused=True)
-        grads = [torch.zeros_like(t) if g is None else g
-                 for g, t in zip(grads, tensors)]
+        grads = [
+            torch.zeros_like(t) if g is None else g
+            for g, t in zip(grads, tensors)
+        ]
         grads = [g.detach() for g in grads]
         value = value.detach()
     else:  # pragma: no cover - numpy / openvino cannot train
@@ -111,14 +115,16 @@ def compiled_unknown_batch(fn, *args):
 
         specs = [tf.TensorSpec((None,) + a.shape[1:], a.dtype) for a in args]
         out = tf.function(fn, input_signature=specs, jit_compile=True)(
-            *[tf.constant(a) for a in args])
+            *[tf.constant(a) for a in args]
+        )
     elif BACKEND == "jax":
         import jax
         from jax import export
 
         batch = export.symbolic_shape("batch")[0]
-        specs = [jax.ShapeDtypeStruct((batch,) + a.shape[1:], a.dtype)
-                 for a in args]
+        specs = [
+            jax.ShapeDtypeStruct((batch,) + a.shape[1:], a.dtype) for a in args
+        ]
         out = export.export(jax.jit(fn))(*specs).call(*args)
     elif BACKEND == "torch":
         import torch
@@ -130,9 +136,11 @@ def compiled_unknown_batch(fn, *args):
         tensors = tuple(torch.tensor(a) for a in args)
         batch = torch.export.Dim("batch")
         exported = torch.export.export(
-            _Fn(), tensors,
+            _Fn(),
+            tensors,
             # One entry for `*tensors`: a tuple with one spec per tensor.
-            dynamic_shapes=(tuple({0: batch} for _ in args),))
+            dynamic_shapes=(tuple({0: batch} for _ in args),),
+        )
         out = exported.module()(*tensors)
     else:  # pragma: no cover
         raise NotImplementedError(f"no compiler on the {BACKEND} backend")
@@ -151,8 +159,13 @@ def intermediate_shapes(fn, *args):
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        graph = tf.function(fn).get_concrete_function(
-            *[tf.TensorSpec(a.shape, a.dtype) for a in args]).graph
+        graph = (
+            tf.function(fn)
+            .get_concrete_function(
+                *[tf.TensorSpec(a.shape, a.dtype) for a in args]
+            )
+            .graph
+        )
         for op in graph.get_operations():
             for output in op.outputs:
                 if output.shape.rank is not None:
@@ -165,8 +178,9 @@ def intermediate_shapes(fn, *args):
                 for var in eqn.outvars:
                     shapes.append(tuple(var.aval.shape))
                 for param in eqn.params.values():
-                    for sub in (param if isinstance(param, (list, tuple))
-                                else [param]):
+                    for sub in (
+                        param if isinstance(param, (list, tuple)) else [param]
+                    ):
                         # Nested (closed) jaxprs: pjit, custom_jvp, cond...
                         sub = getattr(sub, "jaxpr", sub)
                         if hasattr(sub, "eqns"):
@@ -180,7 +194,7 @@ def intermediate_shapes(fn, *args):
         class _Record(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                for t in (out if isinstance(out, (list, tuple)) else [out]):
+                for t in out if isinstance(out, (list, tuple)) else [out]:
                     if isinstance(t, torch.Tensor):
                         shapes.append(tuple(t.shape))
                 return out

@@ -17,8 +17,17 @@ class CallCounter(keras.layers.Layer):
         return x
 
 
-def cnn(width, name, *, size=8, classes=5, fused=False, counter=False,
-        softmax=False, bn=True):
+def cnn(
+    width,
+    name,
+    *,
+    size=8,
+    classes=5,
+    fused=False,
+    counter=False,
+    softmax=False,
+    bn=True,
+):
     """conv -> relu -> conv -> bn -> relu -> gap -> dense.
 
     Layer names: `conv1`, `relu1` (absent if `fused`: `conv1` carries the

@@ -50,13 +50,17 @@ LOSSES = {
     "logits_distillation": lambda: L.LogitsDistillation(temperature=4.0),
     # 4 student channels -> 8 teacher channels: AB with a connector (+ BN).
     "activation_boundary": lambda: L.ActivationBoundary(
-        ["relu1", "relu2"], ["conv1", "relu2"]),
+        ["relu1", "relu2"], ["conv1", "relu2"]
+    ),
     "nst_polynomial": lambda: L.NeuronSelectivityTransfer(
-        "relu2", "relu2", kernel="polynomial"),
+        "relu2", "relu2", kernel="polynomial"
+    ),
     "nst_linear": lambda: L.NeuronSelectivityTransfer(
-        "relu2", "relu2", kernel="linear"),
+        "relu2", "relu2", kernel="linear"
+    ),
     "nst_gaussian": lambda: L.NeuronSelectivityTransfer(
-        "relu2", "relu2", kernel="gaussian"),
+        "relu2", "relu2", kernel="gaussian"
+    ),
     "fitnets_hint": lambda: L.FitNetsHint("bn2", "bn2"),
     "attention_transfer": lambda: L.AttentionTransfer("relu2", "relu2"),
 }
@@ -71,8 +75,10 @@ def build(losses, sync_student_bn=True):
     distiller = Distiller(teacher, student, losses)
     # A string task loss: Keras's own Distiller doubles its updates on two
     # replicas; ours must not.
-    distiller.compile(optimizer=keras.optimizers.SGD(0.1),
-                      loss="sparse_categorical_crossentropy")
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss="sparse_categorical_crossentropy",
+    )
     return distiller
 
 
@@ -80,8 +86,9 @@ def one_step(name, strategy, sync_student_bn=True):
     x, y = data(n=16)
     with strategy.scope():
         distiller = build([LOSSES[name]()], sync_student_bn)
-    logs = distiller.fit(x, y, batch_size=16, epochs=1, verbose=0,
-                         shuffle=False).history
+    logs = distiller.fit(
+        x, y, batch_size=16, epochs=1, verbose=0, shuffle=False
+    ).history
     weights = [to_numpy(v) for v in distiller.weights]
     return weights, [v.path for v in distiller.weights], logs
 
@@ -91,7 +98,9 @@ def mirrored():
     report = {}
     runs = [(name, True) for name in LOSSES] + [("activation_boundary", False)]
     for name, sync in runs:
-        one, paths, one_logs = one_step(name, tf.distribute.get_strategy(), sync)
+        one, paths, one_logs = one_step(
+            name, tf.distribute.get_strategy(), sync
+        )
         two, _, two_logs = one_step(name, STRATEGY, sync)
         diffs = [float(np.max(np.abs(a - b))) for a, b in zip(one, two)]
         worst = int(np.argmax(diffs))
@@ -111,12 +120,15 @@ def mirrored():
 def worker():
     x, y = data(n=32)
     with STRATEGY.scope():
-        distiller = build([LOSSES["logits_distillation"](),
-                           LOSSES["activation_boundary"]()])
-    history = distiller.fit(x, y, batch_size=16, epochs=2, verbose=0,
-                            shuffle=False).history
-    evaluation = distiller.evaluate(x, y, batch_size=16, verbose=0,
-                                    return_dict=True)
+        distiller = build(
+            [LOSSES["logits_distillation"](), LOSSES["activation_boundary"]()]
+        )
+    history = distiller.fit(
+        x, y, batch_size=16, epochs=2, verbose=0, shuffle=False
+    ).history
+    evaluation = distiller.evaluate(
+        x, y, batch_size=16, verbose=0, return_dict=True
+    )
     np.savez(
         OUT,
         *[to_numpy(v) for v in distiller.weights],

@@ -41,58 +41,85 @@ def build():
     teacher = cnn(8, "teacher")
     student = cnn(4, "student", fused=True)
     distiller = Distiller(teacher, student, all_losses())
-    distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
-                      loss=sparse_ce())
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=sparse_ce()
+    )
     return distiller
 
 
 def result(distiller, **extra):
-    weights = {v.path: to_numpy(v).tolist()
-               for v in distiller.trainable_variables}
-    stats = {v.path: to_numpy(v).tolist()
-             for v in distiller.student.non_trainable_variables}
-    return dict(weights=weights, batch_norm_statistics=stats,
-                devices=len(jax.devices()), **extra)
+    weights = {
+        v.path: to_numpy(v).tolist() for v in distiller.trainable_variables
+    }
+    stats = {
+        v.path: to_numpy(v).tolist()
+        for v in distiller.student.non_trainable_variables
+    }
+    return dict(
+        weights=weights,
+        batch_norm_statistics=stats,
+        devices=len(jax.devices()),
+        **extra,
+    )
 
 
 def main(mode, *args):
     x, y = data(n=GLOBAL_BATCH * STEPS, seed=3)
     if mode == "single":
         distiller = build()
-        logs = distiller.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0,
-                             shuffle=False).history
+        logs = distiller.fit(
+            x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0, shuffle=False
+        ).history
         print(json.dumps(result(distiller, loss=logs["loss"][-1])))
         return
     if mode == "multiprocess":
         process_id, port = int(args[0]), int(args[1])
-        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
-                                   num_processes=2, process_id=process_id,
-                                   initialization_timeout=60)
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{port}",
+            num_processes=2,
+            process_id=process_id,
+            initialization_timeout=60,
+        )
     devices = jax.devices()
     assert len(devices) == 2, devices
     # Multi-process: each process feeds its own shard (below), so Keras must
     # not shard the input again (it can only auto-shard a tf.data.Dataset).
-    keras.distribution.set_distribution(keras.distribution.DataParallel(
-        devices=devices, auto_shard_dataset=mode != "multiprocess"))
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(
+            devices=devices, auto_shard_dataset=mode != "multiprocess"
+        )
+    )
     distiller = build()
     if mode == "multiprocess":
         # Each process feeds its half of every global batch.
         per_process = GLOBAL_BATCH // 2
-        keep = np.concatenate([
-            np.arange(s * GLOBAL_BATCH + process_id * per_process,
-                      s * GLOBAL_BATCH + (process_id + 1) * per_process)
-            for s in range(STEPS)])
+        keep = np.concatenate(
+            [
+                np.arange(
+                    s * GLOBAL_BATCH + process_id * per_process,
+                    s * GLOBAL_BATCH + (process_id + 1) * per_process,
+                )
+                for s in range(STEPS)
+            ]
+        )
         x, y = x[keep], y[keep]
         batch = per_process
     else:
         batch = GLOBAL_BATCH
-    logs = distiller.fit(x, y, batch_size=batch, epochs=1, verbose=0,
-                         shuffle=False).history
+    logs = distiller.fit(
+        x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False
+    ).history
     kernel = distiller.student.get_layer("conv1").kernel.value
-    print(json.dumps(result(
-        distiller, loss=logs["loss"][-1],
-        variable_devices=len(kernel.sharding.device_set),
-        distribution=type(keras.distribution.distribution()).__name__)))
+    print(
+        json.dumps(
+            result(
+                distiller,
+                loss=logs["loss"][-1],
+                variable_devices=len(kernel.sharding.device_set),
+                distribution=type(keras.distribution.distribution()).__name__,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -84,29 +84,45 @@ def main():
     tf.config.experimental.enable_op_determinism()
     teacher = cnn(8, "teacher")
     student = cnn(4, "student", fused=True)
-    distiller = Distiller(teacher, student, [
-        L.LogitsDistillation(temperature=4.0),
-        L.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"]),
-    ])
+    distiller = Distiller(
+        teacher,
+        student,
+        [
+            L.LogitsDistillation(temperature=4.0),
+            L.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"]),
+        ],
+    )
     distiller.compile(optimizer=keras.optimizers.Adam(1e-2), loss=sparse_ce())
     if args.callback == "atomic":
-        backup = AtomicBackupAndRestore(args.backup_dir,
-                                        delete_checkpoint=False)
+        backup = AtomicBackupAndRestore(
+            args.backup_dir, delete_checkpoint=False
+        )
     else:
-        backup = keras.callbacks.BackupAndRestore(args.backup_dir,
-                                                  delete_checkpoint=False)
+        backup = keras.callbacks.BackupAndRestore(
+            args.backup_dir, delete_checkpoint=False
+        )
     callbacks = [backup, ActivationBoundarySchedule(init_epochs=1)]
     if args.pause_at:
         callbacks.append(PauseAt(*map(int, args.pause_at.split(":"))))
     if args.pause_in_save:
         pause_in_save(args.pause_in_save)
     x, y = data(n=32)
-    distiller.fit(x, y, batch_size=8, epochs=EPOCHS, shuffle=False, verbose=0,
-                  callbacks=callbacks)
+    distiller.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=EPOCHS,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+    )
     variables = list(distiller.weights) + list(distiller.optimizer.variables)
-    np.savez(args.out, *[to_numpy(v) for v in variables],
-             names=np.array([v.path for v in variables]),
-             loss_weights=np.array(list(distiller.loss_weights.values())))
+    np.savez(
+        args.out,
+        *[to_numpy(v) for v in variables],
+        names=np.array([v.path for v in variables]),
+        loss_weights=np.array(list(distiller.loss_weights.values())),
+    )
 
 
 if __name__ == "__main__":

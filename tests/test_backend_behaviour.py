@@ -33,9 +33,13 @@ class StepCounter(keras.layers.Layer):
     """
 
     def build(self, input_shape):
-        self.runs = self.add_weight(shape=(), initializer="zeros",
-                                    trainable=False, name="runs",
-                                    dtype="float32")
+        self.runs = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            name="runs",
+            dtype="float32",
+        )
 
     def call(self, x):
         self.runs.assign(self.runs + 1.0)
@@ -130,10 +134,12 @@ def _no_batch_statisticspair():
     # (equal widths), an example can reach the update only through the loss.
     teacher = cnn(4, "teacher", bn=False)
     student = cnn(4, "student", bn=False)
-    losses = [L.LogitsDistillation(temperature=2.0),
-              L.ActivationBoundary(["relu1", "relu2"], ["relu1", "relu2"]),
-              L.NeuronSelectivityTransfer("relu2", "relu2"),
-              L.AttentionTransfer("relu2", "relu2")]
+    losses = [
+        L.LogitsDistillation(temperature=2.0),
+        L.ActivationBoundary(["relu1", "relu2"], ["relu1", "relu2"]),
+        L.NeuronSelectivityTransfer("relu2", "relu2"),
+        L.AttentionTransfer("relu2", "relu2"),
+    ]
     distiller = Distiller(teacher, student, losses)
     assert not [c for loss in losses for c in loss.connectors]
     distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=sparse_ce())
@@ -151,7 +157,9 @@ def test_zero_sample_weight_example_changes_nothing():
     for xs, ys in ((x, y), (other_x, other_y)):
         keras.utils.set_random_seed(0)
         distiller = _no_batch_statisticspair()
-        distiller.fit(xs, ys, sample_weight=w, batch_size=8, epochs=2, verbose=0)
+        distiller.fit(
+            xs, ys, sample_weight=w, batch_size=8, epochs=2, verbose=0
+        )
         results.append(_weights(distiller.student.weights))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -170,10 +178,17 @@ def test_every_term_and_boundary_agreement_is_logged():
     distiller = Distiller(teacher, student, all_losses())
     distiller.compile(optimizer="adam", loss=sparse_ce(), metrics=["accuracy"])
     x, y = data(n=8)
-    history = distiller.fit(x, y, batch_size=8, epochs=2, verbose=0,
-                            validation_data=(x, y)).history
-    expected = {"loss", "student_loss", "accuracy", "boundary_agreement",
-                "activation_boundary_conv1", "activation_boundary_relu2"}
+    history = distiller.fit(
+        x, y, batch_size=8, epochs=2, verbose=0, validation_data=(x, y)
+    ).history
+    expected = {
+        "loss",
+        "student_loss",
+        "accuracy",
+        "boundary_agreement",
+        "activation_boundary_conv1",
+        "activation_boundary_relu2",
+    }
     expected |= {f"{loss.name}_loss" for loss in distiller.distillation_losses}
     for key in sorted(expected):
         for prefix in ("", "val_"):
@@ -195,20 +210,40 @@ def test_activation_boundary_schedule_two_stages():
 
     def record(epoch, logs=None):
         seen.append(distiller.loss_weights)
-        snapshots.append((to_numpy(student.get_layer("logits").kernel),
-                          to_numpy(ab.connectors[0].projection.kernel)))
+        snapshots.append(
+            (
+                to_numpy(student.get_layer("logits").kernel),
+                to_numpy(ab.connectors[0].projection.kernel),
+            )
+        )
 
-    callbacks = [ActivationBoundarySchedule(init_epochs=2),
-                 keras.callbacks.LambdaCallback(
-                     on_epoch_begin=record, on_train_end=lambda logs: record(-1))]
+    callbacks = [
+        ActivationBoundarySchedule(init_epochs=2),
+        keras.callbacks.LambdaCallback(
+            on_epoch_begin=record, on_train_end=lambda logs: record(-1)
+        ),
+    ]
     distiller.fit(x, y, batch_size=4, epochs=4, verbose=0, callbacks=callbacks)
-    stage1 = {"student": 0.0, "logits_distillation": 0.0,
-              "activation_boundary": 1.0}
-    stage2 = {"student": 1.0, "logits_distillation": 1.0, "activation_boundary": 0.0}
+    stage1 = {
+        "student": 0.0,
+        "logits_distillation": 0.0,
+        "activation_boundary": 1.0,
+    }
+    stage2 = {
+        "student": 1.0,
+        "logits_distillation": 1.0,
+        "activation_boundary": 0.0,
+    }
     assert seen[:4] == [stage1, stage1, stage2, stage2]
-    np.testing.assert_array_equal(snapshots[0][0], snapshots[2][0])  # head frozen
-    assert not np.array_equal(snapshots[0][1], snapshots[2][1])  # connector trains
-    np.testing.assert_array_equal(snapshots[2][1], snapshots[4][1])  # connector idle
+    np.testing.assert_array_equal(
+        snapshots[0][0], snapshots[2][0]
+    )  # head frozen
+    assert not np.array_equal(
+        snapshots[0][1], snapshots[2][1]
+    )  # connector trains
+    np.testing.assert_array_equal(
+        snapshots[2][1], snapshots[4][1]
+    )  # connector idle
     assert not np.array_equal(snapshots[2][0], snapshots[4][0])  # head trains
 
 
@@ -228,14 +263,17 @@ def _fit_history(jit_compile=None, policy="float32", steps=3):
         keras.utils.set_random_seed(2)
         distiller = Distiller(teacher, student, all_losses())
         kwargs = {} if jit_compile is None else {"jit_compile": jit_compile}
-        distiller.compile(optimizer=keras.optimizers.SGD(1e-2), loss=sparse_ce(),
-                          **kwargs)
+        distiller.compile(
+            optimizer=keras.optimizers.SGD(1e-2), loss=sparse_ce(), **kwargs
+        )
     finally:
         keras.config.set_dtype_policy("float32")
     if isinstance(distiller.optimizer, keras.optimizers.LossScaleOptimizer):
         distiller.optimizer.initial_scale = 2.0**7  # see test_mixed_precision
     x, y = data(n=16)
-    history = distiller.fit(x, y, batch_size=16, epochs=steps, verbose=0).history
+    history = distiller.fit(
+        x, y, batch_size=16, epochs=steps, verbose=0
+    ).history
     return distiller, history
 
 
@@ -246,9 +284,11 @@ def float32_run():
 
 def test_jit_compile_true_gives_the_same_losses(float32_run, monkeypatch):
     if BACKEND == "torch" and not os.environ.get("KERAS_KD_TEST_TORCH_COMPILE"):
-        pytest.skip("torch.compile of this step takes 3.5 min (aot_eager) to "
-                    "8 min (inductor) on 2 CPU cores; passed when run with "
-                    "KERAS_KD_TEST_TORCH_COMPILE=1")
+        pytest.skip(
+            "torch.compile of this step takes 3.5 min (aot_eager) to "
+            "8 min (inductor) on 2 CPU cores; passed when run with "
+            "KERAS_KD_TEST_TORCH_COMPILE=1"
+        )
     if BACKEND == "torch":
         # Keras compiles the step with `torch.compile` (TorchDynamo). Its
         # default inductor backend spends ~8 minutes generating C++ for this
@@ -258,19 +298,23 @@ def test_jit_compile_true_gives_the_same_losses(float32_run, monkeypatch):
 
         import torch
 
-        monkeypatch.setattr(torch, "compile",
-                            functools.partial(torch.compile, backend="aot_eager"))
+        monkeypatch.setattr(
+            torch,
+            "compile",
+            functools.partial(torch.compile, backend="aot_eager"),
+        )
     distiller, logs = _fit_history(jit_compile=True)
     assert distiller.jit_compile
     for key, values in float32_run.items():
-        np.testing.assert_allclose(logs[key], values, rtol=1e-4, atol=1e-6,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            logs[key], values, rtol=1e-4, atol=1e-6, err_msg=key
+        )
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_student_trains_like_float32(policy, float32_run):
     distiller, logs = _fit_history(policy=policy)
-    assert distiller.student.compute_dtype == policy[len("mixed_"):]
+    assert distiller.student.compute_dtype == policy[len("mixed_") :]
     float16 = policy == "mixed_float16"
     optimizer = distiller.optimizer
     assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) == float16
@@ -278,8 +322,9 @@ def test_mixed_precision_student_trains_like_float32(policy, float32_run):
     rtol = 2e-2 if policy == "mixed_bfloat16" else 5e-3
     for key, values in float32_run.items():
         assert np.all(np.isfinite(logs[key])), key
-        np.testing.assert_allclose(logs[key], values, rtol=rtol, atol=1e-5,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            logs[key], values, rtol=rtol, atol=1e-5, err_msg=key
+        )
 
 
 # --- the non-finite guard ------------------------------------------------------------
@@ -289,8 +334,11 @@ def test_non_finite_term_stops_before_the_update_and_names_it():
     from keras_kd import NonFiniteLossError
 
     teacher, student = pair()
-    distiller = Distiller(teacher, student, [
-        L.ActivationBoundary("relu1", "conv1"), L.LogitsDistillation()])
+    distiller = Distiller(
+        teacher,
+        student,
+        [L.ActivationBoundary("relu1", "conv1"), L.LogitsDistillation()],
+    )
     distiller.compile(optimizer=keras.optimizers.Adam(1e-2), loss=sparse_ce())
     x, y = data(n=8)
     distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)  # a finite step
@@ -300,8 +348,9 @@ def test_non_finite_term_stops_before_the_update_and_names_it():
     head.bias.assign(np.full(head.bias.shape, np.nan, "float32"))
     before = _weights(distiller.trainable_variables)
     optimizer_before = _weights(distiller.optimizer.variables)
-    with pytest.raises(NonFiniteLossError,
-                       match="'logits_distillation_loss' is not finite") as info:
+    with pytest.raises(
+        NonFiniteLossError, match="'logits_distillation_loss' is not finite"
+    ) as info:
         distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert info.value.term == "logits_distillation_loss"
     for v, b in zip(distiller.trainable_variables, before):
@@ -330,11 +379,15 @@ def test_keras_file_round_trip(tmp_path):
     distiller.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, Distiller)
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0),
-                                  distiller.predict(x, verbose=0))
+    np.testing.assert_array_equal(
+        loaded.predict(x, verbose=0), distiller.predict(x, verbose=0)
+    )
     for a, b in zip(loaded.weights, distiller.weights):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
-    assert float(to_numpy(loaded.get_loss("logits_distillation").temperature)) == 2.5
+    assert (
+        float(to_numpy(loaded.get_loss("logits_distillation").temperature))
+        == 2.5
+    )
     assert loaded.loss_weights["activation_boundary"] == 0.5
     assert len(loaded.get_loss("activation_boundary").connectors) == 2
     # The loaded distiller trains on, from the saved optimizer state.
@@ -344,9 +397,12 @@ def test_keras_file_round_trip(tmp_path):
     # And its config round-trips on its own.
     rebuilt = Distiller.from_config(distiller.get_config())
     assert [loss.name for loss in rebuilt.distillation_losses] == [
-        loss.name for loss in losses]
-    assert rebuilt.get_config()["distillation_losses"] == distiller.get_config()[
-        "distillation_losses"]
+        loss.name for loss in losses
+    ]
+    assert (
+        rebuilt.get_config()["distillation_losses"]
+        == distiller.get_config()["distillation_losses"]
+    )
 
 
 def test_backend_is_the_one_requested():

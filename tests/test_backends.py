@@ -30,8 +30,10 @@ from backend_utils import TESTS_DIR
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(BACKEND != "tensorflow",
-                       reason="starts the other backends from the TensorFlow run"),
+    pytest.mark.skipif(
+        BACKEND != "tensorflow",
+        reason="starts the other backends from the TensorFlow run",
+    ),
 ]
 
 # What each extra backend re-runs (paths relative to the repository). The
@@ -39,8 +41,16 @@ pytestmark = [
 # mixed precision on every policy pair) stay on TensorFlow; their guarantees
 # are checked on every backend by test_backend_behaviour.py.
 SUITES = {
-    "jax": ["tests/losses", "tests/test_taps.py", "tests/test_backend_behaviour.py"],
-    "torch": ["tests/losses", "tests/test_taps.py", "tests/test_backend_behaviour.py"],
+    "jax": [
+        "tests/losses",
+        "tests/test_taps.py",
+        "tests/test_backend_behaviour.py",
+    ],
+    "torch": [
+        "tests/losses",
+        "tests/test_taps.py",
+        "tests/test_backend_behaviour.py",
+    ],
 }
 
 
@@ -49,10 +59,13 @@ def _installed(module):
 
 
 def _needs(backend):
-    module = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}[backend]
+    module = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}[
+        backend
+    ]
     return pytest.mark.skipif(
         not _installed(module),
-        reason=f"{module} is not installed (pip install -e '.[{backend}]')")
+        reason=f"{module} is not installed (pip install -e '.[{backend}]')",
+    )
 
 
 def _env(backend, **extra):
@@ -61,21 +74,41 @@ def _env(backend, **extra):
     env["KERAS_BACKEND"] = backend
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (REPO_ROOT, TESTS_DIR, os.environ.get("PYTHONPATH")) if p)
+        p for p in (REPO_ROOT, TESTS_DIR, os.environ.get("PYTHONPATH")) if p
+    )
     return env
 
 
-@pytest.mark.parametrize("backend", [pytest.param(b, marks=_needs(b)) for b in SUITES])
+@pytest.mark.parametrize(
+    "backend", [pytest.param(b, marks=_needs(b)) for b in SUITES]
+)
 def test_backend_neutral_suite_passes(backend):
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-               "-W", "ignore::DeprecationWarning", *SUITES[backend]]
-    out = subprocess.run(command, env=_env(backend), cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=1500, check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore::DeprecationWarning",
+        *SUITES[backend],
+    ]
+    out = subprocess.run(
+        command,
+        env=_env(backend),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
     output = out.stdout + out.stderr
     summary = output.strip().splitlines()[-1] if output.strip() else ""
     assert out.returncode == 0, (
         f"KERAS_BACKEND={backend} {' '.join(command[1:])} exited with "
-        f"{out.returncode}:\n{output[-12000:]}")
+        f"{out.returncode}:\n{output[-12000:]}"
+    )
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) >= 50, summary
     print(f"KERAS_BACKEND={backend}: {summary}")
@@ -123,19 +156,32 @@ print(json.dumps(out))
 
 
 def _run_script(code, backend, *args, timeout=600):
-    out = subprocess.run([sys.executable, "-c", code, *args], env=_env(backend),
-                         cwd=REPO_ROOT, capture_output=True, text=True,
-                         timeout=timeout, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=_env(backend),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert out.returncode == 0, (
         f"KERAS_BACKEND={backend} child exited with {out.returncode}:\n"
-        f"{out.stdout[-4000:]}\n{out.stderr[-8000:]}")
-    return json.loads([line for line in out.stdout.splitlines()
-                       if line.startswith("{")][-1])
+        f"{out.stdout[-4000:]}\n{out.stderr[-8000:]}"
+    )
+    return json.loads(
+        [line for line in out.stdout.splitlines() if line.startswith("{")][-1]
+    )
 
 
 def test_saved_under_one_backend_loads_under_every_other(tmp_path):
-    backends = [b for b in ("tensorflow", "jax", "torch") if _installed(
-        {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[b])]
+    backends = [
+        b
+        for b in ("tensorflow", "jax", "torch")
+        if _installed(
+            {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[b]
+        )
+    ]
     if len(backends) < 2:
         pytest.skip("needs a second backend (pip install -e '.[jax,torch]')")
     stems = {b: str(tmp_path / b) for b in backends}
@@ -143,11 +189,15 @@ def test_saved_under_one_backend_loads_under_every_other(tmp_path):
     # ones saved before it, then the first ones load the later files.
     results = {}
     for i, b in enumerate(backends):
-        results[b] = _run_script(_SAVE_AND_LOAD, b, stems[b],
-                                 *[stems[a] for a in backends[:i]])
+        results[b] = _run_script(
+            _SAVE_AND_LOAD, b, stems[b], *[stems[a] for a in backends[:i]]
+        )
     for i, b in enumerate(backends[:-1]):
-        results[b].update(_run_script(_SAVE_AND_LOAD, b, "-",
-                                      *[stems[a] for a in backends[i + 1:]]))
+        results[b].update(
+            _run_script(
+                _SAVE_AND_LOAD, b, "-", *[stems[a] for a in backends[i + 1 :]]
+            )
+        )
     trained = 0
     for loader in backends:
         for saver in backends:
@@ -175,25 +225,42 @@ ATOL = 1e-5
 
 
 def _jax_run(*args, extra_env=None, timeout=600):
-    out = subprocess.run([sys.executable, _SCRIPT, *args],
-                         env=_env("jax", **(extra_env or {})), cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=timeout, check=False)
+    out = subprocess.run(
+        [sys.executable, _SCRIPT, *args],
+        env=_env("jax", **(extra_env or {})),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert out.returncode == 0, (
         f"{' '.join(args)} exited with {out.returncode}:\n{out.stdout[-3000:]}\n"
-        f"{out.stderr[-8000:]}")
-    return json.loads([line for line in out.stdout.splitlines()
-                       if line.startswith("{")][-1])
+        f"{out.stderr[-8000:]}"
+    )
+    return json.loads(
+        [line for line in out.stdout.splitlines() if line.startswith("{")][-1]
+    )
 
 
 def _assert_same_update(single, parallel):
     assert set(single["weights"]) == set(parallel["weights"])
     for key in single["weights"]:
-        np.testing.assert_allclose(parallel["weights"][key], single["weights"][key],
-                                   rtol=0, atol=ATOL, err_msg=key)
+        np.testing.assert_allclose(
+            parallel["weights"][key],
+            single["weights"][key],
+            rtol=0,
+            atol=ATOL,
+            err_msg=key,
+        )
     for key in single["batch_norm_statistics"]:
-        np.testing.assert_allclose(parallel["batch_norm_statistics"][key],
-                                   single["batch_norm_statistics"][key],
-                                   rtol=0, atol=ATOL, err_msg=key)
+        np.testing.assert_allclose(
+            parallel["batch_norm_statistics"][key],
+            single["batch_norm_statistics"][key],
+            rtol=0,
+            atol=ATOL,
+            err_msg=key,
+        )
     np.testing.assert_allclose(parallel["loss"], single["loss"], rtol=1e-5)
 
 
@@ -217,10 +284,16 @@ def test_jax_distributed_two_processes_match_one_device(one_device):
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     processes = [
-        subprocess.Popen([sys.executable, _SCRIPT, "multiprocess", str(i), port],
-                         env=_env("jax"), cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-        for i in range(2)]
+        subprocess.Popen(
+            [sys.executable, _SCRIPT, "multiprocess", str(i), port],
+            env=_env("jax"),
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = []
     try:
         for p in processes:
@@ -231,8 +304,11 @@ def test_jax_distributed_two_processes_match_one_device(one_device):
                 p.kill()
                 p.wait()
     for i, (p, (stdout, stderr)) in enumerate(zip(processes, outputs)):
-        assert p.returncode == 0, f"process {i}:\n{stdout[-3000:]}\n{stderr[-8000:]}"
-        result = json.loads([line for line in stdout.splitlines()
-                             if line.startswith("{")][-1])
+        assert p.returncode == 0, (
+            f"process {i}:\n{stdout[-3000:]}\n{stderr[-8000:]}"
+        )
+        result = json.loads(
+            [line for line in stdout.splitlines() if line.startswith("{")][-1]
+        )
         assert result["devices"] == 2 and result["variable_devices"] == 2
         _assert_same_update(one_device, result)

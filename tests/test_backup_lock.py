@@ -43,8 +43,14 @@ def _model():
 
 def _fit(model, backup, epochs=2):
     x = np.ones((8, 3), "float32")
-    return model.fit(x, np.zeros((8, 2), "float32"), epochs=epochs,
-                     batch_size=4, verbose=0, callbacks=[backup])
+    return model.fit(
+        x,
+        np.zeros((8, 2), "float32"),
+        epochs=epochs,
+        batch_size=4,
+        verbose=0,
+        callbacks=[backup],
+    )
 
 
 def _locked_elsewhere(path):
@@ -62,17 +68,28 @@ def _locked_elsewhere(path):
 @pytest.mark.slow
 def test_second_process_is_refused_and_a_killed_holder_never_blocks(tmp_path):
     backup_dir = tmp_path / "backup"
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
-               KERAS_BACKEND="tensorflow")
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(backup_dir)],
-                              env=env, stdout=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        KERAS_BACKEND="tensorflow",
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(backup_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "LOCKED"
         model = _model()
-        with pytest.raises(BackupDirectoryInUseError,
-                           match=f"pid {holder.pid} on host") as info:
-            _fit(model, AtomicBackupAndRestore(backup_dir,
-                                               delete_checkpoint=False))
+        with pytest.raises(
+            BackupDirectoryInUseError, match=f"pid {holder.pid} on host"
+        ) as info:
+            _fit(
+                model,
+                AtomicBackupAndRestore(backup_dir, delete_checkpoint=False),
+            )
         assert "its own backup_dir" in str(info.value)
         assert os.listdir(backup_dir) == [".writer.lock"]  # nothing written
     finally:
@@ -95,8 +112,13 @@ def test_lock_is_held_during_fit_and_released_after(tmp_path):
 
     model = _model()
     x = np.ones((8, 3), "float32")
-    model.fit(x, np.zeros((8, 2), "float32"), epochs=2, verbose=0,
-              callbacks=[AtomicBackupAndRestore(backup_dir), Probe()])
+    model.fit(
+        x,
+        np.zeros((8, 2), "float32"),
+        epochs=2,
+        verbose=0,
+        callbacks=[AtomicBackupAndRestore(backup_dir), Probe()],
+    )
     assert seen == [True, True]
     assert not backup_dir.exists()  # delete_checkpoint=True, lock included
 
@@ -112,8 +134,13 @@ def test_same_process_takes_over_after_a_fit_that_raised(tmp_path):
     first = AtomicBackupAndRestore(backup_dir, delete_checkpoint=False)
     x = np.ones((8, 3), "float32")
     with pytest.raises(RuntimeError, match="interrupted"):
-        model.fit(x, np.zeros((8, 2), "float32"), epochs=3, verbose=0,
-                  callbacks=[first, Crash()])  # on_train_end never runs
+        model.fit(
+            x,
+            np.zeros((8, 2), "float32"),
+            epochs=3,
+            verbose=0,
+            callbacks=[first, Crash()],
+        )  # on_train_end never runs
     assert _locked_elsewhere(backup_dir / ".writer.lock")
     second = AtomicBackupAndRestore(backup_dir, delete_checkpoint=False)
     second.set_model(model)

@@ -16,33 +16,55 @@ from keras_kd.models import resnet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+
 def _tiny_npz(path):
     rng = np.random.default_rng(0)
     y_train = np.repeat(np.arange(3), 40)
     # Learnable: each class is a different brightness.
-    x_train = (y_train[:, None, None, None] * 80
-               + rng.integers(0, 40, (120, 12, 12, 1))).astype("uint8")
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_train[::4],
-             y_test=y_train[::4])
+    x_train = (
+        y_train[:, None, None, None] * 80
+        + rng.integers(0, 40, (120, 12, 12, 1))
+    ).astype("uint8")
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_train[::4],
+        y_test=y_train[::4],
+    )
     return path
 
 
 def test_main_job_quick_on_an_npz(tmp_path):
     path = _tiny_npz(tmp_path / "tiny.npz")
     out = tmp_path / "models"
-    results = cli.distill(["--data", str(path), "--quick", "--batch-size", "16",
-                           "--methods", "kd,ab,nst,hint,at",
-                           "--output", str(out)])
+    results = cli.distill(
+        [
+            "--data",
+            str(path),
+            "--quick",
+            "--batch-size",
+            "16",
+            "--methods",
+            "kd,ab,nst,hint,at",
+            "--output",
+            str(out),
+        ]
+    )
     for key in ("teacher", "student_alone", "student_distilled"):
         assert 0.0 <= results[key] <= 1.0
     assert results["student_params"] < results["teacher_params"] / 10
     assert sorted(p.name for p in out.iterdir()) == [
-        "student_alone.keras", "student_distilled.keras", "teacher.keras"]
+        "student_alone.keras",
+        "student_distilled.keras",
+        "teacher.keras",
+    ]
 
     # The saved student normalises inside and takes raw pixels: on the raw
     # test images it scores what the main job reported.
-    student = keras.saving.load_model(out / "student_distilled.keras",
-                                      compile=False)
+    student = keras.saving.load_model(
+        out / "student_distilled.keras", compile=False
+    )
     assert isinstance(student.layers[1], keras.layers.Normalization)
     arrays = np.load(path)
     logits = student.predict(arrays["x_test"].astype("float32"), verbose=0)
@@ -52,8 +74,20 @@ def test_main_job_quick_on_an_npz(tmp_path):
 
 def test_main_job_is_deterministic_and_reports_the_noise(tmp_path, capsys):
     path = _tiny_npz(tmp_path / "tiny.npz")
-    argv = ["--data", str(path), "--epochs", "1", "--teacher-epochs", "1",
-            "--seeds", "2", "--batch-size", "16", "--methods", "kd"]
+    argv = [
+        "--data",
+        str(path),
+        "--epochs",
+        "1",
+        "--teacher-epochs",
+        "1",
+        "--seeds",
+        "2",
+        "--batch-size",
+        "16",
+        "--methods",
+        "kd",
+    ]
     from tensorflow.python.framework import config as tf_config
 
     assert not tf_config.is_op_determinism_enabled()
@@ -65,11 +99,15 @@ def test_main_job_is_deterministic_and_reports_the_noise(tmp_path, capsys):
     second = cli.distill(argv)
     for key in ("teacher", "alone_by_seed", "distilled_by_seed"):
         assert first[key] == second[key]
-    gains = [d - a for d, a in zip(first["distilled_by_seed"], first["alone_by_seed"])]
+    gains = [
+        d - a
+        for d, a in zip(first["distilled_by_seed"], first["alone_by_seed"])
+    ]
     assert first["gain"] == pytest.approx(np.mean(gains))
     assert first["gain_std"] == pytest.approx(np.std(gains, ddof=1))
     assert first["student_alone_std"] == pytest.approx(
-        np.std(first["alone_by_seed"], ddof=1))
+        np.std(first["alone_by_seed"], ddof=1)
+    )
     assert first["seeds"] == [0, 1]
     assert "mean ± std over 2 seeds" in printed
     assert "paired by seed" in printed
@@ -78,17 +116,31 @@ def test_main_job_is_deterministic_and_reports_the_noise(tmp_path, capsys):
 
 def test_quick_says_it_is_a_smoke_test(tmp_path, capsys):
     path = _tiny_npz(tmp_path / "tiny.npz")
-    results = cli.distill(["--data", str(path), "--quick", "--batch-size", "16",
-                           "--methods", "kd"])
+    results = cli.distill(
+        [
+            "--data",
+            str(path),
+            "--quick",
+            "--batch-size",
+            "16",
+            "--methods",
+            "kd",
+        ]
+    )
     printed = capsys.readouterr().out
     assert results["seeds"] == [0]
-    assert "smoke test" in printed and "say nothing about the methods" in printed
+    assert (
+        "smoke test" in printed and "say nothing about the methods" in printed
+    )
 
 
-@pytest.mark.parametrize("build", [
-    lambda **kw: conv_net((8, 8, 3), 4, (4, 8), **kw),
-    lambda **kw: resnet((8, 8, 3), 4, (4, 8), blocks=1, **kw),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda **kw: conv_net((8, 8, 3), 4, (4, 8), **kw),
+        lambda **kw: resnet((8, 8, 3), 4, (4, 8), blocks=1, **kw),
+    ],
+)
 def test_builders_normalise_raw_pixels_inside(build):
     x = np.random.default_rng(1).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     mean, std = data.channel_stats(x)
@@ -103,7 +155,9 @@ def test_builders_normalise_raw_pixels_inside(build):
     np.testing.assert_allclose(
         inside.predict(x.astype("float32"), verbose=0),
         outside.predict(standardised.astype("float32"), verbose=0),
-        rtol=1e-4, atol=1e-4)
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_builders_reject_half_or_wrong_statistics():
@@ -140,18 +194,49 @@ def test_help_shows_both_commands_and_every_flag_has_help(capsys):
         assert action.help, f"{action.option_strings} has no help text"
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--epochs", "-1", "argument --epochs: must be an integer >= 1; received -1"),
-    ("--teacher-epochs", "0", "--teacher-epochs: must be an integer >= 1"),
-    ("--ab-epochs", "-1", "--ab-epochs: must be an integer >= 0; received -1"),
-    ("--batch-size", "0", "--batch-size: must be an integer >= 1; received 0"),
-    ("--batch-size", "2.5", "--batch-size: expected an integer >= 1; received '2.5'"),
-    ("--learning-rate", "0", "--learning-rate: must be a finite number > 0"),
-    ("--learning-rate", "nan", "--learning-rate: must be a finite number > 0"),
-    ("--train-fraction", "0", r"--train-fraction: must be in \(0.0, 1.0\]"),
-    ("--train-fraction", "1.5", r"--train-fraction: must be in \(0.0, 1.0\]"),
-    ("--seed", "-1", "--seed: must be an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        (
+            "--epochs",
+            "-1",
+            "argument --epochs: must be an integer >= 1; received -1",
+        ),
+        ("--teacher-epochs", "0", "--teacher-epochs: must be an integer >= 1"),
+        (
+            "--ab-epochs",
+            "-1",
+            "--ab-epochs: must be an integer >= 0; received -1",
+        ),
+        (
+            "--batch-size",
+            "0",
+            "--batch-size: must be an integer >= 1; received 0",
+        ),
+        (
+            "--batch-size",
+            "2.5",
+            "--batch-size: expected an integer >= 1; received '2.5'",
+        ),
+        (
+            "--learning-rate",
+            "0",
+            "--learning-rate: must be a finite number > 0",
+        ),
+        (
+            "--learning-rate",
+            "nan",
+            "--learning-rate: must be a finite number > 0",
+        ),
+        ("--train-fraction", "0", r"--train-fraction: must be in \(0.0, 1.0\]"),
+        (
+            "--train-fraction",
+            "1.5",
+            r"--train-fraction: must be in \(0.0, 1.0\]",
+        ),
+        ("--seed", "-1", "--seed: must be an integer >= 0"),
+    ],
+)
 def test_out_of_range_numbers_are_refused(capsys, flag, value, message):
     with pytest.raises(SystemExit) as exit_:
         cli.main([flag, value])
@@ -162,8 +247,14 @@ def test_out_of_range_numbers_are_refused(capsys, flag, value, message):
 def test_export_help_covers_every_flag(capsys):
     assert cli.main(["export", "--help"]) == 0
     text = capsys.readouterr().out
-    for flag in ("--format", "--representative-data", "--calibration-batches",
-                 "--batch-size", "--overwrite", "--quiet"):
+    for flag in (
+        "--format",
+        "--representative-data",
+        "--calibration-batches",
+        "--batch-size",
+        "--overwrite",
+        "--quiet",
+    ):
         line = next(l for l in text.splitlines() if l.strip().startswith(flag))
         # argparse prints a flag's help on its own line or the next one.
         following = text.split(line, 1)[1].splitlines()[0]
@@ -173,11 +264,13 @@ def test_export_help_covers_every_flag(capsys):
 
 @pytest.mark.parametrize("flag", ["--calibration-batches", "--batch-size"])
 def test_export_refuses_non_positive_counts(capsys, tmp_path, flag):
-    code = cli.main(["export", str(tmp_path / "m.h5"), str(tmp_path / "o"),
-                     flag, "0"])
+    code = cli.main(
+        ["export", str(tmp_path / "m.h5"), str(tmp_path / "o"), flag, "0"]
+    )
     assert code == 2
     assert f"{flag}: must be an integer >= 1; received 0" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -193,23 +286,41 @@ def test_unprepared_tfds_name_fails_fast_and_downloads_nothing(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(tmp_path))
     # A download offline would hang for minutes: the timeout fails the test.
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; from keras_kd.cli import main; "
-         "sys.exit(main(sys.argv[1:]))", "--data", "cifar10",
-         "--data-dir", str(data_dir)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from keras_kd.cli import main; "
+            "sys.exit(main(sys.argv[1:]))",
+            "--data",
+            "cifar10",
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("keras-kd: error: The TensorFlow Datasets data set "
-                            "'cifar10' is not prepared in")
+    assert error.startswith(
+        "keras-kd: error: The TensorFlow Datasets data set "
+        "'cifar10' is not prepared in"
+    )
     assert "prepare_tfds_directory" in error and ".npz" in error
     assert "--download" in error
     assert "Traceback" not in result.stderr
     assert list(data_dir.iterdir()) == []
     # Nothing downloaded anywhere else either (HOME holds only caches of
     # the Keras and TensorFlow imports).
-    assert not [p for p in tmp_path.rglob("*")
-                if "cifar" in p.name or "download" in p.name
-                or p.name == "tensorflow_datasets"]
+    assert not [
+        p
+        for p in tmp_path.rglob("*")
+        if "cifar" in p.name
+        or "download" in p.name
+        or p.name == "tensorflow_datasets"
+    ]
 
 
 def _saved_model(tmp_path):
@@ -218,14 +329,18 @@ def _saved_model(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("damage, reason", [
-    ("truncate", "truncated or corrupt"),
-    ("flip", "member 'model.weights.h5' fails its CRC check"),
-    ("text", "not a zip archive"),
-    ("missing", "no such file"),
-])
-def test_export_names_a_damaged_keras_file_in_one_line(tmp_path, capsys,
-                                                       damage, reason):
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("truncate", "truncated or corrupt"),
+        ("flip", "member 'model.weights.h5' fails its CRC check"),
+        ("text", "not a zip archive"),
+        ("missing", "no such file"),
+    ],
+)
+def test_export_names_a_damaged_keras_file_in_one_line(
+    tmp_path, capsys, damage, reason
+):
     path = _saved_model(tmp_path)
     blob = bytearray(path.read_bytes())
     if damage == "truncate":
@@ -240,8 +355,9 @@ def test_export_names_a_damaged_keras_file_in_one_line(tmp_path, capsys,
     else:
         path.unlink()
     target = tmp_path / "student.tflite"
-    code = cli.main(["export", "--format", "tflite_float32", str(path),
-                     str(target)])
+    code = cli.main(
+        ["export", "--format", "tflite_float32", str(path), str(target)]
+    )
     assert code == 1
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
@@ -254,10 +370,15 @@ def test_export_names_a_damaged_keras_file_in_one_line(tmp_path, capsys,
 
 def test_export_reads_a_sound_keras_file():
     assert cli.keras_file_problem(os.devnull) is not None
-    assert cli._export_model_argument(
-        ["--format", "saved_model", "--batch-size", "8", "m.keras", "out"]
-    ) == "m.keras"
-    assert cli._export_model_argument(["--overwrite", "m.keras", "o"]) == "m.keras"
+    assert (
+        cli._export_model_argument(
+            ["--format", "saved_model", "--batch-size", "8", "m.keras", "out"]
+        )
+        == "m.keras"
+    )
+    assert (
+        cli._export_model_argument(["--overwrite", "m.keras", "o"]) == "m.keras"
+    )
 
 
 def test_a_sound_keras_file_passes_the_check(tmp_path):

@@ -46,7 +46,9 @@ def test_bundled_subset_shapes_dtypes_and_balance():
 def test_npz_round_trip(tmp_path, as_str):
     rng = np.random.default_rng(1)
     arrays = _tiny_arrays(rng)
-    path = _save(tmp_path / "tiny.npz", class_names=np.array(["a", "b", "c"]), **arrays)
+    path = _save(
+        tmp_path / "tiny.npz", class_names=np.array(["a", "b", "c"]), **arrays
+    )
     loaded = data.load_arrays(str(path) if as_str else path)
     for key, value in arrays.items():
         np.testing.assert_array_equal(loaded[key], value)
@@ -88,10 +90,22 @@ def test_unreadable_npz(tmp_path):
     [
         ("y_train", np.zeros((12, 1), np.int64), r"y_train .* shape \(12, 1\)"),
         ("y_train", np.zeros(12, np.float32), "y_train .* dtype float32"),
-        ("x_train", np.zeros((12, 64), np.uint8), r"x_train .* shape \(12, 64\)"),
-        ("x_test", np.zeros((6, 8, 8, 3), np.float32), "x_test .* dtype float32"),
+        (
+            "x_train",
+            np.zeros((12, 64), np.uint8),
+            r"x_train .* shape \(12, 64\)",
+        ),
+        (
+            "x_test",
+            np.zeros((6, 8, 8, 3), np.float32),
+            "x_test .* dtype float32",
+        ),
         ("y_test", np.zeros(5, np.int64), "6 x_test images but 5 y_test"),
-        ("x_test", np.zeros((6, 4, 4, 3), np.uint8), r"\(8, 8, 3\) .* \(4, 4, 3\)"),
+        (
+            "x_test",
+            np.zeros((6, 4, 4, 3), np.uint8),
+            r"\(8, 8, 3\) .* \(4, 4, 3\)",
+        ),
     ],
 )
 def test_bad_arrays_say_what_was_received(tmp_path, key, value, message):
@@ -103,8 +117,12 @@ def test_bad_arrays_say_what_was_received(tmp_path, key, value, message):
 
 def test_too_few_class_names(tmp_path):
     arrays = _tiny_arrays(np.random.default_rng(5))
-    path = _save(tmp_path / "names.npz", class_names=np.array(["a", "b"]), **arrays)
-    with pytest.raises(ValueError, match=r"shape \(2,\); expected .* at least 3"):
+    path = _save(
+        tmp_path / "names.npz", class_names=np.array(["a", "b"]), **arrays
+    )
+    with pytest.raises(
+        ValueError, match=r"shape \(2,\); expected .* at least 3"
+    ):
         data.load_arrays(path)
 
 
@@ -114,7 +132,9 @@ def test_bad_source_type():
 
 
 def test_unknown_tfds_name_suggests_close_names():
-    with pytest.raises(ValueError, match=r"'cifar1O'.*closest tfds names: \[.*'cifar10'"):
+    with pytest.raises(
+        ValueError, match=r"'cifar1O'.*closest tfds names: \[.*'cifar10'"
+    ):
         data.load_arrays("cifar1O")
 
 
@@ -124,7 +144,9 @@ def test_malformed_tfds_name():
 
 
 def test_unprepared_tfds_name_without_download(tmp_path):
-    with pytest.raises(FileNotFoundError, match="'mnist' is not prepared") as error:
+    with pytest.raises(
+        FileNotFoundError, match="'mnist' is not prepared"
+    ) as error:
         data.load_arrays("mnist", data_dir=str(tmp_path), download=False)
     message = str(error.value)
     assert "prepare_tfds_directory(" in message and "'mnist_local'" in message
@@ -135,7 +157,10 @@ def test_unprepared_tfds_name_without_download(tmp_path):
 @pytest.mark.parametrize(
     "name, shape, first_class",
     # cifar10 reads its class names from the downloaded files, so mocked it has "0".."9".
-    [("cifar10", (32, 32, 3), "0"), ("fashion_mnist", (28, 28, 1), "T-shirt/top")],
+    [
+        ("cifar10", (32, 32, 3), "0"),
+        ("fashion_mnist", (28, 28, 1), "T-shirt/top"),
+    ],
 )
 def test_tfds_name_with_mock_data(name, shape, first_class):
     with tfds.testing.mock_data(num_examples=5):
@@ -143,7 +168,9 @@ def test_tfds_name_with_mock_data(name, shape, first_class):
     assert arrays["x_train"].shape == (5,) + shape
     assert arrays["x_test"].shape == (5,) + shape
     assert arrays["x_train"].dtype == np.uint8
-    assert arrays["y_train"].shape == (5,) and arrays["y_train"].dtype == np.int64
+    assert (
+        arrays["y_train"].shape == (5,) and arrays["y_train"].dtype == np.int64
+    )
     assert arrays["class_names"][0] == first_class
     assert len(arrays["class_names"]) == 10
 
@@ -153,17 +180,26 @@ def test_tfds_name_with_mock_data(name, shape, first_class):
 
 def test_prepare_tfds_directory_round_trip(tmp_path):
     arrays = _tiny_arrays(np.random.default_rng(6), n_train=7, n_test=4)
-    path = _save(tmp_path / "tiny.npz", class_names=np.array(["x", "y", "z"]), **arrays)
+    path = _save(
+        tmp_path / "tiny.npz", class_names=np.array(["x", "y", "z"]), **arrays
+    )
     data_dir = tmp_path / "tfds"
     built = data.prepare_tfds_directory(path, data_dir, "keras_kd_tiny_test")
     assert built.endswith("keras_kd_tiny_test/1.0.0")
 
-    loaded = data.load_arrays("keras_kd_tiny_test", data_dir=str(data_dir), download=False)
+    loaded = data.load_arrays(
+        "keras_kd_tiny_test", data_dir=str(data_dir), download=False
+    )
     for key, value in arrays.items():
         np.testing.assert_array_equal(loaded[key], value)
     assert list(loaded["class_names"]) == ["x", "y", "z"]
     # Plain tfds reads it too.
-    ds = tfds.load("keras_kd_tiny_test", split="test", data_dir=str(data_dir), download=False)
+    ds = tfds.load(
+        "keras_kd_tiny_test",
+        split="test",
+        data_dir=str(data_dir),
+        download=False,
+    )
     assert ds.cardinality().numpy() == 4
 
     with pytest.raises(FileExistsError, match="keras_kd_tiny_test"):
@@ -171,7 +207,9 @@ def test_prepare_tfds_directory_round_trip(tmp_path):
 
 
 def test_prepare_tfds_directory_rejects_registered_and_bad_names(tmp_path):
-    with pytest.raises(ValueError, match="'cifar10' is already .* 'cifar10_local'"):
+    with pytest.raises(
+        ValueError, match="'cifar10' is already .* 'cifar10_local'"
+    ):
         data.prepare_tfds_directory(tmp_path / "a.npz", tmp_path, "cifar10")
     with pytest.raises(ValueError, match="received 'My Data'"):
         data.prepare_tfds_directory(tmp_path / "a.npz", tmp_path, "My Data")
@@ -192,7 +230,16 @@ def test_make_dataset_dtype_shape_and_range():
     np.testing.assert_allclose(images, x / 255.0, atol=1e-6)
     assert images.min() == 0.0 and images.max() == 1.0
     np.testing.assert_array_equal(labels, np.arange(10))
-    assert len(list(data.make_dataset(x, np.arange(10), batch_size=4, drop_remainder=True))) == 2
+    assert (
+        len(
+            list(
+                data.make_dataset(
+                    x, np.arange(10), batch_size=4, drop_remainder=True
+                )
+            )
+        )
+        == 2
+    )
 
 
 def test_make_dataset_normalisation_matches_numpy():
@@ -213,7 +260,12 @@ def test_make_dataset_grey_images_and_float_input():
 
 def _augmented(x, augment, seed):
     ds = data.make_dataset(
-        x, np.arange(len(x)), batch_size=8, training=True, augment=augment, seed=seed
+        x,
+        np.arange(len(x)),
+        batch_size=8,
+        training=True,
+        augment=augment,
+        seed=seed,
     )
     images, labels = _collect(ds)
     return images[np.argsort(labels)], np.sort(labels)
@@ -221,7 +273,9 @@ def _augmented(x, augment, seed):
 
 @pytest.mark.parametrize("augment", ["crop_flip", "flip"])
 def test_augmentation_keeps_shape_is_seeded_and_changes_images(augment):
-    x = np.random.default_rng(10).integers(1, 256, (16, 8, 8, 3), dtype=np.uint8)
+    x = np.random.default_rng(10).integers(
+        1, 256, (16, 8, 8, 3), dtype=np.uint8
+    )
     first, labels = _augmented(x, augment, seed=3)
     second, _ = _augmented(x, augment, seed=3)
     other, _ = _augmented(x, augment, seed=4)
@@ -247,18 +301,26 @@ def test_augmentation_keeps_shape_is_seeded_and_changes_images(augment):
 def test_training_shuffles_with_seed_and_evaluation_does_not():
     x = np.zeros((20, 2, 2, 1), np.uint8)
     order = lambda seed: _collect(  # noqa: E731
-        data.make_dataset(x, np.arange(20), batch_size=5, training=True, seed=seed)
+        data.make_dataset(
+            x, np.arange(20), batch_size=5, training=True, seed=seed
+        )
     )[1]
     np.testing.assert_array_equal(order(1), order(1))
     assert not np.array_equal(order(1), np.arange(20))
-    np.testing.assert_array_equal(_collect(data.make_dataset(x, np.arange(20)))[1], np.arange(20))
+    np.testing.assert_array_equal(
+        _collect(data.make_dataset(x, np.arange(20)))[1], np.arange(20)
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
         ({"augment": "mixup"}, ValueError, "received 'mixup'"),
-        ({"mean": [0.5], "std": [0.5]}, ValueError, r"1 values; expected one per channel \(3\)"),
+        (
+            {"mean": [0.5], "std": [0.5]},
+            ValueError,
+            r"1 values; expected one per channel \(3\)",
+        ),
         ({"mean": [0.5] * 3}, ValueError, "both `mean` and `std`"),
         ({"mean": [0.5] * 3, "std": [0.1, 0.0, 0.1]}, ValueError, "positive"),
         ({"batch_size": 0}, ValueError, "received 0"),
@@ -281,7 +343,9 @@ def test_make_dataset_bad_arrays():
 
 
 def test_channel_stats_matches_numpy():
-    x = np.random.default_rng(11).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    x = np.random.default_rng(11).integers(
+        0, 256, (50, 8, 8, 3), dtype=np.uint8
+    )
     mean, std = data.channel_stats(x, chunk_size=7)
     reference = x.astype(np.float64) / 255.0
     np.testing.assert_allclose(mean, reference.mean(axis=(0, 1, 2)), rtol=1e-12)

@@ -32,7 +32,11 @@ def _run(body, tmp_path):
     env = dict(os.environ, KERAS_BACKEND="numpy", PYTHONPATH=str(ROOT))
     result = subprocess.run(
         [sys.executable, "-c", PRELUDE + textwrap.dedent(body)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -63,7 +67,9 @@ def test_data_works_without_tensorflow_until_tf_data_is_needed(tmp_path):
     )
     assert "bundled (6000, 28, 28, 1)" in out
     assert "subset 600" in out
-    errors = [line for line in out.splitlines() if line.startswith("ImportError:")]
+    errors = [
+        line for line in out.splitlines() if line.startswith("ImportError:")
+    ]
     assert len(errors) == 3, out
     assert "make_dataset needs TensorFlow" in errors[0]
     assert 'pip install "keras-kd[cpu]"' in errors[0]

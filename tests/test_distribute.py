@@ -24,8 +24,15 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "distribute_script.py")
 # BatchNormalization differs from the one-device step by 2.8e-3.
 WEIGHT_ATOL = 1e-5
 LOSS_RTOL = 1e-4
-LOSSES = ["logits_distillation", "activation_boundary", "nst_polynomial",
-          "nst_linear", "nst_gaussian", "fitnets_hint", "attention_transfer"]
+LOSSES = [
+    "logits_distillation",
+    "activation_boundary",
+    "nst_polynomial",
+    "nst_linear",
+    "nst_gaussian",
+    "fitnets_hint",
+    "attention_transfer",
+]
 
 
 def _env(**extra):
@@ -38,8 +45,10 @@ def _env(**extra):
 def _start(args, log, **env):
     with open(log, "w") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, SCRIPT, *args], env=_env(**env),
-            cwd=os.path.dirname(SCRIPT), stdout=out,
+            [sys.executable, SCRIPT, *args],
+            env=_env(**env),
+            cwd=os.path.dirname(SCRIPT),
+            stdout=out,
             stderr=subprocess.STDOUT,
         )
 
@@ -92,19 +101,29 @@ def test_multi_worker_fit_equals_single_process(tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     processes, logs = [], []
     for index in range(2):
-        config = {"cluster": {"worker": workers},
-                  "task": {"type": "worker", "index": index}}
+        config = {
+            "cluster": {"worker": workers},
+            "task": {"type": "worker", "index": index},
+        }
         logs.append(tmp_path / f"worker{index}.log")
-        processes.append(_start(["worker", str(tmp_path / f"worker{index}.npz")],
-                                logs[-1], TF_CONFIG=json.dumps(config)))
+        processes.append(
+            _start(
+                ["worker", str(tmp_path / f"worker{index}.npz")],
+                logs[-1],
+                TF_CONFIG=json.dumps(config),
+            )
+        )
     logs.append(tmp_path / "single.log")
     processes.append(_start(["worker", str(tmp_path / "single.npz")], logs[-1]))
     _wait_all(processes, logs)
-    results = [np.load(tmp_path / f"{name}.npz")
-               for name in ("worker0", "worker1", "single")]
+    results = [
+        np.load(tmp_path / f"{name}.npz")
+        for name in ("worker0", "worker1", "single")
+    ]
     assert [int(r["replicas"]) for r in results] == [2, 2, 1]
-    weights = [[r[f"arr_{i}"] for i in range(len(r.files) - 3)]
-               for r in results]
+    weights = [
+        [r[f"arr_{i}"] for i in range(len(r.files) - 3)] for r in results
+    ]
     for a, b in zip(weights[0], weights[1]):
         np.testing.assert_array_equal(a, b)  # the workers agree exactly
     for a, b in zip(weights[0], weights[2]):
@@ -113,13 +132,23 @@ def test_multi_worker_fit_equals_single_process(tmp_path):
     evaluations = [json.loads(str(r["evaluation"])) for r in results]
     for key, expected in histories[2].items():
         for history in histories[:2]:
-            np.testing.assert_allclose(history[key], expected, rtol=LOSS_RTOL,
-                                       err_msg=key)
-    for key in ("loss", "student_loss", "logits_distillation_loss",
-                "activation_boundary_loss"):
+            np.testing.assert_allclose(
+                history[key], expected, rtol=LOSS_RTOL, err_msg=key
+            )
+    for key in (
+        "loss",
+        "student_loss",
+        "logits_distillation_loss",
+        "activation_boundary_loss",
+    ):
         for history in histories[:2]:
             assert all(np.isfinite(history[key])) and all(
-                v > 0 for v in history[key]), (key, history[key])
+                v > 0 for v in history[key]
+            ), (key, history[key])
         for evaluation in evaluations[:2]:
-            np.testing.assert_allclose(evaluation[key], evaluations[2][key],
-                                       rtol=LOSS_RTOL, err_msg=key)
+            np.testing.assert_allclose(
+                evaluation[key],
+                evaluations[2][key],
+                rtol=LOSS_RTOL,
+                err_msg=key,
+            )

@@ -28,7 +28,10 @@ from keras_kd.export import load_interpreter  # noqa: E402
 from keras_kd.export import tflite_predict  # noqa: E402
 
 TFLITE_FORMATS = (
-    "tflite_float32", "tflite_float16", "tflite_dynamic_int8", "tflite_int8",
+    "tflite_float32",
+    "tflite_float16",
+    "tflite_dynamic_int8",
+    "tflite_int8",
 )
 
 
@@ -44,8 +47,9 @@ def _cnn(width, prefix, name):
     x = keras.layers.Add(name=f"{prefix}add")([x, y])
     x = keras.layers.ReLU(name=f"{prefix}relu2")(x)
     x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}pool")(x)
-    return keras.Model(inputs, keras.layers.Dense(10, name=f"{prefix}logits")(x),
-                       name=name)
+    return keras.Model(
+        inputs, keras.layers.Dense(10, name=f"{prefix}logits")(x), name=name
+    )
 
 
 def _images(n, seed):
@@ -62,9 +66,12 @@ def setup():
     teacher = _cnn(48, "t_", "teacher")
     student = _cnn(16, "s_", "student")
     distiller = keras_kd.Distiller(
-        teacher, student,
-        [keras_kd.losses.LogitsDistillation(temperature=4.0),
-         keras_kd.losses.ActivationBoundary("t_relu1", "s_relu1")],
+        teacher,
+        student,
+        [
+            keras_kd.losses.LogitsDistillation(temperature=4.0),
+            keras_kd.losses.ActivationBoundary("t_relu1", "s_relu1"),
+        ],
     )
     distiller.compile(
         optimizer=keras.optimizers.Adam(1e-3),
@@ -86,8 +93,11 @@ def exports(setup, tmp_path_factory):
     for fmt in ("saved_model",) + TFLITE_FORMATS:
         suffix = "" if fmt == "saved_model" else ".tflite"
         results[fmt] = export_student(
-            distiller, root / f"{fmt}{suffix}", format=fmt,
-            representative_data=data, num_calibration_batches=3,
+            distiller,
+            root / f"{fmt}{suffix}",
+            format=fmt,
+            representative_data=data,
+            num_calibration_batches=3,
             check_data=x_check,
         )
     return results
@@ -110,7 +120,9 @@ def test_saved_model_round_trip_and_signature(setup, exports):
     serve = tf.saved_model.load(result.path).signatures["serving_default"]
     assert list(serve.structured_input_signature[1]) == ["inputs"]
     out = serve(inputs=tf.constant(x_check))["output_0"].numpy()
-    np.testing.assert_allclose(out, _keras(distiller.student, x_check), atol=1e-5)
+    np.testing.assert_allclose(
+        out, _keras(distiller.student, x_check), atol=1e-5
+    )
 
 
 def test_saved_model_holds_student_variables_only(setup, exports):
@@ -128,9 +140,12 @@ def test_saved_model_holds_student_variables_only(setup, exports):
     )
     names = " ".join(v.name for v in loaded.variables)
     assert "t_" not in names and "connector" not in names
-    params = sum(int(np.prod(v.shape)) for v in loaded.variables
-                 if v.dtype != tf.int64)
-    assert params == sum(int(np.prod(v.shape)) for v in distiller.student.weights)
+    params = sum(
+        int(np.prod(v.shape)) for v in loaded.variables if v.dtype != tf.int64
+    )
+    assert params == sum(
+        int(np.prod(v.shape)) for v in distiller.student.weights
+    )
 
 
 @pytest.mark.parametrize("fmt", ["tflite_float32", "tflite_float16"])
@@ -164,7 +179,8 @@ def test_tflite_int8_holds_int8_tensors(setup, exports, fmt):
         out = interpreter.get_output_details()[0]
         assert inp["dtype"] == np.int8 and out["dtype"] == np.int8
         assert result.input_quantization == (
-            pytest.approx(inp["quantization"][0]), inp["quantization"][1]
+            pytest.approx(inp["quantization"][0]),
+            inp["quantization"][1],
         )
         # Manual (de)quantization as documented matches tflite_predict.
         scale, zero_point = result.input_quantization
@@ -174,8 +190,9 @@ def test_tflite_int8_holds_int8_tensors(setup, exports, fmt):
         interpreter.set_tensor(inp["index"], q.astype(np.int8))
         interpreter.invoke()
         scale, zero_point = result.output_quantization
-        manual = (interpreter.get_tensor(out["index"]).astype(np.float32)
-                  - zero_point) * scale
+        manual = (
+            interpreter.get_tensor(out["index"]).astype(np.float32) - zero_point
+        ) * scale
         expected = _keras(distiller.student, x_check)
         assert np.max(np.abs(manual - expected)) == pytest.approx(
             result.max_abs_diff, rel=1e-5, abs=1e-6
@@ -201,11 +218,13 @@ def test_preprocessing_rescaling_kept_random_flip_dropped(setup, exports):
     for batch in (x, flipped):  # no flip inside: each matches inference mode
         np.testing.assert_allclose(
             tflite_predict(interpreter, batch),
-            _keras(distiller.student, batch), atol=1e-5,
+            _keras(distiller.student, batch),
+            atol=1e-5,
         )
     # Rescaling is inside the export: [0, 1] inputs give other outputs.
     assert not np.allclose(
-        tflite_predict(interpreter, x / 255), tflite_predict(interpreter, x),
+        tflite_predict(interpreter, x / 255),
+        tflite_predict(interpreter, x),
         atol=1e-3,
     )
     # Deterministic across calls.
@@ -216,9 +235,12 @@ def test_preprocessing_rescaling_kept_random_flip_dropped(setup, exports):
 
 @pytest.mark.parametrize(
     "augmentation",
-    [lambda: keras.layers.RandomRotation(0.2), lambda: keras.layers.RandomZoom(0.2),
-     lambda: keras.layers.RandomContrast(0.3),
-     lambda: keras.layers.RandomCrop(12, 12)],  # inference: resize + center crop
+    [
+        lambda: keras.layers.RandomRotation(0.2),
+        lambda: keras.layers.RandomZoom(0.2),
+        lambda: keras.layers.RandomContrast(0.3),
+        lambda: keras.layers.RandomCrop(12, 12),
+    ],  # inference: resize + center crop
     ids=["RandomRotation", "RandomZoom", "RandomContrast", "RandomCrop"],
 )
 def test_augmentation_layers_export_as_inference(tmp_path, augmentation):
@@ -227,9 +249,13 @@ def test_augmentation_layers_export_as_inference(tmp_path, augmentation):
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(x))
     model = keras.Model(inputs, keras.layers.Dense(3)(x))
     x_check = _images(4, seed=7)[0].astype("float32")
-    result = export_student(model, tmp_path / "m.tflite",
-                            format="tflite_float32", check_data=x_check,
-                            verbose=False)
+    result = export_student(
+        model,
+        tmp_path / "m.tflite",
+        format="tflite_float32",
+        check_data=x_check,
+        verbose=False,
+    )
     assert result.passed  # builtin ops only, equal to training=False
 
 
@@ -245,8 +271,12 @@ def test_plain_student_and_random_check_data(setup, tmp_path, capsys):
 def test_held_out_representative_batch(setup, tmp_path):
     distiller, data, _ = setup
     result = export_student(
-        distiller, tmp_path / "m.tflite", format="tflite_int8",
-        representative_data=data, num_calibration_batches=2, verbose=False,
+        distiller,
+        tmp_path / "m.tflite",
+        format="tflite_int8",
+        representative_data=data,
+        num_calibration_batches=2,
+        verbose=False,
     )
     assert result.check_data_source == "held-out representative batch"
     assert result.num_check_examples == 16
@@ -308,24 +338,32 @@ def test_bad_representative_data(setup, tmp_path):
     target = tmp_path / "m.tflite"
     with pytest.raises(ValueError, match=r"\(None, 16, 16, 3\)"):
         export_student(
-            distiller, target, format="tflite_int8",
+            distiller,
+            target,
+            format="tflite_int8",
             representative_data=np.zeros((8, 8, 8, 3), "float32"),
         )
     with pytest.raises(ValueError, match=r"\.batch\(32\)"):
         export_student(
-            distiller, target, format="tflite_int8",
+            distiller,
+            target,
+            format="tflite_int8",
             representative_data=data.unbatch(),
         )
     with pytest.raises(TypeError, match="dtype"):
         export_student(
-            distiller, target, format="tflite_int8",
+            distiller,
+            target,
+            format="tflite_int8",
             representative_data=[np.full((2, 16, 16, 3), "a")],
         )
     with pytest.raises(ValueError, match="needs `representative_data`"):
         export_student(distiller, target, format="tflite_int8")
     with pytest.raises(ValueError, match="check_data"):
         export_student(
-            distiller, target, format="tflite_float32",
+            distiller,
+            target,
+            format="tflite_float32",
             check_data=np.zeros((2, 3), "float32"),
         )
     assert os.listdir(tmp_path) == []
@@ -341,8 +379,13 @@ def test_failure_leaves_target_untouched(setup, tmp_path, monkeypatch, fmt):
     monkeypatch.setattr(export_lib, "_check_parity", fail)
     target = tmp_path / "m"
     with pytest.raises(RuntimeError, match="boom"):
-        export_student(distiller, target, format=fmt,
-                       representative_data=data, num_calibration_batches=1)
+        export_student(
+            distiller,
+            target,
+            format=fmt,
+            representative_data=data,
+            num_calibration_batches=1,
+        )
     assert os.listdir(tmp_path) == []  # no target, no temporary sibling
     # An old artifact of the same kind (what overwrite may replace).
     content = b"\x1c\0\0\0TFL3 old"
@@ -353,8 +396,14 @@ def test_failure_leaves_target_untouched(setup, tmp_path, monkeypatch, fmt):
         old = target
     old.write_bytes(content)
     with pytest.raises(RuntimeError, match="boom"):
-        export_student(distiller, target, format=fmt, overwrite=True,
-                       representative_data=data, num_calibration_batches=1)
+        export_student(
+            distiller,
+            target,
+            format=fmt,
+            overwrite=True,
+            representative_data=data,
+            num_calibration_batches=1,
+        )
     assert old.read_bytes() == content
     assert os.listdir(tmp_path) == ["m"]
 
@@ -370,16 +419,29 @@ def test_export_command(setup, tmp_path, capsys):
     npz = tmp_path / "data.npz"
     np.savez(npz, x_train=x, x_test=x[:8])
     out = tmp_path / "student.tflite"
-    argv = [str(model_path), str(out), "--format", "tflite_int8",
-            "--representative-data", str(npz), "--calibration-batches", "2",
-            "--batch-size", "16"]
+    argv = [
+        str(model_path),
+        str(out),
+        "--format",
+        "tflite_int8",
+        "--representative-data",
+        str(npz),
+        "--calibration-batches",
+        "2",
+        "--batch-size",
+        "16",
+    ]
     assert export_lib.export_command(argv) == 0
     assert out.is_file() and "tflite_int8" in capsys.readouterr().out
     assert export_lib.export_command(argv) == 1  # exists, no --overwrite
     assert "overwrite" in capsys.readouterr().err
     assert export_lib.export_command(argv + ["--overwrite", "--quiet"]) == 0
-    assert export_lib.export_command([str(model_path), str(out), "--format",
-                                      "onnx"]) == 2
+    assert (
+        export_lib.export_command(
+            [str(model_path), str(out), "--format", "onnx"]
+        )
+        == 2
+    )
     np.savez(npz, images=x)
     assert export_lib.export_command(argv + ["--overwrite"]) == 1
     assert "x_train" in capsys.readouterr().err

@@ -58,26 +58,39 @@ TRAIN = textwrap.dedent("""
 
 
 def _importable(module):
-    return subprocess.run([sys.executable, "-c", f"import {module}"],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            [sys.executable, "-c", f"import {module}"], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def _run(code, *args, backend):
-    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT,
-               TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
-               CUDA_VISIBLE_DEVICES="")
-    process = subprocess.run([sys.executable, "-c", code, *map(str, args)],
-                             env=env, capture_output=True, text=True,
-                             timeout=600)
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=backend,
+        PYTHONPATH=ROOT,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        JAX_PLATFORMS="cpu",
+        CUDA_VISIBLE_DEVICES="",
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert process.returncode == 0, process.stderr[-4000:]
     return process.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend,module", [("jax", "jax"),
-                                            ("torch", "torch")])
+@pytest.mark.parametrize("backend,module", [("jax", "jax"), ("torch", "torch")])
 def test_student_trained_on_another_backend_exports_with_parity(
-        tmp_path, capsys, backend, module):
+    tmp_path, capsys, backend, module
+):
     if not _importable(module):
         pytest.skip(f"{module} is not importable in {sys.executable}")
     out = _run(TRAIN, tmp_path, backend=backend)
@@ -87,16 +100,21 @@ def test_student_trained_on_another_backend_exports_with_parity(
     x, expected = np.load(tmp_path / "x.npy"), np.load(tmp_path / "y.npy")
     keras_file = str(tmp_path / "student.keras")
 
-    result = export_student(keras_file, tmp_path / "student.tflite",
-                            format="tflite_float32", check_data=x,
-                            verbose=False)
+    result = export_student(
+        keras_file,
+        tmp_path / "student.tflite",
+        format="tflite_float32",
+        check_data=x,
+        verbose=False,
+    )
     assert result.passed
     got = tflite_predict(load_interpreter(result.path), x)
     scale = max(1.0, float(np.abs(expected).max()))
     np.testing.assert_allclose(got, expected, atol=1e-5 * scale, rtol=0)
 
-    saved = export_student(keras_file, tmp_path / "sm", check_data=x,
-                           verbose=False)
+    saved = export_student(
+        keras_file, tmp_path / "sm", check_data=x, verbose=False
+    )
     assert saved.passed
     import tensorflow as tf
 
@@ -105,8 +123,12 @@ def test_student_trained_on_another_backend_exports_with_parity(
     np.testing.assert_allclose(got, expected, atol=1e-5 * scale, rtol=0)
 
     # The command line takes the same file.
-    argv = [keras_file, str(tmp_path / "cli.tflite"), "--format",
-            "tflite_float32"]
+    argv = [
+        keras_file,
+        str(tmp_path / "cli.tflite"),
+        "--format",
+        "tflite_float32",
+    ]
     assert export_lib.export_command(argv) == 0
 
 
@@ -134,13 +156,13 @@ NO_TENSORFLOW = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("backend,module", [("jax", "jax"),
-                                            ("numpy", "numpy")])
+@pytest.mark.parametrize("backend,module", [("jax", "jax"), ("numpy", "numpy")])
 def test_export_module_imports_without_tensorflow(backend, module):
     if not _importable(module):
         pytest.skip(f"{module} is not importable in {sys.executable}")
-    report = json.loads(_run(NO_TENSORFLOW, ROOT, backend=backend)
-                        .strip().splitlines()[-1])
+    report = json.loads(
+        _run(NO_TENSORFLOW, ROOT, backend=backend).strip().splitlines()[-1]
+    )
     assert report["module_imported"]
     assert 'pip install "keras-kd[cpu]"' in report["tf_error"]
     assert "tensorflow-cpu" in report["tf_error"]
@@ -153,5 +175,5 @@ def test_export_module_imports_without_tensorflow(backend, module):
 
 def test_missing_tensorflow_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow", None)
-    with pytest.raises(ImportError, match=r'keras-kd\[cpu\]'):
+    with pytest.raises(ImportError, match=r"keras-kd\[cpu\]"):
         export_lib._tf()

@@ -38,13 +38,18 @@ def _normalised(x):
 
 def _student(rescale=False, nested=False):
     keras.utils.set_random_seed(0)
-    body = [keras.layers.Conv2D(8, 3), keras.layers.BatchNormalization(
-        momentum=0.5), keras.layers.ReLU()]
+    body = [
+        keras.layers.Conv2D(8, 3),
+        keras.layers.BatchNormalization(momentum=0.5),
+        keras.layers.ReLU(),
+    ]
     if nested:
         body = [keras.Sequential(body, name="block")]
     front = [keras.layers.Rescaling(1 / 255)] if rescale else []
     return keras.Sequential(
-        [keras.Input((8, 8, 3))] + front + body
+        [keras.Input((8, 8, 3))]
+        + front
+        + body
         + [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4)],
         name="student",
     )
@@ -53,8 +58,9 @@ def _student(rescale=False, nested=False):
 def _trained(x, **kwargs):
     model = _student(**kwargs)
     model.compile(optimizer="sgd", loss="mse")
-    model.fit(x, np.zeros((len(x), 4), "float32"), batch_size=16, epochs=2,
-              verbose=0)  # 16 steps: the moving statistics have converged
+    model.fit(
+        x, np.zeros((len(x), 4), "float32"), batch_size=16, epochs=2, verbose=0
+    )  # 16 steps: the moving statistics have converged
     return model
 
 
@@ -67,21 +73,30 @@ def normalised_student():
 def test_raw_pixels_for_a_normalised_student_warn(normalised_student, tmp_path):
     raw = _pixels(64, 1)
     with pytest.warns(ExportWarning, match="unlike what 'student' was trained"):
-        result = export_student(normalised_student, tmp_path / "m.tflite",
-                                format="tflite_float32",
-                                representative_data=raw, verbose=False)
+        result = export_student(
+            normalised_student,
+            tmp_path / "m.tflite",
+            format="tflite_float32",
+            representative_data=raw,
+            verbose=False,
+        )
     assert "raw 0..255 pixels" in result.data_warning
     # The parity check passes all the same: it cannot see this by itself.
     assert result.passed
 
 
-def test_data_preprocessed_as_in_training_do_not_warn(normalised_student,
-                                                      tmp_path):
+def test_data_preprocessed_as_in_training_do_not_warn(
+    normalised_student, tmp_path
+):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ExportWarning)
         result = export_student(
-            normalised_student, tmp_path / "m.tflite", format="tflite_float32",
-            representative_data=_normalised(_pixels(64, 1)), verbose=False)
+            normalised_student,
+            tmp_path / "m.tflite",
+            format="tflite_float32",
+            representative_data=_normalised(_pixels(64, 1)),
+            verbose=False,
+        )
     assert result.data_warning is None
 
 
@@ -112,8 +127,14 @@ def test_command_line_prints_the_warning(normalised_student, tmp_path, capsys):
     normalised_student.save(model_path)
     npz = tmp_path / "data.npz"
     np.savez(npz, x_train=_pixels(64, 2).astype("uint8"))
-    argv = [str(model_path), str(tmp_path / "m.tflite"), "--format",
-            "tflite_float32", "--representative-data", str(npz)]
+    argv = [
+        str(model_path),
+        str(tmp_path / "m.tflite"),
+        "--format",
+        "tflite_float32",
+        "--representative-data",
+        str(npz),
+    ]
     assert export_lib.export_command(argv) == 0
     err = capsys.readouterr().err
     assert "keras-kd export: warning:" in err and "raw 0..255 pixels" in err

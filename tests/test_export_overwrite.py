@@ -45,8 +45,9 @@ def model():
 def artifacts(model, tmp_path_factory):
     """A real TFLite file and a real SavedModel directory."""
     root = tmp_path_factory.mktemp("artifacts")
-    export_student(model, root / "m.tflite", format="tflite_float32",
-                   verbose=False)
+    export_student(
+        model, root / "m.tflite", format="tflite_float32", verbose=False
+    )
     export_student(model, root / "sm", verbose=False)
     return root / "m.tflite", root / "sm"
 
@@ -84,13 +85,19 @@ def test_current_directory_is_never_replaced(model, tmp_path, monkeypatch):
     for path in (".", "", os.getcwd(), "data/.."):
         for overwrite in (False, True):
             with pytest.raises(ValueError, match="current directory|empty"):
-                export_student(model, path, format="tflite_float32",
-                               overwrite=overwrite, verbose=False)
+                export_student(
+                    model,
+                    path,
+                    format="tflite_float32",
+                    overwrite=overwrite,
+                    verbose=False,
+                )
     assert _tree(tmp_path) == before
 
 
-def test_cli_overwrite_refuses_current_directory(model, tmp_path, monkeypatch,
-                                                 capsys):
+def test_cli_overwrite_refuses_current_directory(
+    model, tmp_path, monkeypatch, capsys
+):
     _user_files(tmp_path)
     model.save(tmp_path / "student.keras")
     monkeypatch.chdir(tmp_path)
@@ -107,12 +114,30 @@ def test_keras_kd_command_in_a_subprocess_keeps_the_directory(model, tmp_path):
     _user_files(tmp_path)
     model.save(tmp_path / "student.keras")
     before = _tree(tmp_path)
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2",
-               KERAS_BACKEND="tensorflow")
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        KERAS_BACKEND="tensorflow",
+    )
     process = subprocess.run(
-        [sys.executable, "-m", "keras_kd", "export", "student.keras", ".",
-         "--overwrite", "--format", "tflite_float32"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "keras_kd",
+            "export",
+            "student.keras",
+            ".",
+            "--overwrite",
+            "--format",
+            "tflite_float32",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert process.returncode == 1, process.stderr[-3000:]
     assert "current directory" in process.stderr
     assert _tree(tmp_path) == before
@@ -131,8 +156,9 @@ def test_home_root_and_their_parents_are_refused(model, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("fmt", ["saved_model", "tflite_float32"])
-def test_user_files_and_directories_are_refused(model, artifacts, tmp_path,
-                                                fmt):
+def test_user_files_and_directories_are_refused(
+    model, artifacts, tmp_path, fmt
+):
     tflite, saved_model = artifacts
     cases = {}
     # A directory with user files in it.
@@ -159,8 +185,9 @@ def test_user_files_and_directories_are_refused(model, artifacts, tmp_path,
         shutil.copytree(saved_model, tmp_path / other)
         cases[other] = "a directory"
     # A symbolic link, even to a replaceable artifact.
-    os.symlink(tflite if fmt != "saved_model" else saved_model,
-               tmp_path / "link")
+    os.symlink(
+        tflite if fmt != "saved_model" else saved_model, tmp_path / "link"
+    )
     cases["link"] = "symbolic link"
     # An empty directory is not a SavedModel either.
     (tmp_path / "empty").mkdir()
@@ -170,8 +197,13 @@ def test_user_files_and_directories_are_refused(model, artifacts, tmp_path,
     for name, message in cases.items():
         for overwrite in (False, True):
             with pytest.raises(ValueError, match=message) as info:
-                export_student(model, tmp_path / name, format=fmt,
-                               overwrite=overwrite, verbose=False)
+                export_student(
+                    model,
+                    tmp_path / name,
+                    format=fmt,
+                    overwrite=overwrite,
+                    verbose=False,
+                )
             assert "whatever `overwrite` says" in str(info.value)
     assert _tree(tmp_path) == before  # nothing deleted, nothing left behind
 
@@ -186,8 +218,9 @@ def test_empty_or_wrong_type_path(model):
 # --- what is replaced, and how -----------------------------------------------
 
 
-def test_tflite_file_is_replaced_with_one_atomic_rename(model, artifacts,
-                                                        tmp_path, monkeypatch):
+def test_tflite_file_is_replaced_with_one_atomic_rename(
+    model, artifacts, tmp_path, monkeypatch
+):
     target = tmp_path / "m.tflite"
     target.write_bytes(b"\x1c\0\0\0TFL3 an older export")
     calls = []
@@ -200,8 +233,9 @@ def test_tflite_file_is_replaced_with_one_atomic_rename(model, artifacts,
     monkeypatch.setattr(export_lib.os, "replace", spy)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         export_student(model, target, format="tflite_float32", verbose=False)
-    result = export_student(model, target, format="tflite_float32",
-                            overwrite=True, verbose=False)
+    result = export_student(
+        model, target, format="tflite_float32", overwrite=True, verbose=False
+    )
     assert result.passed
     assert [dst for _, dst in calls] == [str(target)]  # never moved away
     assert target.read_bytes()[4:8] == b"TFL3"
@@ -210,8 +244,9 @@ def test_tflite_file_is_replaced_with_one_atomic_rename(model, artifacts,
 
 
 @pytest.mark.parametrize("exchange", [True, False])
-def test_saved_model_directory_is_replaced(model, artifacts, tmp_path,
-                                           monkeypatch, exchange):
+def test_saved_model_directory_is_replaced(
+    model, artifacts, tmp_path, monkeypatch, exchange
+):
     _, saved_model = artifacts
     target = tmp_path / "sm"
     shutil.copytree(saved_model, target)
@@ -242,10 +277,15 @@ def _export_killed_by_sigkill(script, target):
     """Runs `script` (an export that SIGKILLs itself) on `target` in a child."""
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     code = script.format(tests=os.path.join(ROOT, "tests"))
-    process = subprocess.run([sys.executable, "-c", code, str(target)],
-                             env=env, capture_output=True, text=True,
-                             timeout=300)
+    process = subprocess.run(
+        [sys.executable, "-c", code, str(target)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+
 
 KILL_BETWEEN_RENAMES = textwrap.dedent("""
     import os, signal, sys
@@ -271,8 +311,9 @@ KILL_BETWEEN_RENAMES = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_sigkill_between_renames_then_next_export_restores(model, artifacts,
-                                                           tmp_path):
+def test_sigkill_between_renames_then_next_export_restores(
+    model, artifacts, tmp_path
+):
     _, saved_model = artifacts
     target = tmp_path / "sm"
     shutil.copytree(saved_model, target)
@@ -309,8 +350,9 @@ KILL_BEFORE_RENAME = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_sigkill_mid_tflite_export_then_next_export_cleans(model, artifacts,
-                                                           tmp_path):
+def test_sigkill_mid_tflite_export_then_next_export_cleans(
+    model, artifacts, tmp_path
+):
     tflite, _ = artifacts
     target = tmp_path / "m.tflite"
     target.write_bytes(tflite.read_bytes())
@@ -319,8 +361,13 @@ def test_sigkill_mid_tflite_export_then_next_export_cleans(model, artifacts,
     (leftover,) = [p for p in tmp_path.iterdir() if p.name != "m.tflite"]
     assert leftover.name.startswith(".m.tflite.partial-")
     with pytest.warns(ExportWarning, match="Removed"):
-        export_student(model, target, format="tflite_float32",
-                       overwrite=True, verbose=False)
+        export_student(
+            model,
+            target,
+            format="tflite_float32",
+            overwrite=True,
+            verbose=False,
+        )
     assert os.listdir(tmp_path) == ["m.tflite"]
 
 
@@ -356,8 +403,10 @@ def test_running_exports_leftover_is_left_alone(model, tmp_path):
         assert running.is_dir()
     finally:
         os.close(fd)
-    assert sorted(os.listdir(tmp_path)) == [".m.tflite.partial-running",
-                                            "m.tflite"]
+    assert sorted(os.listdir(tmp_path)) == [
+        ".m.tflite.partial-running",
+        "m.tflite",
+    ]
 
 
 def test_kill_leaves_nothing_lost_for_files(model, tmp_path, monkeypatch):
@@ -370,8 +419,13 @@ def test_kill_leaves_nothing_lost_for_files(model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export_lib.os, "replace", fail)
     with pytest.raises(OSError, match="disk gone"):
-        export_student(model, target, format="tflite_float32", overwrite=True,
-                       verbose=False)
+        export_student(
+            model,
+            target,
+            format="tflite_float32",
+            overwrite=True,
+            verbose=False,
+        )
     assert target.read_bytes() == b"\x1c\0\0\0TFL3 old"
     assert os.listdir(tmp_path) == ["m.tflite"]
 
@@ -380,7 +434,13 @@ def test_readme_states_the_overwrite_rule():
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         text = f.read()
     start = text.index("## Ship the student")
-    section = text[start:text.index("\n## ", start + 1)]
-    for phrase in ("Overwrite rule", "TFL3", "saved_model.pb",
-                   "current directory", "whatever the flag", ".partial-"):
+    section = text[start : text.index("\n## ", start + 1)]
+    for phrase in (
+        "Overwrite rule",
+        "TFL3",
+        "saved_model.pb",
+        "current directory",
+        "whatever the flag",
+        ".partial-",
+    ):
         assert phrase in section, phrase

@@ -61,7 +61,10 @@ CASES = {
     "student_float16": ("float32", "mixed_float16", "float32"),
     "student_bfloat16": ("float32", "mixed_bfloat16", "float32"),
     "teacher_bfloat16_student_float16": (
-        "mixed_bfloat16", "mixed_float16", "float32"),
+        "mixed_bfloat16",
+        "mixed_float16",
+        "float32",
+    ),
 }
 
 
@@ -71,7 +74,7 @@ def test_mixed_precision_fit_matches_float32(case):
     expected = _fit(_distiller("float32", "float32", "float32"), x, y)
     teacher_policy, student_policy, distiller_policy = CASES[case]
     distiller = _distiller(teacher_policy, student_policy, distiller_policy)
-    assert distiller.student.compute_dtype == student_policy[len("mixed_"):]
+    assert distiller.student.compute_dtype == student_policy[len("mixed_") :]
     for loss in distiller.distillation_losses:
         assert loss.compute_dtype == "float32", loss.name
     float16 = student_policy == "mixed_float16"
@@ -88,8 +91,9 @@ def test_mixed_precision_fit_matches_float32(case):
     rtol = RTOL["bfloat16" if bfloat16 else "float16"]
     for key, values in expected.items():
         assert np.all(np.isfinite(logs[key])), key
-        np.testing.assert_allclose(logs[key], values, rtol=rtol, atol=1e-6,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            logs[key], values, rtol=rtol, atol=1e-6, err_msg=key
+        )
 
 
 def _trainable(distiller):
@@ -116,20 +120,24 @@ def test_float16_student_gets_loss_scaling_and_overflow_steps_are_skipped():
     optimizer.dynamic_scale.assign(2.0**7)
     distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert int(optimizer.iterations.numpy()) == 1
-    assert any(not np.array_equal(a, b)
-               for a, b in zip(_trainable(distiller), before))
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(_trainable(distiller), before)
+    )
 
 
 def test_loss_scaling_can_be_declined_or_chosen():
     distiller = _distiller("float32", "mixed_float16", "float32")
     distiller.compile(optimizer="sgd", loss=sparse_ce(), auto_scale_loss=False)
-    assert not isinstance(distiller.optimizer,
-                          keras.optimizers.LossScaleOptimizer)
+    assert not isinstance(
+        distiller.optimizer, keras.optimizers.LossScaleOptimizer
+    )
     mine = keras.optimizers.LossScaleOptimizer(
-        keras.optimizers.SGD(), initial_scale=64.0)
+        keras.optimizers.SGD(), initial_scale=64.0
+    )
     distiller.compile(optimizer=mine, loss=sparse_ce())
     assert distiller.optimizer is mine
     # A float32 student needs no loss scaling.
     distiller = _distiller("mixed_float16", "float32", "float32")
-    assert not isinstance(distiller.optimizer,
-                          keras.optimizers.LossScaleOptimizer)
+    assert not isinstance(
+        distiller.optimizer, keras.optimizers.LossScaleOptimizer
+    )

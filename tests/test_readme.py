@@ -68,7 +68,9 @@ assert result.format == "tflite_int8"
 
 
 def _section_titles(text):
-    return [(m.start(), m.group(1)) for m in re.finditer(r"^## (.+)$", text, re.M)]
+    return [
+        (m.start(), m.group(1)) for m in re.finditer(r"^## (.+)$", text, re.M)
+    ]
 
 
 def readme_blocks():
@@ -77,11 +79,18 @@ def readme_blocks():
     titles = _section_titles(text)
     blocks, counts = [], {}
     for match in BLOCK.finditer(text):
-        section = next((t for start, t in reversed(titles) if start < match.start()),
-                       "top")
+        section = next(
+            (t for start, t in reversed(titles) if start < match.start()), "top"
+        )
         counts[section] = counts.get(section, 0) + 1
-        blocks.append((f"{section} #{counts[section]}", section,
-                       match.group("reason"), match.group("code")))
+        blocks.append(
+            (
+                f"{section} #{counts[section]}",
+                section,
+                match.group("reason"),
+                match.group("code"),
+            )
+        )
     return blocks
 
 
@@ -95,8 +104,11 @@ def test_readme_has_the_snippets_this_file_runs():
 
 
 def test_not_run_snippets_give_a_reason():
-    skipped = [(name, reason) for name, _, reason, _ in readme_blocks()
-               if reason is not None]
+    skipped = [
+        (name, reason)
+        for name, _, reason, _ in readme_blocks()
+        if reason is not None
+    ]
     for name, reason in skipped:
         assert len(reason) >= 10, f"{name}: not-run needs a reason"
     print("README snippets not run:", skipped or "none")
@@ -104,8 +116,10 @@ def test_not_run_snippets_give_a_reason():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name, section, reason, code", readme_blocks(),
-    ids=[block[0] for block in readme_blocks()])
+    "name, section, reason, code",
+    readme_blocks(),
+    ids=[block[0] for block in readme_blocks()],
+)
 def test_readme_snippet_runs_as_pasted(tmp_path, name, section, reason, code):
     if reason is not None:
         pytest.skip(f"README marks it not-run: {reason}")
@@ -114,19 +128,33 @@ def test_readme_snippet_runs_as_pasted(tmp_path, name, section, reason, code):
     # keras first, so the same backend goes into the environment.
     chosen = re.search(
         r"""^os\.environ\[["']KERAS_BACKEND["']\]\s*=\s*["'](\w+)["']""",
-        code, re.M)
+        code,
+        re.M,
+    )
     backend = chosen.group(1) if chosen else "tensorflow"
     if backend != "tensorflow":
         pytest.importorskip(backend)
-    script = TINY + "\n# --- README: " + name + "\n" + code + CHECKS.get(section, "")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), KERAS_BACKEND=backend,
-               TF_CPP_MIN_LOG_LEVEL="2")
+    script = (
+        TINY + "\n# --- README: " + name + "\n" + code + CHECKS.get(section, "")
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        KERAS_BACKEND=backend,
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=900)
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, (
         f"README snippet {name} failed:\n{result.stdout[-2000:]}\n"
-        f"{result.stderr[-4000:]}")
+        f"{result.stderr[-4000:]}"
+    )
 
 
 def _section(title):
@@ -140,7 +168,7 @@ def test_setup_commands_match_ci():
     commands = re.findall(r"^pip install .*$", _section("Set up"), re.M)
     assert commands == [
         'pip install -e ".[cpu]" && keras-kd',
-        'pip install torch==2.13.0 && pip install -e '
+        "pip install torch==2.13.0 && pip install -e "
         '".[cpu,jax,torch,test,examples]" && python -m pytest tests -q',
     ]
     ci = (README.parent / ".ci" / "run").read_text()
@@ -154,8 +182,13 @@ def test_setup_commands_match_ci():
 # Packages that require the full `tensorflow` wheel by name, so that next to
 # tensorflow-cpu they install a second TensorFlow (and its CUDA start-up
 # errors on CPU machines).
-NEEDS_FULL_TENSORFLOW = {"tensorflow", "tensorflow-text", "keras-hub",
-                         "keras-nlp", "tf-keras"}
+NEEDS_FULL_TENSORFLOW = {
+    "tensorflow",
+    "tensorflow-text",
+    "keras-hub",
+    "keras-nlp",
+    "tf-keras",
+}
 
 
 def _extras():
@@ -186,7 +219,9 @@ def _installed_closure(requirements):
         name = canonicalize_name(requirement.name)
         if name in seen:
             continue
-        if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+        if requirement.marker and not requirement.marker.evaluate(
+            {"extra": ""}
+        ):
             continue
         seen.add(name)
         try:
@@ -196,18 +231,24 @@ def _installed_closure(requirements):
     return seen
 
 
-@pytest.mark.parametrize("combination", ["cpu", "cpu,data", "cpu,test,examples",
-                                         "cpu,litert", "cpu,bench"])
+@pytest.mark.parametrize(
+    "combination",
+    ["cpu", "cpu,data", "cpu,test,examples", "cpu,litert", "cpu,bench"],
+)
 def test_cpu_installs_pull_in_no_second_tensorflow_wheel(combination):
     pytest.importorskip("packaging")
     extras = _extras()
-    requirements = [r for extra in combination.split(",") for r in extras[extra]]
+    requirements = [
+        r for extra in combination.split(",") for r in extras[extra]
+    ]
     direct = set(_names(requirements)) & NEEDS_FULL_TENSORFLOW
     assert not direct, (
         f'pip install "keras-kd[{combination}]" asks for {sorted(direct)}, which '
-        "install the full tensorflow wheel next to tensorflow-cpu")
+        "install the full tensorflow wheel next to tensorflow-cpu"
+    )
     # And through what is installed here (keras-cv, tensorflow-datasets, ...).
     reachable = _installed_closure(requirements)
     assert "tensorflow" not in reachable, (
         f'"keras-kd[{combination}]" reaches the full tensorflow wheel through '
-        f"{sorted(reachable & NEEDS_FULL_TENSORFLOW)}")
+        f"{sorted(reachable & NEEDS_FULL_TENSORFLOW)}"
+    )

@@ -27,9 +27,12 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "resume_script.py")
 def _start(*args):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.Popen(
-        [sys.executable, SCRIPT, *map(str, args)], env=env,
-        cwd=os.path.dirname(SCRIPT), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        [sys.executable, SCRIPT, *map(str, args)],
+        env=env,
+        cwd=os.path.dirname(SCRIPT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -55,7 +58,11 @@ def _kill_when_paused(process):
 def _load(path):
     with np.load(path) as f:
         names = list(f["names"])
-        return names, [f[f"arr_{i}"] for i in range(len(names))], f["loss_weights"]
+        return (
+            names,
+            [f[f"arr_{i}"] for i in range(len(names))],
+            f["loss_weights"],
+        )
 
 
 def _assert_same_run(path, reference):
@@ -96,7 +103,8 @@ def _metadata(backup_dir):
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(
-        tmp_path, reference):
+    tmp_path, reference
+):
     backup, out = tmp_path / "backup", tmp_path / "out.npz"
     # Epoch 1 (the first of AB stage 2), batch 2 of 4.
     _kill_when_paused(_start(backup, out, "--pause-at", "1:2"))
@@ -118,8 +126,10 @@ def test_sigkill_during_checkpoint_write_then_resume(tmp_path, reference):
     _finish(_start(backup, out))
     _assert_same_run(out, reference())
     leftovers = sorted(os.listdir(backup))
-    assert leftovers == ["checkpoint-00000003.weights.h5",
-                         "training_metadata.json"], leftovers
+    assert leftovers == [
+        "checkpoint-00000003.weights.h5",
+        "training_metadata.json",
+    ], leftovers
 
 
 def _torn_writer(monkeypatch):
@@ -137,8 +147,9 @@ def _torn_writer(monkeypatch):
 
 
 @pytest.mark.parametrize("callback", ["keras", "keras_kd"])
-def test_a_torn_write_and_the_last_good_checkpoint(tmp_path, monkeypatch,
-                                                   callback):
+def test_a_torn_write_and_the_last_good_checkpoint(
+    tmp_path, monkeypatch, callback
+):
     def make(**kwargs):
         if callback == "keras":
             return keras.callbacks.BackupAndRestore(tmp_path, **kwargs)
@@ -146,20 +157,23 @@ def test_a_torn_write_and_the_last_good_checkpoint(tmp_path, monkeypatch,
 
     def distiller():
         keras.utils.set_random_seed(0)
-        model = Distiller(cnn(8, "teacher"), cnn(4, "student"),
-                          L.LogitsDistillation())
+        model = Distiller(
+            cnn(8, "teacher"), cnn(4, "student"), L.LogitsDistillation()
+        )
         model.compile(optimizer="adam", loss=sparse_ce())
         return model
 
     x, y = data(n=8)
     model = distiller()
-    model.fit(x, y, epochs=1, verbose=0,
-              callbacks=[make(delete_checkpoint=False)])  # epoch 0 committed
+    model.fit(
+        x, y, epochs=1, verbose=0, callbacks=[make(delete_checkpoint=False)]
+    )  # epoch 0 committed
     saved = [to_numpy(v) for v in model.weights]
     restore_writer = _torn_writer(monkeypatch)
     with pytest.raises(RuntimeError, match="died while writing"):
-        model.fit(x, y, epochs=2, verbose=0,
-                  callbacks=[make(delete_checkpoint=False)])
+        model.fit(
+            x, y, epochs=2, verbose=0, callbacks=[make(delete_checkpoint=False)]
+        )
     restore_writer()
 
     restored = distiller()

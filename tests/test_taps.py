@@ -30,11 +30,15 @@ def test_fused_preactivation_is_the_conv_before_relu():
     )
     x = np.random.default_rng(1).normal(size=(2, 8, 8, 3)).astype("float32")
     logits, pre, post = [to_numpy(t) for t in extractor(x)]
-    kernel, bias = [to_numpy(v).astype("float64") for v in model.get_layer("conv1").weights]
+    kernel, bias = [
+        to_numpy(v).astype("float64") for v in model.get_layer("conv1").weights
+    ]
     expected = _conv_same(x.astype("float64"), kernel, bias)
     np.testing.assert_allclose(pre, expected, rtol=1e-4, atol=1e-5)
     assert (pre < 0).any(), "a pre-activation tap must keep negative values"
-    np.testing.assert_allclose(post, np.maximum(expected, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        post, np.maximum(expected, 0), rtol=1e-4, atol=1e-5
+    )
     # Splitting the activation does not change what the model computes.
     np.testing.assert_allclose(logits, to_numpy(model(x)), rtol=1e-5, atol=1e-6)
     # The extractor shares the model's weights; it adds none.
@@ -57,7 +61,10 @@ def test_activation_layer_preactivation_is_its_input():
 def test_sequential_and_nested_models_can_be_tapped():
     inner = cnn(4, "backbone")
     seq = keras.Sequential(
-        [keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, activation="relu", name="c")],
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(2, 3, activation="relu", name="c"),
+        ],
         name="seq",
     )
     inputs = keras.Input((8, 8, 3))
@@ -117,7 +124,9 @@ def test_bad_tap_position():
 
 def test_logits_tap_finds_the_tensor_before_softmax():
     assert logits_tap(cnn(4, "m")) is None
-    assert logits_tap(cnn(4, "m", softmax=True)) == Tap("logits", "preactivation")
+    assert logits_tap(cnn(4, "m", softmax=True)) == Tap(
+        "logits", "preactivation"
+    )
     inputs = keras.Input((3,))
     out = keras.layers.Softmax(name="probs")(keras.layers.Dense(3)(inputs))
     assert logits_tap(keras.Model(inputs, out)) == Tap("probs", "preactivation")

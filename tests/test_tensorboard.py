@@ -16,7 +16,8 @@ from keras_kd import losses
 from builders import cnn, data, sparse_ce
 
 pytest.importorskip(
-    "tensorboard", reason="keras.callbacks.TensorBoard needs `pip install tensorboard`"
+    "tensorboard",
+    reason="keras.callbacks.TensorBoard needs `pip install tensorboard`",
 )
 from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
@@ -68,12 +69,23 @@ def test_every_term_reaches_tensorboard_with_finite_values(tmp_path):
     distiller.compile(optimizer="adam", loss=sparse_ce(), metrics=["accuracy"])
     x, y = data(n=16)
     distiller.fit(
-        x, y, batch_size=8, epochs=2, validation_data=(x, y), verbose=0,
-        callbacks=[keras.callbacks.TensorBoard(log_dir=tmp_path, update_freq=1)],
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        validation_data=(x, y),
+        verbose=0,
+        callbacks=[
+            keras.callbacks.TensorBoard(log_dir=tmp_path, update_freq=1)
+        ],
     )
     names = _expected_terms(distiller)
     # Per-layer values of the two-pair losses, e.g. boundary_agreement_relu1.
-    for prefix in ("activation_boundary", "boundary_agreement", "neuron_selectivity"):
+    for prefix in (
+        "activation_boundary",
+        "boundary_agreement",
+        "neuron_selectivity",
+    ):
         assert {f"{prefix}_{tap}" for tap in TAPS} <= names
 
     train = _scalars(pathlib.Path(tmp_path) / "train")

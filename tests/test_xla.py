@@ -24,12 +24,15 @@ def _every_loss():
     return [
         L.LogitsDistillation(temperature=4.0),
         L.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"]),
-        L.NeuronSelectivityTransfer("relu2", "relu2", kernel="polynomial",
-                                    name="nst_polynomial"),
-        L.NeuronSelectivityTransfer("relu2", "relu2", kernel="linear",
-                                    name="nst_linear"),
-        L.NeuronSelectivityTransfer("relu2", "relu2", kernel="gaussian",
-                                    name="nst_gaussian"),
+        L.NeuronSelectivityTransfer(
+            "relu2", "relu2", kernel="polynomial", name="nst_polynomial"
+        ),
+        L.NeuronSelectivityTransfer(
+            "relu2", "relu2", kernel="linear", name="nst_linear"
+        ),
+        L.NeuronSelectivityTransfer(
+            "relu2", "relu2", kernel="gaussian", name="nst_gaussian"
+        ),
         L.FitNetsHint("bn2", "bn2"),
         L.AttentionTransfer("relu2", "relu2"),
     ]
@@ -42,8 +45,11 @@ def _fit(jit_compile, x, y, steps=3):
     distiller = Distiller(teacher, student, _every_loss())
     # SGD: Adam's first steps are ~lr * sign(gradient), which turns rounding
     # noise in near-zero gradients into lr-sized weight differences.
-    distiller.compile(optimizer=keras.optimizers.SGD(1e-2), loss=sparse_ce(),
-                      jit_compile=jit_compile)
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(1e-2),
+        loss=sparse_ce(),
+        jit_compile=jit_compile,
+    )
     # One step per epoch: the history holds every step's losses.
     history = distiller.fit(x, y, batch_size=len(x), epochs=steps, verbose=0)
     return distiller, history.history
@@ -56,12 +62,12 @@ def test_jit_compile_gives_the_losses_of_the_graph_step():
     assert xla.jit_compile and not graph.jit_compile
     assert len(xla.distillation_losses) == 7
     for key, values in expected.items():
-        np.testing.assert_allclose(logs[key], values, rtol=RTOL, atol=1e-7,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            logs[key], values, rtol=RTOL, atol=1e-7, err_msg=key
+        )
         assert np.all(np.isfinite(logs[key])), key
     for a, b in zip(xla.student.weights, graph.student.weights):
-        np.testing.assert_allclose(to_numpy(a),
-                                   to_numpy(b), atol=1e-6)
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-6)
 
 
 def test_check_numerics_is_silent_under_xla():
@@ -82,10 +88,16 @@ def _trainable(model):
 def test_non_finite_term_stops_training_before_the_update_under_xla():
     teacher = cnn(8, "teacher")
     student = cnn(4, "student", fused=True)
-    distiller = Distiller(teacher, student, [
-        L.ActivationBoundary("relu1", "conv1"), L.LogitsDistillation()])
-    distiller.compile(optimizer=keras.optimizers.Adam(1e-2), loss=sparse_ce(),
-                      jit_compile=True)
+    distiller = Distiller(
+        teacher,
+        student,
+        [L.ActivationBoundary("relu1", "conv1"), L.LogitsDistillation()],
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=sparse_ce(),
+        jit_compile=True,
+    )
     x, y = data(n=8)
     distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)  # a finite step
     # Poison the teacher's second conv: its logits become NaN, relu1 does not.
@@ -93,8 +105,9 @@ def test_non_finite_term_stops_training_before_the_update_under_xla():
     conv2.kernel.assign(np.full(conv2.kernel.shape, np.nan, "float32"))
     before = _trainable(distiller)
     iterations = int(distiller.optimizer.iterations.numpy())
-    with pytest.raises(NonFiniteLossError,
-                       match="'logits_distillation_loss' is not finite"):
+    with pytest.raises(
+        NonFiniteLossError, match="'logits_distillation_loss' is not finite"
+    ):
         distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)
     for a, b in zip(_trainable(distiller), before):
         np.testing.assert_array_equal(a, b)
@@ -104,4 +117,3 @@ def test_non_finite_term_stops_training_before_the_update_under_xla():
     logs = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
     assert np.isfinite(logs["loss"][-1])
     assert int(distiller.optimizer.iterations.numpy()) == iterations + 1
-

@@ -44,7 +44,11 @@ def balanced_indices(labels, per_class, rng):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", help="full Fashion-MNIST .npz archive")
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="where to write the subset")
+    parser.add_argument(
+        "--output",
+        default=str(DEFAULT_OUTPUT),
+        help="where to write the subset",
+    )
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(SEED)
@@ -60,7 +64,9 @@ def main(argv=None):
             class_names=np.asarray(data["class_names"]).astype(str),
         )
     digest = hashlib.sha256(pathlib.Path(args.output).read_bytes()).hexdigest()
-    print(f"wrote {args.output}: {len(train)} train / {len(test)} test images, sha256 {digest}")
+    print(
+        f"wrote {args.output}: {len(train)} train / {len(test)} test images, sha256 {digest}"
+    )
 
 
 if __name__ == "__main__":

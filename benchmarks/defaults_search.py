@@ -19,7 +19,11 @@ import os
 import sys
 
 import panel
-from panel import _at, _ab, _nst, _taps, losses  # noqa: F401
+from panel import _ab  # noqa: F401
+from panel import _at  # noqa: F401
+from panel import _nst  # noqa: F401
+from panel import _taps  # noqa: F401
+from panel import losses  # noqa: F401
 
 
 def _ab_sum(n):

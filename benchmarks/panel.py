@@ -49,12 +49,14 @@ common.quiet_tensorflow()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from accuracy import CosineAfterHold  # noqa: E402
+from accuracy import cross_entropy  # noqa: E402
+from accuracy import evaluate  # noqa: E402
 
 import keras_kd  # noqa: E402
 from keras_kd import losses  # noqa: E402
-from keras_kd.models import conv_net, resnet  # noqa: E402
-
-from accuracy import CosineAfterHold, cross_entropy, evaluate  # noqa: E402
+from keras_kd.models import conv_net  # noqa: E402
+from keras_kd.models import resnet  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(REPO), "shared", "data")

@@ -38,10 +38,10 @@ else:
     STRATEGY = tf.distribute.get_strategy()
 
 import keras  # noqa: E402
-
 from backend_utils import to_numpy  # noqa: E402
 from builders import cnn  # noqa: E402
 from builders import data  # noqa: E402
+
 from keras_kd import Distiller  # noqa: E402
 from keras_kd import losses as L  # noqa: E402
 from keras_kd.distribute import synchronize_batch_norm  # noqa: E402

@@ -23,11 +23,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
 from backend_utils import to_numpy  # noqa: E402
 from builders import cnn  # noqa: E402
 from builders import data  # noqa: E402
 from builders import sparse_ce  # noqa: E402
+
 from keras_kd import Distiller  # noqa: E402
 from keras_kd import losses as L  # noqa: E402
 from keras_kd.backup import AtomicBackupAndRestore  # noqa: E402

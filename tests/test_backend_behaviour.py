@@ -10,7 +10,6 @@ import os
 import keras
 import numpy as np
 import pytest
-
 from backend_utils import BACKEND
 from backend_utils import to_numpy
 from builders import CallCounter
@@ -19,6 +18,7 @@ from builders import cnn
 from builders import data
 from builders import pair
 from builders import sparse_ce
+
 from keras_kd import Distiller
 from keras_kd import losses as L
 from keras_kd.callbacks import ActivationBoundarySchedule

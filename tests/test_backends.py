@@ -23,7 +23,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from backend_utils import BACKEND
 from backend_utils import REPO_ROOT
 from backend_utils import TESTS_DIR

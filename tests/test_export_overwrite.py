@@ -12,13 +12,13 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import fcntl  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
 
-import fcntl  # noqa: E402
 import keras  # noqa: E402
 import pytest  # noqa: E402
 

@@ -4,12 +4,12 @@ give the float32 run's losses; loss scaling is added and overflows skipped."""
 import keras
 import numpy as np
 import pytest
-
 from backend_utils import to_numpy
 from builders import all_losses
 from builders import cnn
 from builders import data
 from builders import sparse_ce
+
 from keras_kd import Distiller
 
 STEPS = 4

@@ -12,11 +12,11 @@ import h5py
 import keras
 import numpy as np
 import pytest
-
 from backend_utils import to_numpy
 from builders import cnn
 from builders import data
 from builders import sparse_ce
+
 from keras_kd import Distiller
 from keras_kd import losses as L
 from keras_kd.backup import AtomicBackupAndRestore

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
-
 from backend_utils import to_numpy
 from builders import cnn
+
 from keras_kd.taps import Tap
 from keras_kd.taps import build_extractor
 from keras_kd.taps import logits_tap

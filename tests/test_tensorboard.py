@@ -9,11 +9,12 @@ import pathlib
 
 import keras
 import pytest
+from builders import cnn
+from builders import data
+from builders import sparse_ce
 
 from keras_kd import Distiller
 from keras_kd import losses
-
-from builders import cnn, data, sparse_ce
 
 pytest.importorskip(
     "tensorboard",

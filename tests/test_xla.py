@@ -5,11 +5,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from backend_utils import to_numpy
 from builders import cnn
 from builders import data
 from builders import sparse_ce
+
 from keras_kd import Distiller
 from keras_kd import NonFiniteLossError
 from keras_kd import losses as L

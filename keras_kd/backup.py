@@ -1,4 +1,5 @@
-"""`AtomicBackupAndRestore`: resume after a crash without losing a checkpoint."""
+"""`AtomicBackupAndRestore`: resume after a crash without losing a
+checkpoint."""
 
 import json
 import os

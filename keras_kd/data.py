@@ -119,9 +119,9 @@ def load_arrays(source=None, *, data_dir=None, download=True):
         return _load_npz(pathlib.Path(source))
     if not isinstance(source, str):
         raise TypeError(
-            "`source` must be None (the bundled Fashion-MNIST subset), a path to "
-            "a .npz archive, or a TensorFlow Datasets name such as 'cifar10'; "
-            f"received {type(source).__name__} {source!r}."
+            "`source` must be None (the bundled Fashion-MNIST subset), a path "
+            "to a .npz archive, or a TensorFlow Datasets name such as "
+            f"'cifar10'; received {type(source).__name__} {source!r}."
         )
     if source.lower().endswith(".npz") or os.path.isfile(source):
         return _load_npz(pathlib.Path(source))
@@ -187,8 +187,9 @@ def make_dataset(
     cast to float32 and scale (uint8 images are divided by 255, float images
     are taken to be in [0, 1] already; with `rescale=False` neither: raw
     pixels 0..255 for a model that normalises inside), normalise
-    `(image - mean) / std` per channel, and prefetch. Augmentation runs in `map` with stateless random
-    ops whose seeds come from `tf.data.Dataset.random(seed)`, so a given
+    `(image - mean) / std` per channel, and prefetch. Augmentation runs in
+    `map` with stateless random ops whose seeds come from
+    `tf.data.Dataset.random(seed)`, so a given
     `seed` gives the same crops and flips whatever the parallelism, and a
     new draw each epoch.
 
@@ -243,7 +244,8 @@ def make_dataset(
         )
     if augment not in (None,) + AUGMENTATIONS:
         raise ValueError(
-            f"`augment` must be one of {AUGMENTATIONS} or None; received {augment!r}."
+            f"`augment` must be one of {AUGMENTATIONS} or None; received "
+            f"{augment!r}."
         )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(
@@ -253,7 +255,8 @@ def make_dataset(
     if (mean is None) != (std is None):
         raise ValueError(
             "Pass both `mean` and `std` to normalise, or neither; received "
-            f"mean={mean!r}, std={std!r}. `channel_stats(x_train)` returns both."
+            f"mean={mean!r}, std={std!r}. `channel_stats(x_train)` returns "
+            "both."
         )
     if not rescale and mean is not None:
         raise ValueError(
@@ -267,7 +270,8 @@ def make_dataset(
         std = _per_channel(std, "std", channels)
         if np.any(std <= 0):
             raise ValueError(
-                f"`std` must be positive in every channel; received {std.tolist()}."
+                "`std` must be positive in every channel; received "
+                f"{std.tolist()}."
             )
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
@@ -368,7 +372,9 @@ def prepare_tfds_directory(npz_path, data_dir, name):
     Example:
 
     ```python
-    keras_kd.data.prepare_tfds_directory("cifar10.npz", "~/tfds", "cifar10_local")
+    keras_kd.data.prepare_tfds_directory(
+        "cifar10.npz", "~/tfds", "cifar10_local"
+    )
     arrays = keras_kd.data.load_arrays("cifar10_local", data_dir="~/tfds")
     ```
     """
@@ -415,7 +421,9 @@ def prepare_tfds_directory(npz_path, data_dir, name):
             "test": examples(arrays["x_test"], arrays["y_test"]),
         },
         data_dir=data_dir,
-        description=f"Made by keras_kd.data.prepare_tfds_directory from {npz_path}.",
+        description=(
+            f"Made by keras_kd.data.prepare_tfds_directory from {npz_path}."
+        ),
         disable_shuffling=True,
     )
     return os.fspath(builder.data_dir)
@@ -445,28 +453,31 @@ def _load_npz(path):
     if not path.is_file():
         raise FileNotFoundError(
             f"No such data archive: {path}. Expected a .npz file with keys "
-            f"{', '.join(ARRAY_KEYS)} (and optionally class_names); check the path, "
-            "or pass a TensorFlow Datasets name such as 'cifar10'."
+            f"{', '.join(ARRAY_KEYS)} (and optionally class_names); check the "
+            "path, or pass a TensorFlow Datasets name such as 'cifar10'."
         )
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as error:
         raise ValueError(
-            f"Could not read {path} as a NumPy .npz archive ({error}). Expected a "
-            f"file written by np.savez / np.savez_compressed with keys {', '.join(ARRAY_KEYS)}."
+            f"Could not read {path} as a NumPy .npz archive ({error}). "
+            "Expected a file written by np.savez / np.savez_compressed with "
+            f"keys {', '.join(ARRAY_KEYS)}."
         ) from error
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(
             f"{path} holds a single array, not a .npz archive. Expected keys "
-            f"{', '.join(ARRAY_KEYS)}; write them with np.savez_compressed(path, x_train=...)."
+            f"{', '.join(ARRAY_KEYS)}; write them with "
+            "np.savez_compressed(path, x_train=...)."
         )
     with archive:
         missing = [key for key in ARRAY_KEYS if key not in archive.files]
         if missing:
             raise ValueError(
-                f"{path} lacks the keys {missing}; it has {sorted(archive.files)}. "
-                f"Expected {', '.join(ARRAY_KEYS)} (and optionally class_names); "
-                "re-save it with np.savez_compressed under those names."
+                f"{path} lacks the keys {missing}; it has "
+                f"{sorted(archive.files)}. Expected {', '.join(ARRAY_KEYS)} "
+                "(and optionally class_names); re-save it with "
+                "np.savez_compressed under those names."
             )
         arrays = {key: archive[key] for key in ARRAY_KEYS}
         class_names = (
@@ -496,10 +507,10 @@ def _load_tfds(name, *, data_dir, download):
             else type(error).__name__
         )
         raise ValueError(
-            f"Unknown data source {name!r}: it is not an existing file and tfds "
-            f"could not load it as a data set name ({reason}) from data_dir={data_dir!r}. "
-            "Expected None (the bundled data), a path to a .npz archive, or a "
-            "TensorFlow Datasets name such as 'cifar10'"
+            f"Unknown data source {name!r}: it is not an existing file and "
+            f"tfds could not load it as a data set name ({reason}) from "
+            f"data_dir={data_dir!r}. Expected None (the bundled data), a path "
+            "to a .npz archive, or a TensorFlow Datasets name such as 'cifar10'"
             + (f"; closest tfds names: {close}." if close else ".")
             + " Offline, make a tfds directory with `prepare_tfds_directory`."
         ) from error
@@ -532,8 +543,9 @@ def _load_tfds(name, *, data_dir, download):
     ):
         raise ValueError(
             f"The TensorFlow Datasets data set {name!r} has features "
-            f"{list(info.features)} and supervised keys {info.supervised_keys}; "
-            "expected an (image, label) pair. Use an image classification data set."
+            f"{list(info.features)} and supervised keys "
+            f"{info.supervised_keys}; expected an (image, label) pair. Use an "
+            "image classification data set."
         )
     test_split = (
         "validation" if info.splits and "test" not in info.splits else "test"
@@ -545,7 +557,8 @@ def _load_tfds(name, *, data_dir, download):
             lambda ex: (ex[keys[0]], ex[keys[1]])
         )
         # Batched reads instead of batch_size=-1, which aborts the process in
-        # TF 2.21 when a split's size is unknown (as under tfds.testing.mock_data).
+        # TF 2.21 when a split's size is unknown (as under
+        # tfds.testing.mock_data).
         for x, y in tfds.as_numpy(ds.batch(4096)):
             images.append(x)
             labels.append(y)
@@ -561,20 +574,22 @@ def _validated(arrays, class_names, origin):
         x = _as_images(arrays["x_" + split], f"x_{split} of {origin}")
         if x.dtype != np.uint8:
             raise ValueError(
-                f"x_{split} of {origin} has dtype {x.dtype}; expected uint8 pixels "
-                "0..255. Convert with `(x * 255).round().astype('uint8')` if in [0, 1]."
+                f"x_{split} of {origin} has dtype {x.dtype}; expected uint8 "
+                "pixels 0..255. Convert with "
+                "`(x * 255).round().astype('uint8')` if in [0, 1]."
             )
         y = _as_labels(arrays["y_" + split], f"y_{split} of {origin}")
         if len(x) != len(y):
             raise ValueError(
-                f"{origin} has {len(x)} x_{split} images but {len(y)} y_{split} "
-                "labels; expected one label per image."
+                f"{origin} has {len(x)} x_{split} images but {len(y)} "
+                f"y_{split} labels; expected one label per image."
             )
         arrays["x_" + split], arrays["y_" + split] = x, y
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise ValueError(
-            f"{origin} has train images shaped {arrays['x_train'].shape[1:]} and test "
-            f"images shaped {arrays['x_test'].shape[1:]}; expected the same (H, W, C)."
+            f"{origin} has train images shaped {arrays['x_train'].shape[1:]} "
+            f"and test images shaped {arrays['x_test'].shape[1:]}; expected "
+            "the same (H, W, C)."
         )
     num_classes = (
         int(
@@ -590,8 +605,9 @@ def _validated(arrays, class_names, origin):
     class_names = np.asarray(class_names).astype(str)
     if class_names.ndim != 1 or len(class_names) < num_classes:
         raise ValueError(
-            f"class_names of {origin} has shape {class_names.shape}; expected a list "
-            f"of at least {num_classes} names (labels go up to {num_classes - 1})."
+            f"class_names of {origin} has shape {class_names.shape}; expected "
+            f"a list of at least {num_classes} names (labels go up to "
+            f"{num_classes - 1})."
         )
     arrays["class_names"] = class_names
     return arrays
@@ -603,8 +619,8 @@ def _as_images(x, what):
         x = x[..., np.newaxis]
     if x.ndim != 4:
         raise ValueError(
-            f"{what} has shape {x.shape}; expected images shaped (N, H, W, C), or "
-            "(N, H, W) for grey images."
+            f"{what} has shape {x.shape}; expected images shaped (N, H, W, C), "
+            "or (N, H, W) for grey images."
         )
     return x
 
@@ -613,17 +629,18 @@ def _as_labels(y, what):
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(
-            f"{what} has shape {y.shape}; expected integer class ids shaped (N,). "
-            "Flatten them with `y.reshape(-1)`."
+            f"{what} has shape {y.shape}; expected integer class ids shaped "
+            "(N,). Flatten them with `y.reshape(-1)`."
         )
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(
-            f"{what} has dtype {y.dtype}; expected integer class ids. Convert with "
-            "`y.astype('int64')` (for one-hot labels, `y.argmax(-1)`)."
+            f"{what} has dtype {y.dtype}; expected integer class ids. Convert "
+            "with `y.astype('int64')` (for one-hot labels, `y.argmax(-1)`)."
         )
     if y.size and y.min() < 0:
         raise ValueError(
-            f"{what} holds negative labels (min {y.min()}); expected class ids >= 0."
+            f"{what} holds negative labels (min {y.min()}); expected class ids "
+            ">= 0."
         )
     return y.astype(np.int64)
 
@@ -632,7 +649,8 @@ def _per_channel(values, what, channels):
     values = np.asarray(values, np.float64).reshape(-1)
     if values.shape != (channels,):
         raise ValueError(
-            f"`{what}` has {values.size} values; expected one per channel ({channels}), "
-            "in [0, 1] units, e.g. from `channel_stats(x_train)`."
+            f"`{what}` has {values.size} values; expected one per channel "
+            f"({channels}), in [0, 1] units, e.g. from "
+            "`channel_stats(x_train)`."
         )
     return values

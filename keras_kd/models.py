@@ -25,7 +25,8 @@ _BatchNorm = functools.partial(keras.layers.BatchNormalization, momentum=0.9)
 
 
 def pixel_normalization(mean, std, *, name="normalize"):
-    """A layer mapping raw pixels 0..255 to `(x / 255 - mean) / std` per channel.
+    """A layer mapping raw pixels 0..255 to `(x / 255 - mean) / std` per
+    channel.
 
     Args:
         mean: per-channel mean in [0, 1] units (see

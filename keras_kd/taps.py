@@ -97,7 +97,8 @@ def _is_functional(model):
 
 
 def layer_paths(model, prefix=""):
-    """All tappable layer paths of a model, nested functional models included."""
+    """All tappable layer paths of a model, nested functional models
+    included."""
     paths = []
     for layer in _graph_layers(model):
         path = prefix + layer.name

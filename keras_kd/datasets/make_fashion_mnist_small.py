@@ -1,4 +1,5 @@
-"""Make `fashion_mnist_small.npz`, the class-balanced Fashion-MNIST subset bundled with keras_kd.
+"""Make `fashion_mnist_small.npz`, the class-balanced Fashion-MNIST subset
+bundled with keras_kd.
 
 Draws, with a fixed seed, 600 training images per class from the train split and
 100 test images per class from the test split of a full Fashion-MNIST archive
@@ -8,9 +9,11 @@ Draws, with a fixed seed, 600 training images per class from the train split and
 
 Usage:
 
-    python keras_kd/datasets/make_fashion_mnist_small.py /path/to/fashion_mnist.npz
+    python keras_kd/datasets/make_fashion_mnist_small.py \\
+        /path/to/fashion_mnist.npz
 
-This script is never run at import time; it records how the bundled file was made.
+This script is never run at import time; it records how the bundled file was
+made.
 """
 
 import argparse
@@ -26,14 +29,15 @@ DEFAULT_OUTPUT = pathlib.Path(__file__).with_name("fashion_mnist_small.npz")
 
 
 def balanced_indices(labels, per_class, rng):
-    """Return `per_class` indices of each class drawn without replacement, shuffled."""
+    """Return `per_class` indices of each class drawn without replacement,
+    shuffled."""
     chosen = []
     for label in np.unique(labels):
         pool = np.flatnonzero(labels == label)
         if pool.size < per_class:
             raise ValueError(
-                f"Class {label} has only {pool.size} examples; expected at least "
-                f"{per_class}. Pass the full Fashion-MNIST archive."
+                f"Class {label} has only {pool.size} examples; expected at "
+                f"least {per_class}. Pass the full Fashion-MNIST archive."
             )
         chosen.append(rng.choice(pool, size=per_class, replace=False))
     indices = np.concatenate(chosen)
@@ -42,7 +46,7 @@ def balanced_indices(labels, per_class, rng):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="full Fashion-MNIST .npz archive")
     parser.add_argument(
         "--output",
@@ -65,7 +69,8 @@ def main(argv=None):
         )
     digest = hashlib.sha256(pathlib.Path(args.output).read_bytes()).hexdigest()
     print(
-        f"wrote {args.output}: {len(train)} train / {len(test)} test images, sha256 {digest}"
+        f"wrote {args.output}: {len(train)} train / {len(test)} test images, "
+        f"sha256 {digest}"
     )
 
 

@@ -22,7 +22,8 @@ def quiet_tensorflow():
 
 
 def select_backend(argv=None):
-    """Sets KERAS_BACKEND from `--backend NAME` in `argv` (before Keras is imported).
+    """Sets KERAS_BACKEND from `--backend NAME` in `argv` (before Keras is
+    imported).
 
     Returns the backend name: the flag's value, else KERAS_BACKEND, else
     `tensorflow`.
@@ -76,7 +77,8 @@ def machine():
 
 
 def versions():
-    """Python, Keras backend, TensorFlow / JAX / PyTorch, Keras and keras_kd versions."""
+    """Python, Keras backend, TensorFlow / JAX / PyTorch, Keras and keras_kd
+    versions."""
     import importlib.metadata
 
     import keras
@@ -212,7 +214,8 @@ def read_jsonl(path):
 
 
 def mean_std(values):
-    """`(mean, sample std)` of a sequence; std is nan for fewer than 2 values."""
+    """`(mean, sample std)` of a sequence; std is nan for fewer than 2
+    values."""
     import numpy as np
 
     values = np.asarray(values, dtype=float)

@@ -106,7 +106,9 @@ VARIANTS = {
     # AB normalised per element (H*W*C of each pair), weight 1: about a raw
     # (summed) weight of 1e-4 on these students, 30x below the official 3e-3.
     "ab_norm": dict(
-        description="AB schedule (restart), per-element mean, weight 1, then CE",
+        description=(
+            "AB schedule (restart), per-element mean, weight 1, then CE"
+        ),
         losses=lambda n: [
             losses.ActivationBoundary(_taps(n), _taps(n), normalize=True)
         ],
@@ -183,10 +185,10 @@ def _retitle(path):
         return
     text = HEADER + "\n" + text[start:]
     text = text.replace(
-        "- Distillation losses use the library defaults (no weight, temperature or margin "
-        "passed).",
-        "- Distillation losses use the weights and temperatures each config's description "
-        "gives.",
+        "- Distillation losses use the library defaults (no weight, "
+        "temperature or margin passed).",
+        "- Distillation losses use the weights and temperatures each config's "
+        "description gives.",
     )
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)

@@ -1,4 +1,5 @@
-"""Panel benchmark: does distillation beat the student trained alone, regime by regime?
+"""Panel benchmark: does distillation beat the student trained alone, regime
+by regime?
 
 Issue 9, point 1. For each *cell* of a panel of training regimes (data set, full
 or reduced training set, optimizer, short or long schedule, small or tiny
@@ -20,11 +21,14 @@ stopped (runs already in the file are skipped). The report
 (`panel.md`, `panel.json`, `panel.png`) is rebuilt from the file after every
 run and by `--report`.
 
-    python benchmarks/panel.py --plan              # cells, parts, estimated minutes
-    python benchmarks/panel.py --smoke             # ~2-5 min pipeline check -> results/panel_smoke.*
-    python benchmarks/panel.py --part 1            # one part (resumable) -> results/panel.*
+    python benchmarks/panel.py --plan      # cells, parts, estimated minutes
+    python benchmarks/panel.py --smoke     # ~2-5 min pipeline check
+                                           # -> results/panel_smoke.*
+    python benchmarks/panel.py --part 1    # one part (resumable)
+                                           # -> results/panel.*
     python benchmarks/panel.py --cells fm_red_adam_short_tiny --configs alone,kd
-    python benchmarks/panel.py --report            # rebuild panel.md/.json/.png from panel.jsonl
+    python benchmarks/panel.py --report    # rebuild panel.md/.json/.png
+                                           # from panel.jsonl
 
 Data: `fashion_mnist.npz` and `cifar10.npz` (`x_train, y_train, x_test, y_test`,
 as read by `keras_kd.data.load_arrays`) in `--data-dir` (default
@@ -625,7 +629,8 @@ def git_commit():
 # ---------------------------------------------------------------------------
 # Report.
 def latest(records):
-    """(cell, config) -> {seed: accuracy}, and the matching records (last wins)."""
+    """(cell, config) -> {seed: accuracy}, and the matching records (last
+    wins)."""
     acc, recs = {}, {}
     for r in records:
         acc.setdefault((r["cell"], r["config"]), {})[r["seed"]] = r[
@@ -636,7 +641,8 @@ def latest(records):
 
 
 def gain_stats(acc, cell, config):
-    """Paired gain over the student alone (points), its std, n, alone std, verdict."""
+    """Paired gain over the student alone (points), its std, n, alone std,
+    verdict."""
     treated = {s: 100 * v for s, v in acc.get((cell, config), {}).items()}
     alone = {s: 100 * v for s, v in acc.get((cell, "alone"), {}).items()}
     mean, std, n = common.paired_gain(treated, alone)
@@ -670,7 +676,8 @@ def fmt_gain(g):
 
 
 def fmt_gain_short(g):
-    """One decimal, as in the README: '**+1.8 ± 0.2**', '+0.2 ± 0.1 ≈', '+1.1 (1 seed)'."""
+    """One decimal, as in the README: '**+1.8 ± 0.2**', '+0.2 ± 0.1 ≈',
+    '+1.1 (1 seed)'."""
     if g["n"] == 0:
         return "–"
     if g["n"] < 2:
@@ -745,8 +752,8 @@ def build_report(paths, records, teachers, smoke=False):
         f"**Complete**: all {len(planned)} planned runs."
         if complete
         else f"**Partial**: {len(done)} of {len(planned)} planned runs "
-        f"({len(cells)} of {len(CELLS)} cells started). Missing runs are listed "
-        "at the end."
+        f"({len(cells)} of {len(CELLS)} cells started). Missing runs are "
+        "listed at the end."
     )
 
     summary = []
@@ -766,13 +773,14 @@ def build_report(paths, records, teachers, smoke=False):
 
     if smoke:
         status = (
-            f"**Smoke run** (pipeline check, numbers meaningless): "
-            f"{SMOKE['train_images']} training images, {SMOKE['test_images']} test "
-            f"images, {SMOKE['steps']} steps per run, teacher of "
+            "**Smoke run** (pipeline check, numbers meaningless): "
+            f"{SMOKE['train_images']} training images, {SMOKE['test_images']} "
+            f"test images, {SMOKE['steps']} steps per run, teacher of "
             f"{SMOKE['teacher_steps']} steps. " + status
         )
     lines = common.header_markdown(
-        "Panel: distillation gain over the student alone, with library defaults",
+        "Panel: distillation gain over the student alone, with library "
+        "defaults",
         first_start(records),
         [
             status,
@@ -783,34 +791,40 @@ def build_report(paths, records, teachers, smoke=False):
             *commands,
             "```",
             "",
-            f"keras_kd commit(s) under test: {', '.join(f'`{c}`' for c in commits)}. "
-            "Machine and versions above are those of the process that wrote this report; "
-            "every run's load average is in the table at the end.",
+            "keras_kd commit(s) under test: "
+            f"{', '.join(f'`{c}`' for c in commits)}. Machine and versions "
+            "above are those of the process that wrote this report; every "
+            "run's load average is in the table at the end.",
             "",
         ],
     )
     lines += [
         "## Setup",
         "",
-        "- Each cell trains the student alone and distilled with each method from the same "
-        "initial weights (`keras.utils.set_random_seed(seed)` before building it), with the "
-        "same optimizer, learning-rate schedule (cosine to 0) and data order (seeded "
+        "- Each cell trains the student alone and distilled with each method "
+        "from the same initial weights (`keras.utils.set_random_seed(seed)` "
+        "before building it), with the same optimizer, learning-rate schedule "
+        "(cosine to 0) and data order (seeded "
         "shuffle and augmentation); seeds " + ", ".join(map(str, SEEDS)) + ".",
-        f"- Steps are split in {CHUNKS} Keras epochs; configs with the AB schedule first run "
-        f"{AB_INIT_CHUNKS} extra epoch(s) of AB initialisation (AB loss only), as "
-        "RepDistiller runs 30 initialisation epochs before its 240; then the optimizer "
-        "restarts (library default) and the ordinary epochs run the same cosine schedule "
-        "as the student alone (keras_kd 0.1's runs, in panel_v0_1, kept one optimizer: "
+        f"- Steps are split in {CHUNKS} Keras epochs; configs with the AB "
+        f"schedule first run {AB_INIT_CHUNKS} extra epoch(s) of AB "
+        "initialisation (AB loss only), as RepDistiller runs 30 initialisation "
+        "epochs before its 240; then the optimizer restarts (library default) "
+        "and the ordinary epochs run the same cosine schedule as the student "
+        "alone (keras_kd 0.1's runs, in panel_v0_1, kept one optimizer: "
         "constant learning rate during initialisation, then the cosine).",
-        "- Distillation losses use the library defaults (no weight, temperature or margin "
-        "passed). Taps: AB on every stage's pre-activation (`stage{i}_relu`, default tap); "
-        "NST on the last stage's pre-activation; AT on every stage's output.",
+        "- Distillation losses use the library defaults (no weight, "
+        "temperature or margin passed). Taps: AB on every stage's "
+        "pre-activation (`stage{i}_relu`, default tap); NST on the last "
+        "stage's pre-activation; AT on every stage's output.",
         f"- Reduced: a class-balanced {100 * REDUCED_FRACTION:.0f}% subset "
-        f"(`keras_kd.data.balanced_subset`, seed {SUBSET_SEED}); teachers always saw the full "
-        "set. Inputs normalised by the full training set's channel mean and std.",
-        "- Test accuracy on the full test set. Gain = method − alone, paired by seed, in "
-        "points: mean ± sample std over seeds. **Bold**: |gain| exceeds both the gain's std "
-        "and the student alone's std; `≈`: inside that noise.",
+        f"(`keras_kd.data.balanced_subset`, seed {SUBSET_SEED}); teachers "
+        "always saw the full set. Inputs normalised by the full training set's "
+        "channel mean and std.",
+        "- Test accuracy on the full test set. Gain = method − alone, paired "
+        "by seed, in points: mean ± sample std over seeds. **Bold**: |gain| "
+        "exceeds both the gain's std and the student alone's std; `≈`: inside "
+        "that noise.",
         "",
     ]
     lines += ["### Cells", ""]
@@ -889,11 +903,12 @@ def build_report(paths, records, teachers, smoke=False):
         "",
         "### Issue 9, point 2 (on the cells measured so far)",
         "",
-        "Rule: KD, AB + KD and NST + KD each beat the student alone (higher mean) in "
-        "every cell where the teacher beats the student alone by 3 points or more, "
-        "with a mean gain over the panel of at least +1 point each; no method's mean "
-        "falls below the student alone's mean by more than the student alone's std "
-        "in any cell. Cells with fewer than 2 seeds are left out.",
+        "Rule: KD, AB + KD and NST + KD each beat the student alone (higher "
+        "mean) in every cell where the teacher beats the student alone by 3 "
+        "points or more, with a mean gain over the panel of at least +1 point "
+        "each; no method's mean falls below the student alone's mean by more "
+        "than the student alone's std in any cell. Cells with fewer than 2 "
+        "seeds are left out.",
         "",
     ]
     lines += common.markdown_table(
@@ -919,8 +934,8 @@ def build_report(paths, records, teachers, smoke=False):
             "### Before and after (the README's table)",
             "",
             "Gain over the student alone in points, one decimal, with the same "
-            f"cell's gain under keras_kd 0.1's defaults (`{BEFORE_STEM}.md`) in "
-            "brackets; – where that config was not run.",
+            f"cell's gain under keras_kd 0.1's defaults (`{BEFORE_STEM}.md`) "
+            "in brackets; – where that config was not run.",
             "",
         ]
         lines += before_after_table(acc, before_acc, cells, methods)
@@ -961,7 +976,7 @@ def build_report(paths, records, teachers, smoke=False):
                     fmt_gain(g) if g else "",
                     g["verdict"] if g else "",
                     f"{np.mean([x['seconds'] for x in rr]):.0f}",
-                    f"{1000 * np.mean([x['seconds_per_step'] for x in rr]):.0f}",
+                    f"{1000 * np.mean([x['seconds_per_step'] for x in rr]):.0f}",  # noqa: E501
                 ]
             )
         lines += common.markdown_table(
@@ -1004,10 +1019,11 @@ def build_report(paths, records, teachers, smoke=False):
         lines += [
             "## Parts (`--part N`)",
             "",
-            "Estimated minutes for the runs not done yet, from the median seconds "
-            "per step measured here (same data set, student and config) or a fallback "
-            "table, plus the teacher's training where it is not cached; measured on "
-            "a shared machine, so an idle one is faster.",
+            "Estimated minutes for the runs not done yet, from the median "
+            "seconds per step measured here (same data set, student and "
+            "config) or a fallback table, plus the teacher's training where it "
+            "is not cached; measured on a shared machine, so an idle one is "
+            "faster.",
             "",
         ]
         lines += common.markdown_table(
@@ -1198,7 +1214,8 @@ def plot(path, summary, methods):
 
 
 def cached_teachers(cache_dir, smoke):
-    """Teacher metadata of the cache, newest per data set (for --report / --plan)."""
+    """Teacher metadata of the cache, newest per data set (for --report /
+    --plan)."""
     out = {}
     if not os.path.isdir(cache_dir):
         return out
@@ -1315,15 +1332,17 @@ def plan(records, cache_dir, parts):
         ],
     )
     print(
-        "\nParts (estimated minutes; seconds per step measured in panel.jsonl where "
-        "available, else the fallback table; + teacher training if not cached):"
+        "\nParts (estimated minutes; seconds per step measured in panel.jsonl "
+        "where available, else the fallback table; + teacher training if not "
+        "cached):"
     )
     common.print_table(PLAN_HEADER, plan_rows(records, cache_dir, parts))
     loads = [r["load_average"][0] for r in records if r.get("load_average")]
     if loads:
         print(
-            f"\n(measured runs had a 1-min load average of {min(loads)} to {max(loads)} "
-            f"on {os.cpu_count()} cores; an idle machine is faster)"
+            f"\n(measured runs had a 1-min load average of {min(loads)} to "
+            f"{max(loads)} on {os.cpu_count()} cores; an idle machine is "
+            "faster)"
         )
 
 
@@ -1401,7 +1420,8 @@ def main(argv=None):
         work = [("fm_red_adam_short_tiny", SEEDS)]
     else:
         parser.error(
-            "pick what to run: --part N, --cells a,b, --smoke, --report or --plan"
+            "pick what to run: --part N, --cells a,b, --smoke, --report or "
+            "--plan"
         )
     for c, _ in work:
         if c not in CELLS:
@@ -1451,10 +1471,12 @@ def main(argv=None):
                     common.append_jsonl(paths["jsonl"], record)
                     records.append(record)
                     print(
-                        f"[{(time.time() - wall) / 60:6.1f} min] {cell} {config:7s} "
-                        f"seed {seed}: test acc. {100 * record['test_accuracy']:.2f}%  "
-                        f"{record['seconds']:.0f} s ({1000 * record['seconds_per_step']:.0f} "
-                        f"ms/step, load {record['load_average'][0]})",
+                        f"[{(time.time() - wall) / 60:6.1f} min] {cell} "
+                        f"{config:7s} seed {seed}: test acc. "
+                        f"{100 * record['test_accuracy']:.2f}%  "
+                        f"{record['seconds']:.0f} s "
+                        f"({1000 * record['seconds_per_step']:.0f} ms/step, "
+                        f"load {record['load_average'][0]})",
                         flush=True,
                     )
                     build_report(paths, records, teachers, args.smoke)

@@ -3,7 +3,8 @@
 Run by tests/test_backends.py as
 
     KERAS_BACKEND=jax XLA_FLAGS=--xla_force_host_platform_device_count=2 \
-        python tests/jax_data_parallel_script.py single|data_parallel|multiprocess ...
+        python tests/jax_data_parallel_script.py \
+            single|data_parallel|multiprocess ...
 
 `single` and `data_parallel` print one JSON line with the student's and the
 connectors' weights after STEPS steps on the same global batches (and, for

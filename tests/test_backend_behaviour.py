@@ -54,7 +54,7 @@ def _weights(variables):
     return [to_numpy(v) for v in variables]
 
 
-# --- one pass per network ---------------------------------------------------------
+# --- one pass per network ----------------------------------------------------
 
 
 def test_each_network_runs_once_per_step_eagerly():
@@ -100,10 +100,10 @@ def test_each_network_runs_once_per_compiled_step():
     assert counts() == (base[0] + 8, base[1] + 8)
 
 
-# --- frozen teacher, gradients -------------------------------------------------------
+# --- frozen teacher, gradients -----------------------------------------------
 
 
-def test_teacher_bit_identical_and_gradients_reach_student_and_connectors_only():
+def test_teacher_bit_identical_gradients_reach_student_and_connectors_only():
     teacher, student = pair()
     losses = all_losses()
     distiller = Distiller(teacher, student, losses)
@@ -126,7 +126,7 @@ def test_teacher_bit_identical_and_gradients_reach_student_and_connectors_only()
         assert not np.array_equal(to_numpy(v), b), f"{v.path} did not train"
 
 
-# --- sample weights, logs ------------------------------------------------------------
+# --- sample weights, logs ----------------------------------------------------
 
 
 def _no_batch_statisticspair():
@@ -197,7 +197,7 @@ def test_every_term_and_boundary_agreement_is_logged():
     assert all(0.0 <= v <= 1.0 for v in history["boundary_agreement"])
 
 
-# --- callbacks ---------------------------------------------------------------------
+# --- callbacks ---------------------------------------------------------------
 
 
 def test_activation_boundary_schedule_two_stages():
@@ -247,7 +247,7 @@ def test_activation_boundary_schedule_two_stages():
     assert not np.array_equal(snapshots[2][0], snapshots[4][0])  # head trains
 
 
-# --- compilation, precision ----------------------------------------------------------
+# --- compilation, precision --------------------------------------------------
 
 
 def _fit_history(jit_compile=None, policy="float32", steps=3):
@@ -327,7 +327,7 @@ def test_mixed_precision_student_trains_like_float32(policy, float32_run):
         )
 
 
-# --- the non-finite guard ------------------------------------------------------------
+# --- the non-finite guard ----------------------------------------------------
 
 
 def test_non_finite_term_stops_before_the_update_and_names_it():
@@ -363,7 +363,7 @@ def test_non_finite_term_stops_before_the_update_and_names_it():
     assert np.isfinite(logs["loss"][-1])
 
 
-# --- saving --------------------------------------------------------------------------
+# --- saving ------------------------------------------------------------------
 
 
 def test_keras_file_round_trip(tmp_path):

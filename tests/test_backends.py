@@ -113,7 +113,7 @@ def test_backend_neutral_suite_passes(backend):
     print(f"KERAS_BACKEND={backend}: {summary}")
 
 
-# --- .keras files move between backends ------------------------------------------
+# --- .keras files move between backends --------------------------------------
 
 _SAVE_AND_LOAD = """
 import json, sys
@@ -131,7 +131,8 @@ for i, stem in enumerate(load_from):
     temperature = float(keras.ops.convert_to_numpy(
         loaded.get_loss("logits_distillation").temperature))
     out[stem] = dict(max_diff=float(np.abs(predictions - expected).max()),
-                     scale=float(np.abs(expected).max()), temperature=temperature,
+                     scale=float(np.abs(expected).max()),
+                     temperature=temperature,
                      ab_weight=loaded.loss_weights["activation_boundary"])
     if i == 0:
         # Re-compiled before training: Keras 3.15 saves the optimizer under
@@ -214,7 +215,7 @@ def test_saved_under_one_backend_loads_under_every_other(tmp_path):
     assert trained == 2 * (len(backends) - 1)  # one fit in every loading child
 
 
-# --- JAX scale-out ------------------------------------------------------------------
+# --- JAX scale-out -----------------------------------------------------------
 
 _SCRIPT = os.path.join(TESTS_DIR, "jax_data_parallel_script.py")
 _TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -234,8 +235,8 @@ def _jax_run(*args, extra_env=None, timeout=600):
         check=False,
     )
     assert out.returncode == 0, (
-        f"{' '.join(args)} exited with {out.returncode}:\n{out.stdout[-3000:]}\n"
-        f"{out.stderr[-8000:]}"
+        f"{' '.join(args)} exited with {out.returncode}:\n"
+        f"{out.stdout[-3000:]}\n{out.stderr[-8000:]}"
     )
     return json.loads(
         [line for line in out.stdout.splitlines() if line.startswith("{")][-1]

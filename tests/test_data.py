@@ -156,7 +156,8 @@ def test_unprepared_tfds_name_without_download(tmp_path):
 
 @pytest.mark.parametrize(
     "name, shape, first_class",
-    # cifar10 reads its class names from the downloaded files, so mocked it has "0".."9".
+    # cifar10 reads its class names from the downloaded files, so mocked it
+    # has "0".."9".
     [
         ("cifar10", (32, 32, 3), "0"),
         ("fashion_mnist", (28, 28, 1), "T-shirt/top"),
@@ -175,7 +176,7 @@ def test_tfds_name_with_mock_data(name, shape, first_class):
     assert len(arrays["class_names"]) == 10
 
 
-# --- prepare_tfds_directory ----------------------------------------------------
+# --- prepare_tfds_directory --------------------------------------------------
 
 
 def test_prepare_tfds_directory_round_trip(tmp_path):
@@ -215,7 +216,7 @@ def test_prepare_tfds_directory_rejects_registered_and_bad_names(tmp_path):
         data.prepare_tfds_directory(tmp_path / "a.npz", tmp_path, "My Data")
 
 
-# --- make_dataset ----------------------------------------------------------------
+# --- make_dataset ------------------------------------------------------------
 
 
 def test_make_dataset_dtype_shape_and_range():
@@ -339,7 +340,7 @@ def test_make_dataset_bad_arrays():
         data.make_dataset(np.zeros((4, 4, 4, 3), np.uint8), np.arange(3))
 
 
-# --- channel_stats -----------------------------------------------------------------
+# --- channel_stats -----------------------------------------------------------
 
 
 def test_channel_stats_matches_numpy():

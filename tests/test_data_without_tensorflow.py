@@ -1,4 +1,5 @@
-"""keras_kd.data, .models and .cli import without TensorFlow; what needs it says so.
+"""keras_kd.data, .models and .cli import without TensorFlow; what needs it
+says so.
 
 Each check runs in a fresh interpreter in which `import tensorflow` (and
 `tensorflow_datasets`) fails, as on a machine where only NumPy and Keras (on
@@ -57,7 +58,8 @@ def test_data_works_without_tensorflow_until_tf_data_is_needed(tmp_path):
         print("subset", len(x))
         for call in (lambda: data.make_dataset(x, y),
                      lambda: data.load_arrays("cifar10"),
-                     lambda: data.prepare_tfds_directory("a.npz", ".", "a_local")):
+                     lambda: data.prepare_tfds_directory(
+                         "a.npz", ".", "a_local")):
             try:
                 call()
             except ImportError as error:

@@ -37,8 +37,9 @@ _load_arrays = keras_kd.data.load_arrays
 def _tiny_load_arrays(*args, **kwargs):  # test_readme: tiny settings
     arrays = dict(_load_arrays(*args, **kwargs))
     for split, share in (("train", 0.05), ("test", 0.1)):
-        arrays["x_" + split], arrays["y_" + split] = keras_kd.data.balanced_subset(
-            arrays["x_" + split], arrays["y_" + split], share)
+        arrays["x_" + split], arrays["y_" + split] = (
+            keras_kd.data.balanced_subset(
+                arrays["x_" + split], arrays["y_" + split], share))
     return arrays
 
 
@@ -74,7 +75,8 @@ def _section_titles(text):
 
 
 def readme_blocks():
-    """`(id, section, not_run_reason or None, code)` of every ```python block."""
+    """`(id, section, not_run_reason or None, code)` of every ```python
+    block."""
     text = README.read_text(encoding="utf-8")
     titles = _section_titles(text)
     blocks, counts = [], {}
@@ -243,8 +245,8 @@ def test_cpu_installs_pull_in_no_second_tensorflow_wheel(combination):
     ]
     direct = set(_names(requirements)) & NEEDS_FULL_TENSORFLOW
     assert not direct, (
-        f'pip install "keras-kd[{combination}]" asks for {sorted(direct)}, which '
-        "install the full tensorflow wheel next to tensorflow-cpu"
+        f'pip install "keras-kd[{combination}]" asks for {sorted(direct)}, '
+        "which install the full tensorflow wheel next to tensorflow-cpu"
     )
     # And through what is installed here (keras-cv, tensorflow-datasets, ...).
     reachable = _installed_closure(requirements)

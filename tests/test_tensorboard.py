@@ -1,4 +1,5 @@
-"""Every loss term and AB's boundary agreement reach TensorBoard and the progress bar.
+"""Every loss term and AB's boundary agreement reach TensorBoard and the
+progress bar.
 
 Logging goes through the standard `keras.callbacks.TensorBoard`, which needs
 the `tensorboard` package (TensorFlow 2.21 no longer installs it).

@@ -10,6 +10,7 @@ from keras_kd import distribute as distribute_lib
 from keras_kd import numerics
 from keras_kd import taps as taps_lib
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.tensors import shapes_compatible
 
 
 class _Untracked:
@@ -546,7 +547,7 @@ def _check_models(teacher, student):
     if taps_lib.has_graph(teacher) and taps_lib.has_graph(student):
         t_in, s_in = teacher.inputs, student.inputs
         if len(t_in) != len(s_in) or any(
-            not _compatible(a.shape, b.shape) for a, b in zip(t_in, s_in)
+            not shapes_compatible(a.shape, b.shape) for a, b in zip(t_in, s_in)
         ):
             raise ValueError(
                 "The teacher and the student must take the same inputs; "
@@ -556,12 +557,6 @@ def _check_models(teacher, student):
                 "model (e.g. a `keras.layers.Resizing` layer) so both accept "
                 "the same batches."
             )
-
-
-def _compatible(a, b):
-    return len(a) == len(b) and all(
-        x is None or y is None or x == y for x, y in zip(a, b)
-    )
 
 
 def _check_losses(distillation_losses):

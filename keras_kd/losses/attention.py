@@ -3,11 +3,12 @@
 import keras
 from keras import ops
 
-from keras_kd.losses.reduction import flatten_per_example
-from keras_kd.losses.reduction import reduce_per_example
-from keras_kd.losses.reduction import to_float32
-from keras_kd.losses.reduction import validate_rank
-from keras_kd.losses.reduction import validate_reduction
+from keras_kd.losses.tensors import flatten_per_example
+from keras_kd.losses.tensors import l2_normalize
+from keras_kd.losses.tensors import reduce_per_example
+from keras_kd.losses.tensors import to_float32
+from keras_kd.losses.tensors import validate_rank
+from keras_kd.losses.tensors import validate_reduction
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.validation import check_real
 from keras_kd.losses.spatial import SpatialAlignment
@@ -89,10 +90,7 @@ def attention_map(features, *, p=2, epsilon=1e-12):
     else:
         powered = ops.power(magnitude, float(p))
     attention = flatten_per_example(ops.mean(powered, axis=-1))  # (B, HW)
-    squared_norm = ops.sum(ops.square(attention), axis=1, keepdims=True)
-    # x * rsqrt(max(||x||^2, eps^2)) == x / max(||x||, eps), with a finite
-    # gradient for an all-zero map.
-    return attention * ops.rsqrt(ops.maximum(squared_norm, epsilon * epsilon))
+    return l2_normalize(attention, axis=1, epsilon=epsilon)
 
 
 def attention_transfer_loss(

@@ -3,11 +3,11 @@
 import keras
 from keras import ops
 
-from keras_kd.losses.reduction import flatten_per_example
-from keras_kd.losses.reduction import reduce_per_example
-from keras_kd.losses.reduction import to_float32
-from keras_kd.losses.reduction import validate_reduction
-from keras_kd.losses.reduction import validate_same_shape
+from keras_kd.losses.tensors import flatten_per_example
+from keras_kd.losses.tensors import reduce_per_example
+from keras_kd.losses.tensors import to_float32
+from keras_kd.losses.tensors import validate_reduction
+from keras_kd.losses.tensors import validate_same_shape
 from keras_kd.connectors import Connector
 from keras_kd.losses.base import DistillationLoss
 

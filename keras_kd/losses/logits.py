@@ -7,11 +7,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_kd.losses.reduction import reduce_per_example
-from keras_kd.losses.reduction import to_float32
-from keras_kd.losses.reduction import validate_rank
-from keras_kd.losses.reduction import validate_reduction
-from keras_kd.losses.reduction import validate_same_shape
+from keras_kd.losses.tensors import reduce_per_example
+from keras_kd.losses.tensors import to_float32
+from keras_kd.losses.tensors import validate_rank
+from keras_kd.losses.tensors import validate_reduction
+from keras_kd.losses.tensors import validate_same_shape
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.validation import check_preset
 from keras_kd.losses.validation import check_temperature

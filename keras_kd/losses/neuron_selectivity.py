@@ -3,15 +3,16 @@
 import keras
 from keras import ops
 
-from keras_kd.losses.reduction import is_python_integer
-from keras_kd.losses.reduction import reduce_per_example
-from keras_kd.losses.reduction import to_float32
-from keras_kd.losses.reduction import validate_rank
-from keras_kd.losses.reduction import validate_reduction
+from keras_kd.losses.tensors import l2_normalize
+from keras_kd.losses.tensors import reduce_per_example
+from keras_kd.losses.tensors import to_float32
+from keras_kd.losses.tensors import validate_rank
+from keras_kd.losses.tensors import validate_reduction
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.spatial import SpatialAlignment
 from keras_kd.losses.validation import check_real
 from keras_kd.losses.validation import is_graph_value
+from keras_kd.losses.validation import is_integer
 
 KERNELS = ("linear", "polynomial", "gaussian")
 
@@ -29,7 +30,7 @@ def _validate_options(kernel, degree, offset, bandwidth, epsilon):
             "official choice."
         )
     if kernel == "polynomial":
-        if not is_python_integer(degree):
+        if not is_integer(degree):
             raise TypeError(
                 "`degree` must be a Python integer >= 1; received "
                 f"degree={degree!r} of type {type(degree).__name__}. "
@@ -87,14 +88,12 @@ def _validate_shapes(teacher, student):
 def _normalised_columns(features, epsilon):
     """(B, H, W, C) -> (B, H*W, C), each channel L2-normalised over H*W.
 
-    Equals `x / max(||x||, epsilon)` (torch `F.normalize`), written as
-    `x * rsqrt(max(||x||^2, epsilon^2))` so that an all-zero channel has a
-    finite (zero) gradient instead of NaN.
+    `x / max(||x||, epsilon)` (torch `F.normalize`); an all-zero channel
+    stays zero, with a finite gradient.
     """
     shape = ops.shape(features)
     flat = ops.reshape(features, (shape[0], -1, shape[3]))
-    squared_norm = ops.sum(ops.square(flat), axis=1, keepdims=True)
-    return flat * ops.rsqrt(ops.maximum(squared_norm, epsilon * epsilon))
+    return l2_normalize(flat, axis=1, epsilon=epsilon)
 
 
 def _integer_power(x, n):

@@ -30,6 +30,13 @@ def is_real_number(value):
     )
 
 
+def is_integer(value):
+    """True for Python / NumPy integer scalars; False for bools and tensors."""
+    return isinstance(value, numbers.Integral) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
 def is_graph_value(value):
     """True for tensors, variables and arrays: values the loss functions
     take as they are (their value may be unknown while a step is traced)."""

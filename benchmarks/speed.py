@@ -119,7 +119,7 @@ def keras_kd_losses(name):
         "nst_kd": [losses.NeuronSelectivityTransfer(
             "stage3_add", "stage3_add", teacher_tap="output", student_tap="output"), kd],
         "at": [losses.AttentionTransfer(RELUS, RELUS)],
-        "mse": [losses.FitNetsHint(FEATURE_PAIR, FEATURE_PAIR, regressor="auto")],
+        "mse": [losses.FitNetsHint(FEATURE_PAIR, FEATURE_PAIR, connector="auto")],
     }[name]
 
 
@@ -527,7 +527,7 @@ def main(argv=None):
         "- keras_kd feature taps: AB on `stage{1,2,3}_add` (pre-activation, "
         "`connector=\"always\"` as the official code, so three 1×1 conv + BN connectors); "
         "NST on `stage3_add`; AT on `stage{1,2,3}_relu`; MSE (`FitNetsHint`, "
-        f"`regressor=\"auto\"`, no regressor for equal shapes) and keras "
+        f"`connector=\"auto\"`, no regressor for equal shapes) and keras "
         f"`FeatureDistillation` on `{FEATURE_PAIR}`. keras Distillers use their default "
         "`student_loss_weight=0.5`.",
         "- Peak RSS: each configuration in its own subprocess (imports, build, then "

@@ -13,6 +13,7 @@ from keras_kd.losses.tensors import validate_rank
 from keras_kd.losses.tensors import validate_reduction
 from keras_kd.losses.tensors import validate_same_shape
 from keras_kd.connectors import Connector
+from keras_kd.losses.base import CONNECTOR_CHOICES
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.tap_check import describe_boundary_problem
 from keras_kd.losses.validation import check_real
@@ -279,10 +280,12 @@ class ActivationBoundary(DistillationLoss):
             raise TypeError(
                 f"`normalize` must be True or False; received {normalize!r}."
             )
-        if connector not in ("auto", "always", "never"):
+        if connector not in CONNECTOR_CHOICES:
             raise ValueError(
-                f"`connector` must be 'auto', 'always' or 'never'; received "
-                f"{connector!r}."
+                f"`connector` must be one of {CONNECTOR_CHOICES}; received "
+                f"{connector!r}. 'auto' builds a connector where the channel "
+                "counts differ, 'always' for every pair (the official code), "
+                "'never' none."
             )
         super().__init__(
             teacher_layer_name, student_layer_name,

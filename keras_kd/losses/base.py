@@ -18,6 +18,11 @@ from keras_kd.losses.validation import check_pair_weights
 from keras_kd.losses.validation import check_preset
 from keras_kd.taps import Tap
 
+#: The values of `connector=` of the losses that build connectors
+#: (`ActivationBoundary`, `FitNetsHint`): a connector for every pair, only
+#: where the shapes differ, or none.
+CONNECTOR_CHOICES = ("always", "auto", "never")
+
 
 def _as_list(value, what):
     if value is None:

@@ -1,5 +1,7 @@
 """FitNets hints: Romero et al., ICLR 2015."""
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -9,6 +11,7 @@ from keras_kd.losses.tensors import to_float32
 from keras_kd.losses.tensors import validate_reduction
 from keras_kd.losses.tensors import validate_same_shape
 from keras_kd.connectors import Connector
+from keras_kd.losses.base import CONNECTOR_CHOICES
 from keras_kd.losses.base import DistillationLoss
 
 _RANK_WHAT = "fitnets_hint_loss needs batched tensors (B, ...)"
@@ -99,8 +102,11 @@ class FitNetsHint(DistillationLoss):
     Args:
         teacher_layer_name: the hint layer(s) of the teacher.
         student_layer_name: the guided layer(s) of the student.
-        regressor: `"always"` (FitNets) or `"auto"` (only when the shapes
-            differ). Defaults to `"always"`.
+        connector: when to build the regressor: `"always"` (FitNets),
+            `"auto"` (only when the shapes differ) or `"never"` (the shapes
+            must match; plain MSE). Defaults to `"always"`. The same
+            argument as `ActivationBoundary`'s.
+        regressor: deprecated alias of `connector` (a `DeprecationWarning`).
         pair_weights: one weight per pair, each a finite number `>= 0`.
             Defaults to `1.0` each.
         teacher_tap, student_tap: where to read the layers. Default
@@ -110,7 +116,7 @@ class FitNetsHint(DistillationLoss):
     Example:
 
     >>> hint = FitNetsHint("t_block2", "s_block2")
-    >>> hint.regressor
+    >>> hint.connector
     'always'
     """
 
@@ -122,24 +128,61 @@ class FitNetsHint(DistillationLoss):
         teacher_layer_name,
         student_layer_name,
         *,
-        regressor="always",
+        connector="always",
         pair_weights=None,
         teacher_tap=None,
         student_tap=None,
         name="fitnets_hint",
         **kwargs,
     ):
-        if regressor not in ("always", "auto"):
+        if "regressor" in kwargs:
+            regressor = kwargs.pop("regressor")
+            warnings.warn(
+                "FitNetsHint(regressor=...) is deprecated: pass "
+                f"connector={regressor!r} instead (the name ActivationBoundary "
+                "uses too).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if connector not in ("always", regressor):
+                raise ValueError(
+                    "FitNetsHint received both connector="
+                    f"{connector!r} and its deprecated alias regressor="
+                    f"{regressor!r}. Pass only `connector`."
+                )
+            connector = regressor
+        if connector not in CONNECTOR_CHOICES:
             raise ValueError(
-                f"`regressor` must be 'always' or 'auto'; received "
-                f"{regressor!r}."
+                f"`connector` must be one of {CONNECTOR_CHOICES}; received "
+                f"{connector!r}. 'always' builds a regressor for every pair "
+                "(FitNets), 'auto' only where the shapes differ, 'never' "
+                "none (the shapes must match)."
             )
         super().__init__(
             teacher_layer_name, student_layer_name,
             pair_weights=pair_weights, teacher_tap=teacher_tap,
             student_tap=student_tap, name=name, **kwargs,
         )
-        self.regressor = regressor
+        self.connector = connector
+
+    @property
+    def regressor(self):
+        """Deprecated alias of `connector`."""
+        warnings.warn(
+            "FitNetsHint.regressor is deprecated: read `connector` instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.connector
+
+    @classmethod
+    def from_config(cls, config):
+        # Files saved before the argument was named `connector` hold
+        # `regressor`: load them without a deprecation warning.
+        config = dict(config)
+        if "regressor" in config:
+            config.setdefault("connector", config.pop("regressor"))
+        return super().from_config(config)
 
     @staticmethod
     def default_pair_weights(n):
@@ -154,7 +197,15 @@ class FitNetsHint(DistillationLoss):
                 f"FitNetsHint cannot pair {where}: shapes {teacher_shape} and "
                 f"{student_shape}. Both must be (B, C) or (B, H, W, C)."
             )
-        if self.regressor == "auto" and teacher_shape[1:] == student_shape[1:]:
+        same = teacher_shape[1:] == student_shape[1:]
+        if self.connector == "never" and not same:
+            raise ValueError(
+                f"FitNetsHint with connector='never' cannot pair {where}: "
+                f"shapes {teacher_shape} and {student_shape} differ. Use "
+                "connector='auto' (a regressor where the shapes differ) or "
+                "'always'."
+            )
+        if self.connector == "never" or (self.connector == "auto" and same):
             return None
         return Connector(
             student_shape, teacher_shape, kind="regressor", dtype=dtype,
@@ -166,5 +217,5 @@ class FitNetsHint(DistillationLoss):
 
     def get_config(self):
         config = super().get_config()
-        config.update(regressor=self.regressor)
+        config.update(connector=self.connector)
         return config

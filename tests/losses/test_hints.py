@@ -4,6 +4,7 @@ Tolerance: rtol=1e-4, atol=1e-5 (float32 vs float64).
 """
 
 import os
+import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -17,6 +18,7 @@ from backend_utils import value_and_grad  # noqa: E402
 from keras import ops  # noqa: E402
 
 from keras_kd.losses import hints as hints_module  # noqa: E402
+from keras_kd.losses.hints import FitNetsHint  # noqa: E402
 from keras_kd.losses.hints import fitnets_hint_loss  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -114,3 +116,64 @@ def test_docstring_examples_run():
             globs=dict(vars(hints_module))):
         runner.run(test)
     assert runner.failures == 0 and runner.tries > 0
+
+
+# --- FitNetsHint(connector=...), the name ActivationBoundary uses too --------
+
+NAMES = ("teacher", "student")
+
+
+def configured(hint, t_shape, s_shape):
+    hint.configure([t_shape], [s_shape], "float32", NAMES)
+    return hint.connectors
+
+
+@pytest.mark.parametrize(
+    "connector,t_shape,s_shape,built",
+    [("always", (None, 4, 4, 8), (None, 4, 4, 8), 1),
+     ("auto", (None, 4, 4, 8), (None, 4, 4, 8), 0),
+     ("auto", (None, 4, 4, 8), (None, 4, 4, 6), 1),
+     ("never", (None, 4, 4, 8), (None, 4, 4, 8), 0)],
+)
+def test_connector_choices(connector, t_shape, s_shape, built):
+    hint = FitNetsHint("t", "s", connector=connector)
+    assert hint.connector == connector
+    assert len(configured(hint, t_shape, s_shape)) == built
+
+
+def test_connector_never_with_different_shapes_says_what_to_pass():
+    hint = FitNetsHint("t", "s", connector="never")
+    with pytest.raises(ValueError, match="connector='never'.*differ.*'auto'"):
+        configured(hint, (None, 4, 4, 8), (None, 4, 4, 6))
+
+
+def test_unknown_connector_lists_the_choices():
+    with pytest.raises(ValueError, match=r"\('always', 'auto', 'never'\).*'maybe'"):
+        FitNetsHint("t", "s", connector="maybe")
+
+
+def test_regressor_is_a_deprecated_alias_of_connector():
+    with pytest.warns(DeprecationWarning, match="connector='auto'"):
+        hint = FitNetsHint("t", "s", regressor="auto")
+    assert hint.connector == "auto"
+    assert len(configured(hint, (None, 4, 4, 8), (None, 4, 4, 8))) == 0
+    with pytest.warns(DeprecationWarning, match="read `connector`"):
+        assert hint.regressor == "auto"
+    config = hint.get_config()
+    assert config["connector"] == "auto" and "regressor" not in config
+
+
+def test_regressor_and_a_different_connector_conflict():
+    with pytest.warns(DeprecationWarning), pytest.raises(
+            ValueError, match="Pass only `connector`"):
+        FitNetsHint("t", "s", connector="never", regressor="auto")
+
+
+def test_config_round_trip_and_old_configs_load_without_warning():
+    hint = FitNetsHint("t", "s", connector="auto")
+    assert FitNetsHint.from_config(hint.get_config()).connector == "auto"
+    old = dict(hint.get_config())
+    old["regressor"] = old.pop("connector")  # saved by keras_kd 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert FitNetsHint.from_config(old).connector == "auto"

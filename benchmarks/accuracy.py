@@ -181,19 +181,17 @@ def teacher_model(s, arrays, stats, test, cache_dir, data_key):
 def distillation_losses(config):
     adds = ["stage1_add", "stage2_add", "stage3_add"]
     relus = ["stage1_relu", "stage2_relu", "stage3_relu"]
-    ab = losses.ActivationBoundary(adds, adds, teacher_tap="output", student_tap="output",
-                                   preset="paper")
-    nst = losses.NeuronSelectivityTransfer("stage3_add", "stage3_add",
-                                           teacher_tap="output", student_tap="output",
-                                           preset="paper")
-    kd = losses.LogitsDistillation(temperature=4.0)
+    outputs = dict(teacher_tap="output", student_tap="output")
+    ab = losses.get("ab", adds, adds, preset="paper", **outputs)
+    nst = losses.get("nst", "stage3_add", "stage3_add", preset="paper", **outputs)
+    kd = losses.get("kd", temperature=4.0)
     return {
         "kd": [kd],
         "ab": [ab],
         "nst": [nst],
         "ab_kd": [ab, kd],
         "nst_kd": [nst, kd],
-        "at": [losses.AttentionTransfer(relus, relus, preset="paper")],
+        "at": [losses.get("at", relus, relus, preset="paper")],
     }[config]
 
 

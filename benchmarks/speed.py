@@ -109,17 +109,15 @@ def new_student(s, shape):
 
 
 def keras_kd_losses(name):
-    kd = losses.LogitsDistillation(temperature=4.0)
+    kd = losses.get("kd", temperature=4.0)
+    outputs = dict(teacher_tap="output", student_tap="output")
     return {
         "kd": [kd],
-        "ab_kd": [losses.ActivationBoundary(ADDS, ADDS, teacher_tap="output",
-                                            student_tap="output", connector="always"), kd],
-        "ab_kd_noconn": [losses.ActivationBoundary(ADDS, ADDS, teacher_tap="output",
-                                                   student_tap="output", connector="auto"), kd],
-        "nst_kd": [losses.NeuronSelectivityTransfer(
-            "stage3_add", "stage3_add", teacher_tap="output", student_tap="output"), kd],
-        "at": [losses.AttentionTransfer(RELUS, RELUS)],
-        "mse": [losses.FitNetsHint(FEATURE_PAIR, FEATURE_PAIR, connector="auto")],
+        "ab_kd": [losses.get("ab", ADDS, ADDS, connector="always", **outputs), kd],
+        "ab_kd_noconn": [losses.get("ab", ADDS, ADDS, connector="auto", **outputs), kd],
+        "nst_kd": [losses.get("nst", "stage3_add", "stage3_add", **outputs), kd],
+        "at": [losses.get("at", RELUS, RELUS)],
+        "mse": [losses.get("fitnets", FEATURE_PAIR, FEATURE_PAIR, connector="auto")],
     }[name]
 
 

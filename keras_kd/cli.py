@@ -166,23 +166,15 @@ def _losses(methods, teacher, student, stages):
     from keras_kd import losses
 
     deepest = f"stage{stages}_relu"
+    hint = f"stage{stages - 1}_relu"
     taps = [f"stage{i}_relu" for i in range(1, stages + 1)]
-    chosen = []
-    for method in methods:
-        if method == "kd":
-            chosen.append(losses.LogitsDistillation())
-        elif method == "ab":
-            chosen.append(losses.ActivationBoundary(taps, taps))
-        elif method == "nst":
-            chosen.append(losses.NeuronSelectivityTransfer(
-                deepest, deepest, teacher_tap="preactivation",
-                student_tap="preactivation"))
-        elif method == "hint":
-            chosen.append(losses.FitNetsHint(f"stage{stages - 1}_relu",
-                                             f"stage{stages - 1}_relu"))
-        elif method == "at":
-            chosen.append(losses.AttentionTransfer(taps, taps))
-    return chosen
+    # The layers each method reads (the same name in teacher and student).
+    layers = {"kd": (), "ab": (taps, taps), "nst": (deepest, deepest),
+              "hint": (hint, hint), "at": (taps, taps)}
+    options = {"nst": dict(teacher_tap="preactivation",
+                           student_tap="preactivation")}
+    return [losses.get(method, *layers[method], **options.get(method, {}))
+            for method in methods]
 
 
 def _pipelines(x_train, y_train, x_test, y_test, *, batch_size, augment=None):

@@ -192,7 +192,7 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
                     index_of(t, self._teacher_logits, teacher_taps),
                     index_of(s, self._student_logits, student_taps),
                 )
-                for t, s in zip(loss.teacher_taps, loss.student_taps)
+                for t, s in loss.pair_taps
             ]
             self._feature_index.append(pairs)
         teacher_extractor = taps_lib.build_extractor(

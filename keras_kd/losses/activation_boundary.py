@@ -356,7 +356,7 @@ class ActivationBoundary(DistillationLoss):
         Returns:
             `None`.
         """
-        for tap in self.teacher_taps:
+        for tap, _ in self.pair_taps:
             if tap is None:
                 continue
             problem = describe_boundary_problem(teacher, tap)

@@ -122,6 +122,13 @@ class FitNetsHint(DistillationLoss):
 
     default_weight = 100.0
     paper_weight = 100.0
+    _deprecated_attributes = {
+        **DistillationLoss._deprecated_attributes,
+        "regressor": (
+            "FitNetsHint.regressor is deprecated: read `connector` instead.",
+            lambda loss: loss.connector,
+        ),
+    }
 
     def __init__(
         self,
@@ -164,16 +171,6 @@ class FitNetsHint(DistillationLoss):
             student_tap=student_tap, name=name, **kwargs,
         )
         self.connector = connector
-
-    @property
-    def regressor(self):
-        """Deprecated alias of `connector`."""
-        warnings.warn(
-            "FitNetsHint.regressor is deprecated: read `connector` instead.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.connector
 
     @classmethod
     def from_config(cls, config):

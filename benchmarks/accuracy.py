@@ -120,16 +120,6 @@ def cross_entropy():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def balanced_subset(y, fraction, seed):
-    """Indices of `fraction` of each class's examples (sorted)."""
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        picked.append(rng.choice(idx, size=max(1, int(round(fraction * len(idx)))), replace=False))
-    return np.sort(np.concatenate(picked))
-
-
 def train_dataset(x, y, stats, batch_size, seed):
     ds = keras_kd.data.make_dataset(
         x, y, batch_size=batch_size, training=True, augment="crop_flip",
@@ -371,17 +361,18 @@ def main(argv=None):
     x_train, y_train = arrays["x_train"], arrays["y_train"]
     x_test, y_test = arrays["x_test"], arrays["y_test"]
     if s["train_images"]:
-        idx = balanced_subset(y_train, s["train_images"] / len(y_train), SUBSET_SEED)
-        x_train, y_train = x_train[idx], y_train[idx]
+        x_train, y_train = keras_kd.data.balanced_subset(
+            x_train, y_train, s["train_images"] / len(y_train), seed=SUBSET_SEED)
         arrays = dict(arrays, x_train=x_train, y_train=y_train)
     if s["test_images"]:
         x_test, y_test = x_test[: s["test_images"]], y_test[: s["test_images"]]
     stats = keras_kd.data.channel_stats(x_train)
     test = keras_kd.data.make_dataset(x_test, y_test, batch_size=500,
                                       mean=stats[0], std=stats[1])
-    reduced = balanced_subset(y_train, s["reduced_fraction"], SUBSET_SEED)
+    reduced = keras_kd.data.balanced_subset(
+        x_train, y_train, s["reduced_fraction"], seed=SUBSET_SEED)
     data_info = (f"`{os.path.basename(args.data)}`, {len(x_train):,} training images "
-                 f"(reduced: {len(reduced):,}), {len(x_test):,} test images, "
+                 f"(reduced: {len(reduced[1]):,}), {len(x_test):,} test images, "
                  "normalised by the training set's channel mean and std")
     print(f"scale {scale}: {json.dumps(s)}\n{data_info}", flush=True)
 
@@ -391,7 +382,7 @@ def main(argv=None):
     records = []
     if os.path.exists(paths["jsonl"]):
         os.remove(paths["jsonl"])
-    regime_data = {"full": (x_train, y_train), "reduced": (x_train[reduced], y_train[reduced])}
+    regime_data = {"full": (x_train, y_train), "reduced": reduced}
     for seed in range(s["seeds"]):
         for regime in regimes:
             x, y = regime_data[regime]

@@ -388,11 +388,8 @@ def load_interpreter(path, num_threads=None):
     ai-edge-litert`, or `keras-kd[litert]`) when installed, else the
     deprecated `tf.lite.Interpreter` (whose deprecation warning is silenced).
 
-    Example:
-
-    >>> interpreter = load_interpreter("/tmp/student_int8.tflite")  # doctest: +SKIP
-    >>> interpreter.get_input_details()[0]["dtype"]  # doctest: +SKIP
-    <class 'numpy.int8'>
+    Example: see `tflite_predict`, which exports a model, loads it with this
+    function and runs it.
     """
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -418,7 +415,20 @@ def tflite_predict(interpreter, x):
 
     Example:
 
-    >>> logits = tflite_predict(load_interpreter("m.tflite"), x)  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> import keras, numpy as np
+    >>> keras.utils.set_random_seed(0)
+    >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> path = os.path.join(tempfile.mkdtemp(), "student.tflite")
+    >>> result = export_student(student, path, format="tflite_float32",
+    ...                         verbose=False)
+    >>> interpreter = load_interpreter(path)
+    >>> interpreter.get_input_details()[0]["dtype"]
+    <class 'numpy.float32'>
+    >>> x = np.random.default_rng(0).uniform(size=(2, 4)).astype("float32")
+    >>> logits = tflite_predict(interpreter, x)
+    >>> logits.shape, bool(np.allclose(logits, student(x), atol=1e-5))
+    ((2, 3), True)
     """
     x = np.asarray(x)
     inp = interpreter.get_input_details()[0]
@@ -457,7 +467,19 @@ def input_range_warning(model, batches, ratio=10.0):
 
     Example:
 
-    >>> text = input_range_warning(student, [raw_pixels])  # doctest: +SKIP
+    >>> import keras, numpy as np
+    >>> inputs = keras.Input((4,))
+    >>> norm = keras.layers.BatchNormalization()
+    >>> model = keras.Model(inputs, norm(inputs), name="student")
+    >>> # As if trained on inputs in [0, 1): mean 0.5, variance 1/12.
+    >>> _ = norm.moving_mean.assign(np.full(4, 0.5))
+    >>> _ = norm.moving_variance.assign(np.full(4, 1 / 12))
+    >>> rng = np.random.default_rng(0)
+    >>> pixels = rng.uniform(0, 255, (8, 4)).astype("float32")  # raw 0..255
+    >>> print(input_range_warning(model, [pixels]).split(":")[0])
+    The calibration/check data look unlike what 'student' was trained on
+    >>> input_range_warning(model, [pixels / 255]) is None
+    True
     """
     layers = [
         layer for layer in model._flatten_layers(include_self=False)

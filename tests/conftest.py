@@ -29,7 +29,18 @@ _TF_CALL = re.compile(r"\btf\.")
 _DTYPE_VS_STRING = re.compile(r"\.dtype\s*==\s*[\"']")
 HAVE_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
 
-collect_ignore = [] if HAVE_TENSORFLOW else sorted(TENSORFLOW_ONLY_MODULES)
+# Scripts the tests run in child processes: with `--doctest-modules` (the
+# README's test command) pytest would import them, and they read sys.argv
+# and set up strategies or backends when imported.
+SUBPROCESS_SCRIPTS = [
+    "distribute_script.py",
+    "jax_data_parallel_script.py",
+    "resume_script.py",
+]
+
+collect_ignore = SUBPROCESS_SCRIPTS + (
+    [] if HAVE_TENSORFLOW else sorted(TENSORFLOW_ONLY_MODULES)
+)
 
 
 @pytest.fixture(autouse=True)

@@ -168,8 +168,10 @@ def l2_normalize(x, axis, epsilon):
     >>> from keras import ops
     >>> x = np.array([[3.0, 4.0], [0.0, 0.0]], dtype="float32")
     >>> y = l2_normalize(x, axis=1, epsilon=1e-12)
-    >>> ops.convert_to_numpy(y).round(6).tolist()
+    >>> ops.convert_to_numpy(y).astype("float64").round(6).tolist()
     [[0.6, 0.8], [0.0, 0.0]]
     """
     squared_norm = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(squared_norm, epsilon * epsilon))
+    return ops.multiply(
+        x, ops.rsqrt(ops.maximum(squared_norm, epsilon * epsilon))
+    )

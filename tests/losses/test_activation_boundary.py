@@ -7,7 +7,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import doctest  # noqa: E402
 import re  # noqa: E402
 
 import keras  # noqa: E402
@@ -18,7 +17,6 @@ from backend_utils import dtype_name  # noqa: E402
 from backend_utils import value_and_grad  # noqa: E402
 from keras import ops  # noqa: E402
 
-from keras_kd.losses import activation_boundary as ab_module  # noqa: E402
 from keras_kd.losses.activation_boundary import (  # noqa: E402
     activation_boundary_loss,
     boundary_agreement,
@@ -207,16 +205,6 @@ def test_input_errors(fn):
     with pytest.raises(ValueError, match="'sum'"):
         fn(np.ones((2, 3), "float32"), np.ones((2, 3), "float32"),
            reduction="sum")
-
-
-def test_docstring_examples_run():
-    runner = doctest.DocTestRunner()
-    for fn in (activation_boundary_loss, boundary_agreement):
-        for test in doctest.DocTestFinder().find(
-                fn, fn.__name__, globs=dict(vars(ab_module))):
-            runner.run(test)
-    assert runner.failures == 0 and runner.tries > 0
-
 
 # --- check_models: warn when the teacher tensor has no boundary at zero ----
 

@@ -8,8 +8,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import doctest  # noqa: E402
-
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from backend_utils import compiled_unknown_batch  # noqa: E402
@@ -18,7 +16,6 @@ from backend_utils import grad  # noqa: E402
 from backend_utils import value_and_grad  # noqa: E402
 from keras import ops  # noqa: E402
 
-from keras_kd.losses import attention as attention_module  # noqa: E402
 from keras_kd.losses.attention import attention_map  # noqa: E402
 from keras_kd.losses.attention import attention_transfer_loss  # noqa: E402
 
@@ -172,16 +169,6 @@ def test_bad_reduction():
     t, s = random_maps()
     with pytest.raises(ValueError, match="reduction='sum'"):
         attention_transfer_loss(t, s, reduction="sum")
-
-
-def test_docstring_examples_run():
-    runner = doctest.DocTestRunner()
-    for fn in (attention_map, attention_transfer_loss):
-        for test in doctest.DocTestFinder().find(
-                fn, fn.__name__, globs=dict(vars(attention_module))):
-            runner.run(test)
-    assert runner.failures == 0 and runner.tries > 0
-
 
 @pytest.mark.parametrize("p,scale", [(8, 100.0), (16, 100.0), (4, 1e6)])
 def test_large_p_and_large_activations_stay_in_float32(p, scale):

@@ -8,8 +8,6 @@ import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import doctest  # noqa: E402
-
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from backend_utils import compiled_unknown_batch  # noqa: E402
@@ -17,7 +15,6 @@ from backend_utils import dtype_name  # noqa: E402
 from backend_utils import value_and_grad  # noqa: E402
 from keras import ops  # noqa: E402
 
-from keras_kd.losses import hints as hints_module  # noqa: E402
 from keras_kd.losses.hints import FitNetsHint  # noqa: E402
 from keras_kd.losses.hints import fitnets_hint_loss  # noqa: E402
 
@@ -107,16 +104,6 @@ def test_bad_reduction():
     t, s = random_pair((2, 3))
     with pytest.raises(ValueError, match="reduction='sum'"):
         fitnets_hint_loss(t, s, reduction="sum")
-
-
-def test_docstring_examples_run():
-    runner = doctest.DocTestRunner()
-    for test in doctest.DocTestFinder().find(
-            fitnets_hint_loss, "fitnets_hint_loss",
-            globs=dict(vars(hints_module))):
-        runner.run(test)
-    assert runner.failures == 0 and runner.tries > 0
-
 
 # --- FitNetsHint(connector=...), the name ActivationBoundary uses too --------
 

@@ -7,8 +7,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import doctest  # noqa: E402
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -20,7 +18,6 @@ from backend_utils import to_numpy  # noqa: E402
 from backend_utils import value_and_grad  # noqa: E402
 from keras import ops  # noqa: E402
 
-from keras_kd.losses import logits as logits_module  # noqa: E402
 from keras_kd.losses.logits import LogitsDistillation  # noqa: E402
 from keras_kd.losses.logits import logits_distillation_loss  # noqa: E402
 
@@ -179,16 +176,6 @@ def test_bad_reduction():
     z_t, z_s = random_logits()
     with pytest.raises(ValueError, match="reduction='batch'"):
         logits_distillation_loss(z_t, z_s, reduction="batch")
-
-
-def test_docstring_examples_run():
-    runner = doctest.DocTestRunner()
-    for test in doctest.DocTestFinder().find(
-            logits_distillation_loss, "logits_distillation_loss",
-            globs=dict(vars(logits_module))):
-        runner.run(test)
-    assert runner.failures == 0 and runner.tries > 0
-
 
 # --- temperature range and float32 precision (issue 11) --------------------
 

@@ -8,8 +8,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import doctest  # noqa: E402
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -19,7 +17,6 @@ from backend_utils import intermediate_shapes  # noqa: E402
 from backend_utils import value_and_grad  # noqa: E402
 from keras import ops  # noqa: E402
 
-from keras_kd.losses import neuron_selectivity as nst_module  # noqa: E402
 from keras_kd.losses.neuron_selectivity import (  # noqa: E402
     neuron_selectivity_loss,
 )
@@ -265,12 +262,3 @@ def test_bad_reduction():
     t, s = random_maps()
     with pytest.raises(ValueError, match="reduction='sum'"):
         neuron_selectivity_loss(t, s, reduction="sum")
-
-
-def test_docstring_examples_run():
-    runner = doctest.DocTestRunner()
-    for test in doctest.DocTestFinder().find(
-            neuron_selectivity_loss, "neuron_selectivity_loss",
-            globs=dict(vars(nst_module))):
-        runner.run(test)
-    assert runner.failures == 0 and runner.tries > 0

@@ -2,8 +2,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import doctest  # noqa: E402
-
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from backend_utils import compiled_unknown_batch  # noqa: E402
@@ -11,7 +9,6 @@ from backend_utils import dtype_name  # noqa: E402
 from backend_utils import grad  # noqa: E402
 from keras import ops  # noqa: E402
 
-from keras_kd.losses import tensors as tensors_module  # noqa: E402
 from keras_kd.losses.tensors import flatten_per_example  # noqa: E402
 from keras_kd.losses.tensors import l2_normalize  # noqa: E402
 from keras_kd.losses.tensors import reduce_per_example  # noqa: E402
@@ -71,16 +68,6 @@ def test_to_float32_and_flatten_with_unknown_batch():
     out = compiled_unknown_batch(flatten_per_example, x.astype("float32"))
     assert out.shape == (2, 12)
     np.testing.assert_array_equal(out, x.astype("float32").reshape(2, 12))
-
-
-def test_docstring_examples_run():
-    finder = doctest.DocTestFinder()
-    runner = doctest.DocTestRunner()
-    for test in finder.find(reduce_per_example, "reduce_per_example",
-                            globs=dict(vars(tensors_module))):
-        runner.run(test)
-    assert runner.failures == 0 and runner.tries > 0
-
 
 def np_l2_normalize(x, axis, epsilon):
     """torch `F.normalize`: x / max(||x||_2, epsilon), float64."""

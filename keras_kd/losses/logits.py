@@ -294,8 +294,15 @@ class LogitsDistillation(DistillationLoss):
         temperature = check_temperature(
             temperature, owner="LogitsDistillation"
         )
-        kwargs.pop("teacher_layer_name", None)
-        kwargs.pop("student_layer_name", None)
+        for key in ("teacher_layer_name", "student_layer_name"):
+            if key in kwargs:
+                raise TypeError(
+                    f"LogitsDistillation reads the models' logits and takes "
+                    f"no `{key}`; received {key}={kwargs[key]!r}. To distil "
+                    "a hidden layer use a feature loss, e.g. "
+                    "keras_kd.losses.FitNetsHint(teacher_layer, "
+                    "student_layer)."
+                )
         super().__init__(None, None, name=name, **kwargs)
         self._initial_temperature = temperature
         with keras.name_scope(self.name, caller=self):

@@ -386,3 +386,10 @@ def test_huge_kl_rows_are_rescaled_not_overflowed():
                                rtol=1e-6)
     # d/dz_s = T * (p_s - p_t) = 0.01 * ([1, 0, 0] - [0, 1, 0]).
     np.testing.assert_allclose(s_grad, [[0.01, -0.01, 0.0]], atol=1e-7)
+
+
+@pytest.mark.parametrize("key", ["teacher_layer_name", "student_layer_name"])
+def test_class_reads_logits_and_refuses_layer_names(key):
+    # They used to be dropped silently; get_config never writes them.
+    with pytest.raises(TypeError, match=f"takes no `{key}`.*FitNetsHint"):
+        LogitsDistillation(**{key: "dense"})

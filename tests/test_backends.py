@@ -34,17 +34,16 @@ pytestmark = [
                        reason="starts the other backends from the TensorFlow run"),
 ]
 
-# What each extra backend re-runs (paths relative to the repository), with
-# the docstring examples of keras_kd/losses (`--doctest-modules`). The
+# What each extra backend re-runs (paths relative to the repository). The
 # slow, TensorFlow-flavoured suites (test_distiller's 25-epoch fits, XLA,
 # mixed precision on every policy pair) stay on TensorFlow; their guarantees
 # are checked on every backend by test_backend_behaviour.py.
 SUITES = {
-    "jax": ["tests/losses", "tests/test_taps.py", "tests/test_backend_behaviour.py",
-            "keras_kd/losses"],
-    "torch": ["tests/losses", "tests/test_taps.py", "tests/test_backend_behaviour.py",
-              "keras_kd/losses"],
+    "jax": ["tests/losses", "tests/test_taps.py", "tests/test_backend_behaviour.py"],
+    "torch": ["tests/losses", "tests/test_taps.py", "tests/test_backend_behaviour.py"],
 }
+# Run with them: the docstring examples of the loss modules.
+DOCTESTS = ["--doctest-modules", "keras_kd/losses"]
 
 
 def _installed(module):
@@ -71,8 +70,8 @@ def _env(backend, **extra):
 @pytest.mark.parametrize("backend", [pytest.param(b, marks=_needs(b)) for b in SUITES])
 def test_backend_neutral_suite_passes(backend):
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-               "-W", "ignore::DeprecationWarning", "--doctest-modules",
-               *SUITES[backend]]
+               "-W", "ignore::DeprecationWarning", *SUITES[backend],
+               *DOCTESTS]
     out = subprocess.run(command, env=_env(backend), cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=1500, check=False)
     output = out.stdout + out.stderr

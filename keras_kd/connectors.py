@@ -38,13 +38,20 @@ class Connector(keras.layers.Layer):
         init = keras.initializers.HeNormal()
         if len(student_shape) == 2:
             self.projection = keras.layers.Dense(
-                channels, use_bias=False, kernel_initializer=init,
-                dtype=self.dtype_policy, name="dense",
+                channels,
+                use_bias=False,
+                kernel_initializer=init,
+                dtype=self.dtype_policy,
+                name="dense",
             )
         elif kind == "projection":
             self.projection = keras.layers.Conv2D(
-                channels, 1, use_bias=False, kernel_initializer=init,
-                dtype=self.dtype_policy, name="conv",
+                channels,
+                1,
+                use_bias=False,
+                kernel_initializer=init,
+                dtype=self.dtype_policy,
+                name="conv",
             )
         else:
             self.projection = _regressor_conv(
@@ -103,9 +110,8 @@ def _regressor_conv(student_shape, teacher_shape, init, dtype):
     )
 
 
-
 def spatial_factor(larger, smaller):
-    """`k` if `larger` is `k` times `smaller` in height and in width, else `None`.
+    """`k` if `larger` is `k` times `smaller` in height and width, else `None`.
 
     The one rule for feature maps of different resolutions: a FitNets
     regressor maps them with a stride-`k` (transposed) convolution, NST and

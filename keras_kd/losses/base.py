@@ -35,7 +35,9 @@ def _as_list(value, what):
         isinstance(v, str) for v in value
     ):
         if not value:
-            raise ValueError(f"`{what}` is an empty list; name at least one layer.")
+            raise ValueError(
+                f"`{what}` is an empty list; name at least one layer."
+            )
         return list(value)
     raise TypeError(
         f"`{what}` must be a layer name or a list of layer names; received "
@@ -94,7 +96,9 @@ class DistillationLoss(keras.layers.Layer):
         super().__init__(name=name, **kwargs)
         self.preset = preset
         self.default_weight = float(
-            type(self).paper_weight if preset == "paper" else type(self).default_weight
+            type(self).paper_weight
+            if preset == "paper"
+            else type(self).default_weight
         )
         if self.reads_hidden_layers and (
             teacher_layer_name is None or student_layer_name is None
@@ -304,7 +308,8 @@ class DistillationLoss(keras.layers.Layer):
         for base in self.pair_metric_names:
             if self.num_pairs > 1:
                 names += [
-                    self._pair_metric_name(base, i) for i in range(self.num_pairs)
+                    self._pair_metric_name(base, i)
+                    for i in range(self.num_pairs)
                 ]
             names.append(base)
         return names

@@ -5,14 +5,14 @@ import warnings
 import keras
 from keras import ops
 
+from keras_kd.connectors import Connector
+from keras_kd.losses.base import CONNECTOR_CHOICES
+from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.tensors import flatten_per_example
 from keras_kd.losses.tensors import reduce_per_example
 from keras_kd.losses.tensors import to_float32
 from keras_kd.losses.tensors import validate_reduction
 from keras_kd.losses.tensors import validate_same_shape
-from keras_kd.connectors import Connector
-from keras_kd.losses.base import CONNECTOR_CHOICES
-from keras_kd.losses.base import DistillationLoss
 
 _RANK_WHAT = "fitnets_hint_loss needs batched tensors (B, ...)"
 
@@ -63,8 +63,10 @@ def fitnets_hint_loss(teacher_hint, student_guided, *, reduction="mean"):
     validate_reduction(reduction)
     teacher = ops.stop_gradient(to_float32(teacher_hint))
     student = to_float32(student_guided)
-    for name, tensor in (("teacher_hint", teacher),
-                         ("student_guided", student)):
+    for name, tensor in (
+        ("teacher_hint", teacher),
+        ("student_guided", student),
+    ):
         if len(tensor.shape) < 2:
             raise ValueError(
                 f"{_RANK_WHAT}; received shape {tuple(tensor.shape)} for "
@@ -72,7 +74,9 @@ def fitnets_hint_loss(teacher_hint, student_guided, *, reduction="mean"):
                 "example has shape (1, ...))."
             )
     validate_same_shape(
-        teacher, student, what="fitnets_hint_loss",
+        teacher,
+        student,
+        what="fitnets_hint_loss",
         hint="Map the student layer to the teacher hint's shape with a "
         "regressor (e.g. a Conv2D + BatchNormalization connector).",
     )
@@ -166,9 +170,13 @@ class FitNetsHint(DistillationLoss):
                 "none (the shapes must match)."
             )
         super().__init__(
-            teacher_layer_name, student_layer_name,
-            pair_weights=pair_weights, teacher_tap=teacher_tap,
-            student_tap=student_tap, name=name, **kwargs,
+            teacher_layer_name,
+            student_layer_name,
+            pair_weights=pair_weights,
+            teacher_tap=teacher_tap,
+            student_tap=student_tap,
+            name=name,
+            **kwargs,
         )
         self.connector = connector
 
@@ -187,9 +195,9 @@ class FitNetsHint(DistillationLoss):
 
     def configure_pair(self, index, teacher_shape, student_shape, dtype, names):
         where = self.describe_pair(index, names)
-        if len(teacher_shape) != len(student_shape) or len(teacher_shape) not in (
-            2, 4
-        ):
+        if len(teacher_shape) != len(student_shape) or len(
+            teacher_shape
+        ) not in (2, 4):
             raise ValueError(
                 f"FitNetsHint cannot pair {where}: shapes {teacher_shape} and "
                 f"{student_shape}. Both must be (B, C) or (B, H, W, C)."
@@ -205,7 +213,10 @@ class FitNetsHint(DistillationLoss):
         if self.connector == "never" or (self.connector == "auto" and same):
             return None
         return Connector(
-            student_shape, teacher_shape, kind="regressor", dtype=dtype,
+            student_shape,
+            teacher_shape,
+            kind="regressor",
+            dtype=dtype,
             name=f"{self.name}_regressor_{index}",
         )
 

@@ -59,12 +59,16 @@ class SpatialAlignment:
         if not hasattr(self, "_pool"):
             self._pool = {}
         self._pool[index] = spatial_pool_factors(
-            teacher_shape, student_shape, type(self).__name__,
+            teacher_shape,
+            student_shape,
+            type(self).__name__,
             self.describe_pair(index, names),
         )
         return None
 
     def prepare_pair(self, index, teacher, student, training):
         t_k, s_k = self._pool[index]
-        teacher, student = super().prepare_pair(index, teacher, student, training)
+        teacher, student = super().prepare_pair(
+            index, teacher, student, training
+        )
         return average_pool(teacher, t_k), average_pool(student, s_k)

@@ -23,8 +23,9 @@ from keras_kd.taps import Tap  # noqa: E402
 
 
 def test_pair_taps_hold_one_teacher_and_student_tap_per_pair():
-    ab = losses.ActivationBoundary(["t1", "t2"], ["s1", "s2"],
-                                   student_tap="output")
+    ab = losses.ActivationBoundary(
+        ["t1", "t2"], ["s1", "s2"], student_tap="output"
+    )
     assert ab.pair_taps == [
         (Tap("t1", "preactivation"), Tap("s1", "output")),
         (Tap("t2", "preactivation"), Tap("s2", "output")),
@@ -59,9 +60,11 @@ def test_saving_reads_no_deprecated_attribute(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         distiller.save(tmp_path / "d.keras")
-    ours = [str(w.message) for w in caught
-            if issubclass(w.category, DeprecationWarning)
-            and "is deprecated" in str(w.message)
-            and ("pair_taps" in str(w.message)
-                 or "connector" in str(w.message))]
+    ours = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, DeprecationWarning)
+        and "is deprecated" in str(w.message)
+        and ("pair_taps" in str(w.message) or "connector" in str(w.message))
+    ]
     assert ours == []

@@ -34,11 +34,17 @@ def test_hint_is_the_command_line_name_of_fitnets():
 
 
 def test_arguments_reach_the_class():
-    ab = losses.get("ab", ["t1", "t2"], ["s1", "s2"], connector="never",
-                    margin=0.5, name="my_ab")
-    reference = losses.ActivationBoundary(["t1", "t2"], ["s1", "s2"],
-                                          connector="never", margin=0.5,
-                                          name="my_ab")
+    ab = losses.get(
+        "ab",
+        ["t1", "t2"],
+        ["s1", "s2"],
+        connector="never",
+        margin=0.5,
+        name="my_ab",
+    )
+    reference = losses.ActivationBoundary(
+        ["t1", "t2"], ["s1", "s2"], connector="never", margin=0.5, name="my_ab"
+    )
     assert ab.get_config() == reference.get_config()
     kd = losses.get("kd", temperature=4.0)
     assert float(kd.temperature.numpy()) == 4.0
@@ -52,8 +58,15 @@ def test_unknown_name_lists_the_valid_ones():
         losses.get("nts", "t", "s")
     message = str(info.value)
     assert "'nts'" in message and "Did you mean 'nst'?" in message
-    for name in ("'kd'", "'ab'", "'nst'", "'at'", "'fitnets'",
-                 "'ActivationBoundary'", "'FitNetsHint'"):
+    for name in (
+        "'kd'",
+        "'ab'",
+        "'nst'",
+        "'at'",
+        "'fitnets'",
+        "'ActivationBoundary'",
+        "'FitNetsHint'",
+    ):
         assert name in message
 
 

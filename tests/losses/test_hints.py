@@ -32,8 +32,10 @@ def np_hint_per_example(t, s):
 
 def random_pair(shape, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=shape).astype("float32"),
-            rng.normal(size=shape).astype("float32"))
+    return (
+        rng.normal(size=shape).astype("float32"),
+        rng.normal(size=shape).astype("float32"),
+    )
 
 
 @pytest.mark.parametrize("shape", [(3, 8), (3, 5, 5, 4), (3, 4, 6)])
@@ -43,15 +45,18 @@ def test_matches_numpy(shape):
     per_example = fitnets_hint_loss(t, s, reduction="none")
     assert tuple(per_example.shape) == (3,)
     assert dtype_name(per_example) == "float32"
-    np.testing.assert_allclose(ops.convert_to_numpy(per_example), expected,
-                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(per_example), expected, rtol=RTOL, atol=ATOL
+    )
     mean = fitnets_hint_loss(t, s)
     assert tuple(mean.shape) == ()
-    np.testing.assert_allclose(float(mean), expected.mean(), rtol=RTOL,
-                               atol=ATOL)
+    np.testing.assert_allclose(
+        float(mean), expected.mean(), rtol=RTOL, atol=ATOL
+    )
     # Equal-size examples: the batch mean is the mean over all elements.
     np.testing.assert_allclose(
-        float(mean), np.mean((s.astype(np.float64) - t) ** 2), rtol=RTOL)
+        float(mean), np.mean((s.astype(np.float64) - t) ** 2), rtol=RTOL
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -60,11 +65,13 @@ def test_low_precision_inputs(dtype):
     t_low, s_low = ops.cast(t, dtype), ops.cast(s, dtype)
     out = fitnets_hint_loss(t_low, s_low)
     assert dtype_name(out) == "float32"
-    reference = fitnets_hint_loss(ops.cast(t_low, "float32"),
-                                  ops.cast(s_low, "float32"))
+    reference = fitnets_hint_loss(
+        ops.cast(t_low, "float32"), ops.cast(s_low, "float32")
+    )
     np.testing.assert_allclose(float(out), float(reference), rtol=1e-6)
-    np.testing.assert_allclose(float(out), np_hint_per_example(t, s).mean(),
-                               rtol=2e-2)
+    np.testing.assert_allclose(
+        float(out), np_hint_per_example(t, s).mean(), rtol=2e-2
+    )
 
 
 def test_gradients():
@@ -82,9 +89,12 @@ def test_compiles_with_unknown_batch_and_xla():
     def fn(a, b):
         return fitnets_hint_loss(a, b, reduction="none")
 
-    np.testing.assert_allclose(compiled_unknown_batch(fn, t, s),
-                               np_hint_per_example(t, s), rtol=RTOL,
-                               atol=ATOL)
+    np.testing.assert_allclose(
+        compiled_unknown_batch(fn, t, s),
+        np_hint_per_example(t, s),
+        rtol=RTOL,
+        atol=ATOL,
+    )
 
 
 def test_shape_mismatch():
@@ -105,6 +115,7 @@ def test_bad_reduction():
     with pytest.raises(ValueError, match="reduction='sum'"):
         fitnets_hint_loss(t, s, reduction="sum")
 
+
 # --- FitNetsHint(connector=...), the name ActivationBoundary uses too --------
 
 NAMES = ("teacher", "student")
@@ -117,10 +128,12 @@ def configured(hint, t_shape, s_shape):
 
 @pytest.mark.parametrize(
     "connector,t_shape,s_shape,built",
-    [("always", (None, 4, 4, 8), (None, 4, 4, 8), 1),
-     ("auto", (None, 4, 4, 8), (None, 4, 4, 8), 0),
-     ("auto", (None, 4, 4, 8), (None, 4, 4, 6), 1),
-     ("never", (None, 4, 4, 8), (None, 4, 4, 8), 0)],
+    [
+        ("always", (None, 4, 4, 8), (None, 4, 4, 8), 1),
+        ("auto", (None, 4, 4, 8), (None, 4, 4, 8), 0),
+        ("auto", (None, 4, 4, 8), (None, 4, 4, 6), 1),
+        ("never", (None, 4, 4, 8), (None, 4, 4, 8), 0),
+    ],
 )
 def test_connector_choices(connector, t_shape, s_shape, built):
     hint = FitNetsHint("t", "s", connector=connector)
@@ -135,7 +148,9 @@ def test_connector_never_with_different_shapes_says_what_to_pass():
 
 
 def test_unknown_connector_lists_the_choices():
-    with pytest.raises(ValueError, match=r"\('always', 'auto', 'never'\).*'maybe'"):
+    with pytest.raises(
+        ValueError, match=r"\('always', 'auto', 'never'\).*'maybe'"
+    ):
         FitNetsHint("t", "s", connector="maybe")
 
 
@@ -151,8 +166,10 @@ def test_regressor_is_a_deprecated_alias_of_connector():
 
 
 def test_regressor_and_a_different_connector_conflict():
-    with pytest.warns(DeprecationWarning), pytest.raises(
-            ValueError, match="Pass only `connector`"):
+    with (
+        pytest.warns(DeprecationWarning),
+        pytest.raises(ValueError, match="Pass only `connector`"),
+    ):
         FitNetsHint("t", "s", connector="never", regressor="auto")
 
 

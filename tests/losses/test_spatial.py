@@ -34,8 +34,11 @@ def test_spatial_factor(larger, smaller, expected):
 
 @pytest.mark.parametrize(
     "teacher_hw,student_hw,expected",
-    [((8, 8), (8, 8), (1, 1)), ((16, 16), (8, 8), (2, 1)),
-     ((8, 8), (32, 32), (1, 4))],
+    [
+        ((8, 8), (8, 8), (1, 1)),
+        ((16, 16), (8, 8), (2, 1)),
+        ((8, 8), (32, 32), (1, 4)),
+    ],
 )
 def test_pool_factors_pool_the_larger_map(teacher_hw, student_hw, expected):
     factors = spatial_pool_factors(
@@ -45,25 +48,35 @@ def test_pool_factors_pool_the_larger_map(teacher_hw, student_hw, expected):
 
 
 def test_pool_factors_reject_different_factors():
-    with pytest.raises(ValueError, match=r"\(16, 8\) vs \(8, 8\).*same "
-                       "integer factor"):
+    with pytest.raises(
+        ValueError,
+        match=r"\(16, 8\) vs \(8, 8\).*same "
+        "integer factor",
+    ):
         spatial_pool_factors((None, 16, 8, 3), (None, 8, 8, 3), "NST", "p")
 
 
 @pytest.mark.parametrize(
     "student_hw,teacher_hw,layer,strides",
-    [((8, 8), (8, 8), keras.layers.Conv2D, (1, 1)),
-     ((16, 16), (8, 8), keras.layers.Conv2D, (2, 2)),
-     ((4, 4), (16, 16), keras.layers.Conv2DTranspose, (4, 4))],
+    [
+        ((8, 8), (8, 8), keras.layers.Conv2D, (1, 1)),
+        ((16, 16), (8, 8), keras.layers.Conv2D, (2, 2)),
+        ((4, 4), (16, 16), keras.layers.Conv2DTranspose, (4, 4)),
+    ],
 )
-def test_regressor_follows_the_same_rule(student_hw, teacher_hw, layer,
-                                         strides):
-    connector = Connector((None, *student_hw, 3), (None, *teacher_hw, 6),
-                          kind="regressor")
+def test_regressor_follows_the_same_rule(
+    student_hw, teacher_hw, layer, strides
+):
+    connector = Connector(
+        (None, *student_hw, 3), (None, *teacher_hw, 6), kind="regressor"
+    )
     assert type(connector.projection) is layer
     assert tuple(connector.projection.strides) == strides
     assert tuple(connector.compute_output_shape((2, *student_hw, 3))) == (
-        2, *teacher_hw, 6)
+        2,
+        *teacher_hw,
+        6,
+    )
 
 
 def test_regressor_rejects_different_factors():

@@ -22,8 +22,9 @@ def test_mean_and_none():
     values = np.random.default_rng(0).normal(size=(5,)).astype("float32")
     mean = reduce_per_example(values, "mean")
     assert tuple(mean.shape) == ()
-    np.testing.assert_allclose(float(mean), values.astype("float64").mean(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        float(mean), values.astype("float64").mean(), rtol=1e-6
+    )
     none = reduce_per_example(values, "none")
     assert tuple(none.shape) == (5,)
     np.testing.assert_array_equal(ops.convert_to_numpy(none), values)
@@ -48,11 +49,17 @@ def test_validate_rank_message():
     x = np.ones((2, 3, 4), "float32")
     assert validate_rank(x, (3,), name="x", what="w") == (2, 3, 4)
     with pytest.raises(ValueError) as info:
-        validate_rank(x, (2, 4), name="features", what="X needs (B, C)",
-                      hint="Do Y.")
+        validate_rank(
+            x, (2, 4), name="features", what="X needs (B, C)", hint="Do Y."
+        )
     message = str(info.value)
-    for part in ("X needs (B, C)", "(2, 3, 4)", "`features`", "2 or 4",
-                 "Do Y."):
+    for part in (
+        "X needs (B, C)",
+        "(2, 3, 4)",
+        "`features`",
+        "2 or 4",
+        "Do Y.",
+    ):
         assert part in message
 
 
@@ -69,6 +76,7 @@ def test_to_float32_and_flatten_with_unknown_batch():
     assert out.shape == (2, 12)
     np.testing.assert_array_equal(out, x.astype("float32").reshape(2, 12))
 
+
 def np_l2_normalize(x, axis, epsilon):
     """torch `F.normalize`: x / max(||x||_2, epsilon), float64."""
     x = np.asarray(x, np.float64)
@@ -82,8 +90,9 @@ def test_l2_normalize_matches_float64(axis):
     x[0, :, 0] = 0.0  # an all-zero slice along axis 1
     x[1, 0, :] = 0.0  # an all-zero slice along axis 2
     out = ops.convert_to_numpy(l2_normalize(x, axis=axis, epsilon=1e-12))
-    np.testing.assert_allclose(out, np_l2_normalize(x, axis, 1e-12),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        out, np_l2_normalize(x, axis, 1e-12), rtol=1e-6, atol=1e-7
+    )
 
 
 def test_l2_normalize_epsilon_bounds_the_norm():
@@ -94,6 +103,5 @@ def test_l2_normalize_epsilon_bounds_the_norm():
 
 def test_l2_normalize_zero_slice_has_finite_gradient():
     x = np.zeros((2, 3), "float32")
-    (g,) = grad(lambda x_: ops.sum(l2_normalize(x_, axis=1, epsilon=1e-12)),
-                x)
+    (g,) = grad(lambda x_: ops.sum(l2_normalize(x_, axis=1, epsilon=1e-12)), x)
     assert np.all(np.isfinite(g))

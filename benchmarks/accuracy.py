@@ -13,9 +13,12 @@ every single run, the exact command, the machine and the versions, to
 `benchmarks/results/accuracy[_<scale>].md` (rewritten after every run, so a
 partial run is visible), `.jsonl` (one line per run) and `.png`.
 
-    python benchmarks/accuracy.py path/to/cifar10.npz            # ~45 min, 2 CPU cores
-    python benchmarks/accuracy.py path/to/cifar10.npz --smoke    # 1-2 min pipeline check
-    python benchmarks/accuracy.py path/to/cifar10.npz --scale full  # GPU: hours
+    # ~45 min on 2 CPU cores:
+    python benchmarks/accuracy.py path/to/cifar10.npz
+    # 1-2 min pipeline check:
+    python benchmarks/accuracy.py path/to/cifar10.npz --smoke
+    # GPU: hours
+    python benchmarks/accuracy.py path/to/cifar10.npz --scale full
 
 The archive holds `x_train, y_train, x_test, y_test` (uint8 NHWC, int labels),
 as read by `keras_kd.data.load_arrays`.
@@ -67,22 +70,49 @@ REGIMES = ("full", "reduced")
 # follows a cosine over the `steps` (constant during AB initialisation).
 SCALES = {
     "smoke": dict(
-        teacher_widths=(16, 32, 64), teacher_blocks=1, teacher_steps=20,
-        student_widths=(8, 16, 32), student_blocks=1,
-        train_images=2000, test_images=1000, reduced_fraction=0.1,
-        steps=6, chunks=2, ab_init_chunks=1, seeds=1, batch_size=64,
+        teacher_widths=(16, 32, 64),
+        teacher_blocks=1,
+        teacher_steps=20,
+        student_widths=(8, 16, 32),
+        student_blocks=1,
+        train_images=2000,
+        test_images=1000,
+        reduced_fraction=0.1,
+        steps=6,
+        chunks=2,
+        ab_init_chunks=1,
+        seeds=1,
+        batch_size=64,
     ),
     "default": dict(
-        teacher_widths=(16, 32, 64), teacher_blocks=1, teacher_steps=1170,
-        student_widths=(8, 16, 32), student_blocks=1,
-        train_images=None, test_images=None, reduced_fraction=0.1,
-        steps=250, chunks=5, ab_init_chunks=1, seeds=3, batch_size=128,
+        teacher_widths=(16, 32, 64),
+        teacher_blocks=1,
+        teacher_steps=1170,
+        student_widths=(8, 16, 32),
+        student_blocks=1,
+        train_images=None,
+        test_images=None,
+        reduced_fraction=0.1,
+        steps=250,
+        chunks=5,
+        ab_init_chunks=1,
+        seeds=3,
+        batch_size=128,
     ),
     "full": dict(  # for a GPU: ResNet-32x2 teacher, ResNet-8 student.
-        teacher_widths=(32, 64, 128), teacher_blocks=5, teacher_steps=390 * 160,
-        student_widths=(16, 32, 64), student_blocks=1,
-        train_images=None, test_images=None, reduced_fraction=0.1,
-        steps=390 * 120, chunks=120, ab_init_chunks=15, seeds=5, batch_size=128,
+        teacher_widths=(32, 64, 128),
+        teacher_blocks=5,
+        teacher_steps=390 * 160,
+        student_widths=(16, 32, 64),
+        student_blocks=1,
+        train_images=None,
+        test_images=None,
+        reduced_fraction=0.1,
+        steps=390 * 120,
+        chunks=120,
+        ab_init_chunks=15,
+        seeds=5,
+        batch_size=128,
     ),
 }
 LEARNING_RATE = 0.1
@@ -102,17 +132,25 @@ class CosineAfterHold(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         ops = keras.ops
-        t = ops.clip((ops.cast(step, "float32") - self.hold) / self.decay_steps, 0.0, 1.0)
+        t = ops.clip(
+            (ops.cast(step, "float32") - self.hold) / self.decay_steps, 0.0, 1.0
+        )
         return self.base * 0.5 * (1.0 + ops.cos(math.pi * t))
 
     def get_config(self):
-        return {"base": self.base, "hold": self.hold, "decay_steps": self.decay_steps}
+        return {
+            "base": self.base,
+            "hold": self.hold,
+            "decay_steps": self.decay_steps,
+        }
 
 
 def sgd(hold, decay_steps):
     return keras.optimizers.SGD(
         CosineAfterHold(LEARNING_RATE, hold, decay_steps),
-        momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY,
+        momentum=MOMENTUM,
+        nesterov=True,
+        weight_decay=WEIGHT_DECAY,
     )
 
 
@@ -120,20 +158,18 @@ def cross_entropy():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def balanced_subset(y, fraction, seed):
-    """Indices of `fraction` of each class's examples (sorted)."""
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        picked.append(rng.choice(idx, size=max(1, int(round(fraction * len(idx)))), replace=False))
-    return np.sort(np.concatenate(picked))
-
-
 def train_dataset(x, y, stats, batch_size, seed):
     ds = keras_kd.data.make_dataset(
-        x, y, batch_size=batch_size, training=True, augment="crop_flip",
-        mean=stats[0], std=stats[1], seed=seed, drop_remainder=True)
+        x,
+        y,
+        batch_size=batch_size,
+        training=True,
+        augment="crop_flip",
+        mean=stats[0],
+        std=stats[1],
+        seed=seed,
+        drop_remainder=True,
+    )
     return ds.repeat()
 
 
@@ -143,64 +179,109 @@ def evaluate(model, test):
 
 
 def teacher_model(s, arrays, stats, test, cache_dir, data_key):
-    settings = {k: s[k] for k in ("teacher_widths", "teacher_blocks", "teacher_steps",
-                                  "train_images", "batch_size")}
-    settings.update(data=data_key, seed=TEACHER_SEED, lr=LEARNING_RATE, wd=WEIGHT_DECAY)
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    settings = {
+        k: s[k]
+        for k in (
+            "teacher_widths",
+            "teacher_blocks",
+            "teacher_steps",
+            "train_images",
+            "batch_size",
+        )
+    }
+    settings.update(
+        data=data_key, seed=TEACHER_SEED, lr=LEARNING_RATE, wd=WEIGHT_DECAY
+    )
+    key = hashlib.sha256(
+        json.dumps(settings, sort_keys=True).encode()
+    ).hexdigest()[:12]
     path = os.path.join(cache_dir, f"teacher_{key}.keras")
     meta_path = path + ".json"
     if os.path.exists(path) and os.path.exists(meta_path):
         teacher = keras.saving.load_model(path, compile=False)
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
-        print(f"teacher: loaded {path} (test accuracy {meta['test_accuracy']:.4f})", flush=True)
+        print(
+            f"teacher: loaded {path} (test accuracy "
+            f"{meta['test_accuracy']:.4f})",
+            flush=True,
+        )
         return teacher, meta
     keras.utils.set_random_seed(TEACHER_SEED)
-    teacher = resnet(arrays["x_train"].shape[1:], 10, widths=s["teacher_widths"],
-                     blocks=s["teacher_blocks"], name="teacher")
-    teacher.compile(optimizer=sgd(0, s["teacher_steps"]), loss=cross_entropy(),
-                    metrics=["accuracy"])
+    teacher = resnet(
+        arrays["x_train"].shape[1:],
+        10,
+        widths=s["teacher_widths"],
+        blocks=s["teacher_blocks"],
+        name="teacher",
+    )
+    teacher.compile(
+        optimizer=sgd(0, s["teacher_steps"]),
+        loss=cross_entropy(),
+        metrics=["accuracy"],
+    )
     chunks = 4
     start = time.time()
-    teacher.fit(train_dataset(arrays["x_train"], arrays["y_train"], stats, s["batch_size"],
-                              TEACHER_SEED),
-                steps_per_epoch=s["teacher_steps"] // chunks, epochs=chunks, verbose=2)
+    teacher.fit(
+        train_dataset(
+            arrays["x_train"],
+            arrays["y_train"],
+            stats,
+            s["batch_size"],
+            TEACHER_SEED,
+        ),
+        steps_per_epoch=s["teacher_steps"] // chunks,
+        epochs=chunks,
+        verbose=2,
+    )
     seconds = time.time() - start
     accuracy = evaluate(teacher, test)
-    meta = dict(settings, test_accuracy=accuracy, train_seconds=seconds,
-                params=teacher.count_params())
+    meta = dict(
+        settings,
+        test_accuracy=accuracy,
+        train_seconds=seconds,
+        params=teacher.count_params(),
+    )
     os.makedirs(cache_dir, exist_ok=True)
     teacher.save(path)
     with open(meta_path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
-    print(f"teacher: trained in {seconds:.0f} s, test accuracy {accuracy:.4f}, "
-          f"saved {path}", flush=True)
+    print(
+        f"teacher: trained in {seconds:.0f} s, test accuracy {accuracy:.4f}, "
+        f"saved {path}",
+        flush=True,
+    )
     return teacher, meta
 
 
 def distillation_losses(config):
     adds = ["stage1_add", "stage2_add", "stage3_add"]
     relus = ["stage1_relu", "stage2_relu", "stage3_relu"]
-    ab = losses.ActivationBoundary(adds, adds, teacher_tap="output", student_tap="output",
-                                   preset="paper")
-    nst = losses.NeuronSelectivityTransfer("stage3_add", "stage3_add",
-                                           teacher_tap="output", student_tap="output",
-                                           preset="paper")
-    kd = losses.LogitsDistillation(temperature=4.0)
+    outputs = dict(teacher_tap="output", student_tap="output")
+    ab = losses.get("ab", adds, adds, preset="paper", **outputs)
+    nst = losses.get(
+        "nst", "stage3_add", "stage3_add", preset="paper", **outputs
+    )
+    kd = losses.get("kd", temperature=4.0)
     return {
         "kd": [kd],
         "ab": [ab],
         "nst": [nst],
         "ab_kd": [ab, kd],
         "nst_kd": [nst, kd],
-        "at": [losses.AttentionTransfer(relus, relus, preset="paper")],
+        "at": [losses.get("at", relus, relus, preset="paper")],
     }[config]
 
 
 def run_one(config, teacher, s, x, y, stats, test, seed):
     keras.utils.set_random_seed(seed)
-    student = resnet(x.shape[1:], 10, widths=s["student_widths"],
-                     blocks=s["student_blocks"], name="student")
+    student = resnet(
+        x.shape[1:],
+        10,
+        widths=s["student_widths"],
+        blocks=s["student_blocks"],
+        name="student",
+    )
     chunk = s["steps"] // s["chunks"]
     init = s["ab_init_chunks"] if config.startswith("ab") else 0
     optimizer = sgd(init * chunk, s["chunks"] * chunk)
@@ -209,15 +290,24 @@ def run_one(config, teacher, s, x, y, stats, test, seed):
         model = student
         model.compile(optimizer=optimizer, loss=cross_entropy())
     else:
-        model = keras_kd.Distiller(teacher, student, distillation_losses(config))
+        model = keras_kd.Distiller(
+            teacher, student, distillation_losses(config)
+        )
         model.compile(optimizer=optimizer, loss=cross_entropy())
         if init:
-            callbacks.append(keras_kd.callbacks.ActivationBoundarySchedule(
-                init_epochs=init, restart_optimizer=False))
+            callbacks.append(
+                keras_kd.callbacks.ActivationBoundarySchedule(
+                    init_epochs=init, restart_optimizer=False
+                )
+            )
     start = time.time()
-    history = model.fit(train_dataset(x, y, stats, s["batch_size"], seed),
-                        steps_per_epoch=chunk, epochs=init + s["chunks"],
-                        callbacks=callbacks, verbose=0)
+    history = model.fit(
+        train_dataset(x, y, stats, s["batch_size"], seed),
+        steps_per_epoch=chunk,
+        epochs=init + s["chunks"],
+        callbacks=callbacks,
+        verbose=0,
+    )
     seconds = time.time() - start
     accuracy = evaluate(student, test)
     last = {k: float(v[-1]) for k, v in history.history.items()}
@@ -238,64 +328,116 @@ def summary_rows(records):
     for config, description in CONFIGS.items():
         row = [config, description]
         for regime in REGIMES:
-            acc = [r["test_accuracy"] for r in records
-                   if r["config"] == config and r["regime"] == regime]
+            acc = [
+                r["test_accuracy"]
+                for r in records
+                if r["config"] == config and r["regime"] == regime
+            ]
             row += [mean_std(acc), len(acc)]
         rows.append(row)
     return rows
 
 
-HEADER = ["config", "method", "full: test acc. %", "n", "reduced 10%: test acc. %", "n"]
+HEADER = [
+    "config",
+    "method",
+    "full: test acc. %",
+    "n",
+    "reduced 10%: test acc. %",
+    "n",
+]
 
 
-def write_results(paths, s, started, teacher_meta, data_info, records, done, wall):
-    status = (f"**Complete**: {len(records)} runs, wall time {wall / 60:.1f} min "
-              "(teacher included, or loaded from the cache)." if done else
-              f"**Partial** (run in progress): {len(records)} runs so far, "
-              f"{wall / 60:.1f} min elapsed.")
-    lines = common.header_markdown("CIFAR-10 accuracy: keras_kd distillation methods",
-                                   started, [status, ""])
-    lines += ["## Setup", "",
-              f"- Data: {data_info}.",
-              f"- Teacher: `resnet(widths={s['teacher_widths']}, blocks={s['teacher_blocks']})`, "
-              f"{teacher_meta['params']:,} parameters, {s['teacher_steps']} steps of batch "
-              f"{s['batch_size']} on the full training set, test accuracy "
-              f"**{100 * teacher_meta['test_accuracy']:.2f}%** (seed {TEACHER_SEED}).",
-              f"- Student: `resnet(widths={s['student_widths']}, blocks={s['student_blocks']})`, "
-              f"{data_info_student_params(s):,} parameters.",
-              f"- Each student run: {s['steps']} steps of batch {s['batch_size']} "
-              f"(pad-4 crop + flip), SGD lr {LEARNING_RATE} Nesterov momentum {MOMENTUM}, "
-              f"decoupled weight decay {WEIGHT_DECAY}, cosine to 0 over the {s['steps']} steps; "
-              f"AB configs first run {s['ab_init_chunks'] * (s['steps'] // s['chunks'])} extra "
-              "steps of AB initialisation (AB loss only, constant lr), as RepDistiller's "
-              "30 initialisation epochs come before its 240.",
-              "- Regimes: `full` draws batches from every training image; `reduced` from a "
-              f"class-balanced {100 * s['reduced_fraction']:.0f}% subset (fixed, subset seed "
-              f"{SUBSET_SEED}), same number of steps. The teacher always saw the full set.",
-              f"- Seeds {', '.join(str(i) for i in range(s['seeds']))} (student initialisation, "
-              "data order, augmentation); mean ± sample std over seeds.",
-              "- Loss weights: keras_kd 0.1's defaults (official code; preset='paper'): KD T=4 weight 1 "
-              "(T²·KL); AB 3e-3, pair weights 1/4, 1/2, 1 on `stage{1,2,3}_add` "
-              "(pre-activation), connectors 1x1 conv + BN; NST 50, polynomial kernel "
-              "(d=2, c=0) on `stage3_add` (pre-activation); AT 1000 on `stage{1,2,3}_relu`. "
-              "Task loss weight 1.", "",
-              "## Test accuracy (%)", ""]
+def write_results(
+    paths, s, started, teacher_meta, data_info, records, done, wall
+):
+    status = (
+        f"**Complete**: {len(records)} runs, wall time {wall / 60:.1f} min "
+        "(teacher included, or loaded from the cache)."
+        if done
+        else f"**Partial** (run in progress): {len(records)} runs so far, "
+        f"{wall / 60:.1f} min elapsed."
+    )
+    lines = common.header_markdown(
+        "CIFAR-10 accuracy: keras_kd distillation methods",
+        started,
+        [status, ""],
+    )
+    lines += [
+        "## Setup",
+        "",
+        f"- Data: {data_info}.",
+        f"- Teacher: `resnet(widths={s['teacher_widths']}, "
+        f"blocks={s['teacher_blocks']})`, "
+        f"{teacher_meta['params']:,} parameters, {s['teacher_steps']} steps of "
+        f"batch {s['batch_size']} on the full training set, test accuracy "
+        f"**{100 * teacher_meta['test_accuracy']:.2f}%** "
+        f"(seed {TEACHER_SEED}).",
+        f"- Student: `resnet(widths={s['student_widths']}, "
+        f"blocks={s['student_blocks']})`, "
+        f"{data_info_student_params(s):,} parameters.",
+        f"- Each student run: {s['steps']} steps of batch {s['batch_size']} "
+        f"(pad-4 crop + flip), SGD lr {LEARNING_RATE} Nesterov momentum "
+        f"{MOMENTUM}, "
+        f"decoupled weight decay {WEIGHT_DECAY}, cosine to 0 over the "
+        f"{s['steps']} steps; "
+        "AB configs first run "
+        f"{s['ab_init_chunks'] * (s['steps'] // s['chunks'])} extra "
+        "steps of AB initialisation (AB loss only, constant lr), as "
+        "RepDistiller's "
+        "30 initialisation epochs come before its 240.",
+        "- Regimes: `full` draws batches from every training image; `reduced` "
+        "from a "
+        f"class-balanced {100 * s['reduced_fraction']:.0f}% subset (fixed, "
+        "subset seed "
+        f"{SUBSET_SEED}), same number of steps. The teacher always saw the "
+        "full set.",
+        f"- Seeds {', '.join(str(i) for i in range(s['seeds']))} (student "
+        "initialisation, "
+        "data order, augmentation); mean ± sample std over seeds.",
+        "- Loss weights: keras_kd 0.1's defaults (official code; "
+        "preset='paper'): KD T=4 weight 1 "
+        "(T²·KL); AB 3e-3, pair weights 1/4, 1/2, 1 on `stage{1,2,3}_add` "
+        "(pre-activation), connectors 1x1 conv + BN; NST 50, polynomial kernel "
+        "(d=2, c=0) on `stage3_add` (pre-activation); AT 1000 on "
+        "`stage{1,2,3}_relu`. "
+        "Task loss weight 1.",
+        "",
+        "## Test accuracy (%)",
+        "",
+    ]
     lines += common.markdown_table(HEADER, summary_rows(records))
     lines += ["", "## Every run", ""]
     lines += common.markdown_table(
-        ["regime", "config", "seed", "test acc. %", "train s", "last logged losses"],
-        [[r["regime"], r["config"], r["seed"], f"{100 * r['test_accuracy']:.2f}",
-          f"{r['seconds']:.0f}",
-          ", ".join(f"{k} {v:.3g}" for k, v in sorted(r["last"].items()))]
-         for r in records])
+        [
+            "regime",
+            "config",
+            "seed",
+            "test acc. %",
+            "train s",
+            "last logged losses",
+        ],
+        [
+            [
+                r["regime"],
+                r["config"],
+                r["seed"],
+                f"{100 * r['test_accuracy']:.2f}",
+                f"{r['seconds']:.0f}",
+                ", ".join(f"{k} {v:.3g}" for k, v in sorted(r["last"].items())),
+            ]
+            for r in records
+        ],
+    )
     if os.path.exists(paths["png"]):
         lines += ["", f"![accuracy]({os.path.basename(paths['png'])})"]
     common.write_text(paths["md"], lines)
 
 
 def data_info_student_params(s):
-    return resnet((32, 32, 3), 10, widths=s["student_widths"],
-                  blocks=s["student_blocks"]).count_params()
+    return resnet(
+        (32, 32, 3), 10, widths=s["student_widths"], blocks=s["student_blocks"]
+    ).count_params()
 
 
 def plot(path, records, teacher_accuracy):
@@ -311,8 +453,13 @@ def plot(path, records, teacher_accuracy):
     for ax, regime in zip(axes, REGIMES):
         names, means, stds = [], [], []
         for config in CONFIGS:
-            acc = 100 * np.asarray([r["test_accuracy"] for r in records
-                                    if r["config"] == config and r["regime"] == regime])
+            acc = 100 * np.asarray(
+                [
+                    r["test_accuracy"]
+                    for r in records
+                    if r["config"] == config and r["regime"] == regime
+                ]
+            )
             if len(acc):
                 names.append(config)
                 means.append(acc.mean())
@@ -321,7 +468,12 @@ def plot(path, records, teacher_accuracy):
             continue
         colors = ["grey" if n == "student" else "C0" for n in names]
         ax.bar(names, means, yerr=stds, color=colors, capsize=3)
-        ax.axhline(means[0] if names[0] == "student" else np.nan, color="grey", lw=0.8, ls="--")
+        ax.axhline(
+            means[0] if names[0] == "student" else np.nan,
+            color="grey",
+            lw=0.8,
+            ls="--",
+        )
         lo = min(m - e for m, e in zip(means, stds))
         hi = max(m + e for m, e in zip(means, stds))
         ax.set_ylim(lo - 2, hi + 1)
@@ -335,18 +487,36 @@ def plot(path, records, teacher_accuracy):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", help="path to a .npz archive with x_train, y_train, "
-                        "x_test, y_test (CIFAR-10)")
-    parser.add_argument("--scale", choices=sorted(SCALES), default="default",
-                        help="sizes and schedule (default: ~45 min on 2 CPU cores; "
-                        "full: for a GPU)")
-    parser.add_argument("--smoke", action="store_true", help="same as --scale smoke")
-    parser.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
-    parser.add_argument("--configs", default=",".join(CONFIGS),
-                        help="comma-separated subset of " + ",".join(CONFIGS))
+    parser.add_argument(
+        "data",
+        help="path to a .npz archive with x_train, y_train, "
+        "x_test, y_test (CIFAR-10)",
+    )
+    parser.add_argument(
+        "--scale",
+        choices=sorted(SCALES),
+        default="default",
+        help="sizes and schedule (default: ~45 min on 2 CPU cores; "
+        "full: for a GPU)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="same as --scale smoke"
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="override the number of seeds"
+    )
+    parser.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help="comma-separated subset of " + ",".join(CONFIGS),
+    )
     parser.add_argument("--regimes", default=",".join(REGIMES))
-    parser.add_argument("--output", default=None, help="results file stem (default: "
-                        "benchmarks/results/accuracy[_<scale>])")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="results file stem (default: "
+        "benchmarks/results/accuracy[_<scale>])",
+    )
     args = parser.parse_args(argv)
     scale = "smoke" if args.smoke else args.scale
     s = dict(SCALES[scale])
@@ -356,15 +526,23 @@ def main(argv=None):
     regimes = [r for r in args.regimes.split(",") if r]
     for c in configs:
         if c not in CONFIGS:
-            parser.error(f"unknown config {c!r}; expected some of {list(CONFIGS)}")
+            parser.error(
+                f"unknown config {c!r}; expected some of {list(CONFIGS)}"
+            )
     for r in regimes:
         if r not in REGIMES:
-            parser.error(f"unknown regime {r!r}; expected some of {list(REGIMES)}")
+            parser.error(
+                f"unknown regime {r!r}; expected some of {list(REGIMES)}"
+            )
 
     stem = args.output or os.path.join(
-        common.RESULTS_DIR, "accuracy" if scale == "default" else f"accuracy_{scale}")
+        common.RESULTS_DIR,
+        "accuracy" if scale == "default" else f"accuracy_{scale}",
+    )
     paths = {"md": stem + ".md", "jsonl": stem + ".jsonl", "png": stem + ".png"}
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    started = datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M"
+    )
     wall_start = time.time()
 
     arrays = keras_kd.data.load_arrays(args.data)
@@ -373,49 +551,85 @@ def main(argv=None):
     x_train, y_train = arrays["x_train"], arrays["y_train"]
     x_test, y_test = arrays["x_test"], arrays["y_test"]
     if s["train_images"]:
-        idx = balanced_subset(y_train, s["train_images"] / len(y_train), SUBSET_SEED)
-        x_train, y_train = x_train[idx], y_train[idx]
+        x_train, y_train = keras_kd.data.balanced_subset(
+            x_train, y_train, s["train_images"] / len(y_train), seed=SUBSET_SEED
+        )
         arrays = dict(arrays, x_train=x_train, y_train=y_train)
     if s["test_images"]:
         x_test, y_test = x_test[: s["test_images"]], y_test[: s["test_images"]]
     stats = keras_kd.data.channel_stats(x_train)
-    test = keras_kd.data.make_dataset(x_test, y_test, batch_size=500,
-                                      mean=stats[0], std=stats[1])
-    reduced = balanced_subset(y_train, s["reduced_fraction"], SUBSET_SEED)
-    data_info = (f"`{os.path.basename(args.data)}`, {len(x_train):,} training images "
-                 f"(reduced: {len(reduced):,}), {len(x_test):,} test images, "
-                 "normalised by the training set's channel mean and std")
+    test = keras_kd.data.make_dataset(
+        x_test, y_test, batch_size=500, mean=stats[0], std=stats[1]
+    )
+    reduced = keras_kd.data.balanced_subset(
+        x_train, y_train, s["reduced_fraction"], seed=SUBSET_SEED
+    )
+    data_info = (
+        f"`{os.path.basename(args.data)}`, {len(x_train):,} training images "
+        f"(reduced: {len(reduced[1]):,}), {len(x_test):,} test images, "
+        "normalised by the training set's channel mean and std"
+    )
     print(f"scale {scale}: {json.dumps(s)}\n{data_info}", flush=True)
 
     teacher, teacher_meta = teacher_model(
-        s, arrays, stats, test, os.path.join(common.RESULTS_DIR, "cache"), data_key)
+        s,
+        arrays,
+        stats,
+        test,
+        os.path.join(common.RESULTS_DIR, "cache"),
+        data_key,
+    )
 
     records = []
     if os.path.exists(paths["jsonl"]):
         os.remove(paths["jsonl"])
-    regime_data = {"full": (x_train, y_train), "reduced": (x_train[reduced], y_train[reduced])}
+    regime_data = {"full": (x_train, y_train), "reduced": reduced}
     for seed in range(s["seeds"]):
         for regime in regimes:
             x, y = regime_data[regime]
             for config in configs:
-                accuracy, seconds, last = run_one(config, teacher, s, x, y, stats, test, seed)
-                record = dict(regime=regime, config=config, seed=seed,
-                              test_accuracy=accuracy, seconds=seconds, last=last)
+                accuracy, seconds, last = run_one(
+                    config, teacher, s, x, y, stats, test, seed
+                )
+                record = dict(
+                    regime=regime,
+                    config=config,
+                    seed=seed,
+                    test_accuracy=accuracy,
+                    seconds=seconds,
+                    last=last,
+                )
                 records.append(record)
                 with open(paths["jsonl"], "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
-                print(f"[{(time.time() - wall_start) / 60:5.1f} min] seed {seed} {regime:7s} "
-                      f"{config:8s} test accuracy {100 * accuracy:.2f}%  ({seconds:.0f} s)",
-                      flush=True)
-                write_results(paths, s, started, teacher_meta, data_info, records, False,
-                              time.time() - wall_start)
+                print(
+                    f"[{(time.time() - wall_start) / 60:5.1f} min] seed {seed} "
+                    f"{regime:7s} "
+                    f"{config:8s} test accuracy {100 * accuracy:.2f}%  "
+                    f"({seconds:.0f} s)",
+                    flush=True,
+                )
+                write_results(
+                    paths,
+                    s,
+                    started,
+                    teacher_meta,
+                    data_info,
+                    records,
+                    False,
+                    time.time() - wall_start,
+                )
         plot(paths["png"], records, teacher_meta["test_accuracy"])
 
     wall = time.time() - wall_start
     plot(paths["png"], records, teacher_meta["test_accuracy"])
-    write_results(paths, s, started, teacher_meta, data_info, records, True, wall)
-    print(f"\nteacher test accuracy {100 * teacher_meta['test_accuracy']:.2f}%; "
-          f"wall time {wall / 60:.1f} min\n")
+    write_results(
+        paths, s, started, teacher_meta, data_info, records, True, wall
+    )
+    print(
+        f"\nteacher test accuracy {100 * teacher_meta['test_accuracy']:.2f}%; "
+        f"wall time {wall / 60:.1f} min\n"
+    )
     common.print_table(HEADER, summary_rows(records))
     print(f"\nwrote {paths['md']}")
     return 0

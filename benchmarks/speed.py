@@ -21,9 +21,10 @@ shapes), measures the peak RSS of each configuration in its own subprocess,
 and times `neuron_selectivity_loss` for several channel counts and spatial
 sizes.
 
-    python benchmarks/speed.py            # CIFAR sizes, batch 128 (~4 min on 2 cores)
-    python benchmarks/speed.py --quick    # small sizes, ~1.5 min
-    python benchmarks/speed.py --quick --backend jax     # or torch, or KERAS_BACKEND=...
+    python benchmarks/speed.py          # CIFAR sizes, batch 128, ~4 min
+    python benchmarks/speed.py --quick  # small sizes, ~1.5 min
+    # or torch, or KERAS_BACKEND=...:
+    python benchmarks/speed.py --quick --backend jax
 
 Every backend times the same configurations against its own floor; the
 loss-math and NST-scaling sections use `tf.GradientTape` and run on the
@@ -58,12 +59,30 @@ SIZES = {
     # ResNet-32 teacher (464k parameters) -> ResNet-8 student (78k), the same
     # stage widths so that stage outputs have equal shapes (needed by
     # keras.distillation.FeatureDistillation).
-    "default": dict(batch=128, image=32, widths=(16, 32, 64), teacher_blocks=5,
-                    student_blocks=1, warmup=3, rounds=8, steps_per_round=4,
-                    memory_steps=10, nst_repeats=10),
-    "quick": dict(batch=32, image=32, widths=(16, 32, 64), teacher_blocks=2,
-                  student_blocks=1, warmup=2, rounds=3, steps_per_round=3,
-                  memory_steps=4, nst_repeats=3),
+    "default": dict(
+        batch=128,
+        image=32,
+        widths=(16, 32, 64),
+        teacher_blocks=5,
+        student_blocks=1,
+        warmup=3,
+        rounds=8,
+        steps_per_round=4,
+        memory_steps=10,
+        nst_repeats=10,
+    ),
+    "quick": dict(
+        batch=32,
+        image=32,
+        widths=(16, 32, 64),
+        teacher_blocks=2,
+        student_blocks=1,
+        warmup=2,
+        rounds=3,
+        steps_per_round=3,
+        memory_steps=4,
+        nst_repeats=3,
+    ),
 }
 ADDS = ["stage1_add", "stage2_add", "stage3_add"]
 RELUS = ["stage1_relu", "stage2_relu", "stage3_relu"]
@@ -72,17 +91,31 @@ FEATURE_PAIR = "stage3_add"  # equal shapes in teacher and student
 # name -> (family, description)
 CONFIGS = {
     "student": ("floor", "(a) student train step alone"),
-    "teacher_inference": ("floor", "(b) teacher(x, training=False), compiled "
-                          "(tf.function / jax.jit; PyTorch: eager under no_grad)"),
+    "teacher_inference": (
+        "floor",
+        "(b) teacher(x, training=False), compiled "
+        "(tf.function / jax.jit; PyTorch: eager under no_grad)",
+    ),
     "kd": ("keras_kd", "Distiller: KD (T=4)"),
     "ab_kd": ("keras_kd", "Distiller: AB on 3 pairs (connectors) + KD"),
-    "ab_kd_noconn": ("keras_kd", "Distiller: AB on 3 pairs, no connectors (equal widths) + KD"),
+    "ab_kd_noconn": (
+        "keras_kd",
+        "Distiller: AB on 3 pairs, no connectors (equal widths) + KD",
+    ),
     "nst_kd": ("keras_kd", "Distiller: NST (stage 3) + KD"),
     "at": ("keras_kd", "Distiller: attention transfer, 3 pairs"),
-    "mse": ("keras_kd", f"Distiller: MSE on `{FEATURE_PAIR}` (FitNetsHint, no regressor)"),
-    "keras_logits": ("keras.distillation", "keras Distiller: LogitsDistillation (T=4)"),
-    "keras_feature": ("keras.distillation",
-                      f"keras Distiller: FeatureDistillation mse on `{FEATURE_PAIR}`"),
+    "mse": (
+        "keras_kd",
+        f"Distiller: MSE on `{FEATURE_PAIR}` (FitNetsHint, no regressor)",
+    ),
+    "keras_logits": (
+        "keras.distillation",
+        "keras Distiller: LogitsDistillation (T=4)",
+    ),
+    "keras_feature": (
+        "keras.distillation",
+        f"keras Distiller: FeatureDistillation mse on `{FEATURE_PAIR}`",
+    ),
 }
 
 
@@ -97,29 +130,50 @@ def optimizer():
 def make_models(s):
     keras.utils.set_random_seed(0)
     shape = (s["image"], s["image"], 3)
-    teacher = resnet(shape, 10, widths=s["widths"], blocks=s["teacher_blocks"],
-                     name="teacher")
+    teacher = resnet(
+        shape,
+        10,
+        widths=s["widths"],
+        blocks=s["teacher_blocks"],
+        name="teacher",
+    )
     return teacher, shape
 
 
 def new_student(s, shape):
-    keras.utils.set_random_seed(1)  # every configuration starts from the same student
-    return resnet(shape, 10, widths=s["widths"], blocks=s["student_blocks"],
-                  name="student")
+    keras.utils.set_random_seed(
+        1
+    )  # every configuration starts from the same student
+    return resnet(
+        shape,
+        10,
+        widths=s["widths"],
+        blocks=s["student_blocks"],
+        name="student",
+    )
 
 
 def keras_kd_losses(name):
-    kd = losses.LogitsDistillation(temperature=4.0)
+    kd = losses.get("kd", temperature=4.0)
+    outputs = dict(teacher_tap="output", student_tap="output")
     return {
         "kd": [kd],
-        "ab_kd": [losses.ActivationBoundary(ADDS, ADDS, teacher_tap="output",
-                                            student_tap="output", connector="always"), kd],
-        "ab_kd_noconn": [losses.ActivationBoundary(ADDS, ADDS, teacher_tap="output",
-                                                   student_tap="output", connector="auto"), kd],
-        "nst_kd": [losses.NeuronSelectivityTransfer(
-            "stage3_add", "stage3_add", teacher_tap="output", student_tap="output"), kd],
-        "at": [losses.AttentionTransfer(RELUS, RELUS)],
-        "mse": [losses.FitNetsHint(FEATURE_PAIR, FEATURE_PAIR, regressor="auto")],
+        "ab_kd": [
+            losses.get("ab", ADDS, ADDS, connector="always", **outputs),
+            kd,
+        ],
+        "ab_kd_noconn": [
+            losses.get("ab", ADDS, ADDS, connector="auto", **outputs),
+            kd,
+        ],
+        "nst_kd": [
+            losses.get("nst", "stage3_add", "stage3_add", **outputs),
+            kd,
+        ],
+        "at": [losses.get("at", RELUS, RELUS)],
+        "mse": [
+            losses.get("fitnets", FEATURE_PAIR, FEATURE_PAIR, connector="auto")
+        ],
     }[name]
 
 
@@ -134,12 +188,22 @@ def build_step(name, s, teacher, shape):
         model = keras_kd.Distiller(teacher, student, keras_kd_losses(name))
     elif name == "keras_logits":
         model = keras.distillation.Distiller(
-            teacher, student, [keras.distillation.LogitsDistillation(temperature=4.0)])
+            teacher,
+            student,
+            [keras.distillation.LogitsDistillation(temperature=4.0)],
+        )
     elif name == "keras_feature":
         model = keras.distillation.Distiller(
-            teacher, student, [keras.distillation.FeatureDistillation(
-                loss="mse", teacher_layer_name=FEATURE_PAIR,
-                student_layer_name=FEATURE_PAIR)])
+            teacher,
+            student,
+            [
+                keras.distillation.FeatureDistillation(
+                    loss="mse",
+                    teacher_layer_name=FEATURE_PAIR,
+                    student_layer_name=FEATURE_PAIR,
+                )
+            ],
+        )
     else:
         raise ValueError(name)
     model.compile(optimizer=optimizer(), loss=cross_entropy())
@@ -156,7 +220,9 @@ def teacher_inference(teacher):
 
         @jax.jit
         def forward(trainable, non_trainable, x):
-            out, _ = teacher.stateless_call(trainable, non_trainable, x, training=False)
+            out, _ = teacher.stateless_call(
+                trainable, non_trainable, x, training=False
+            )
             return out.sum()
 
         teacher.trainable = False  # as in every Distiller built after this
@@ -164,8 +230,13 @@ def teacher_inference(teacher):
         def step(x, y):
             # Current buffers each call: a Distiller's step donates the
             # teacher's state and replaces it with new arrays.
-            return float(forward([v.value for v in teacher.trainable_variables],
-                                 [v.value for v in teacher.non_trainable_variables], x))
+            return float(
+                forward(
+                    [v.value for v in teacher.trainable_variables],
+                    [v.value for v in teacher.non_trainable_variables],
+                    x,
+                )
+            )
 
         return step
     import torch
@@ -179,11 +250,17 @@ def teacher_inference(teacher):
 
 def batches(s, count=4):
     rng = np.random.default_rng(0)
-    return [(keras.ops.convert_to_tensor(
-                rng.standard_normal((s["batch"], s["image"], s["image"], 3),
-                                    dtype=np.float32)),
-             keras.ops.convert_to_tensor(rng.integers(0, 10, s["batch"])))
-            for _ in range(count)]
+    return [
+        (
+            keras.ops.convert_to_tensor(
+                rng.standard_normal(
+                    (s["batch"], s["image"], s["image"], 3), dtype=np.float32
+                )
+            ),
+            keras.ops.convert_to_tensor(rng.integers(0, 10, s["batch"])),
+        )
+        for _ in range(count)
+    ]
 
 
 def time_interleaved(steps, data, s):
@@ -195,7 +272,7 @@ def time_interleaved(steps, data, s):
     times = {name: [] for name in names}
     k = 0
     for r in range(s["rounds"]):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         if r % 2:
             order = order[::-1]
         for name in order:
@@ -209,39 +286,61 @@ def time_interleaved(steps, data, s):
     return times
 
 
-# --- loss math alone -------------------------------------------------------------
+# --- loss math alone ----------------------------------------------------------
 
 
 def loss_math_times(s, teacher, shape, repeats):
-    """Forward + backward of each configuration's loss functions on fixed tensors."""
+    """Forward + backward of each configuration's loss functions.
+
+    On fixed teacher and student tensors.
+    """
     student = new_student(s, shape)
     x = batches(s, 1)[0][0]
-    t_model = keras.Model(teacher.input, [teacher.output]
-                          + [teacher.get_layer(n).output for n in ADDS + RELUS])
-    s_model = keras.Model(student.input, [student.output]
-                          + [student.get_layer(n).output for n in ADDS + RELUS])
+    t_model = keras.Model(
+        teacher.input,
+        [teacher.output] + [teacher.get_layer(n).output for n in ADDS + RELUS],
+    )
+    s_model = keras.Model(
+        student.input,
+        [student.output] + [student.get_layer(n).output for n in ADDS + RELUS],
+    )
     t_out = [tf.constant(v) for v in t_model(x, training=False)]
     s_out = [tf.Variable(v) for v in s_model(x, training=False)]
     t = dict(zip(["logits"] + ADDS + RELUS, t_out))
     v = dict(zip(["logits"] + ADDS + RELUS, s_out))
-    from keras_kd.losses import (activation_boundary_loss, attention_transfer_loss,
-                                 fitnets_hint_loss, logits_distillation_loss,
-                                 neuron_selectivity_loss)
+    from keras_kd.losses import activation_boundary_loss
+    from keras_kd.losses import attention_transfer_loss
+    from keras_kd.losses import fitnets_hint_loss
+    from keras_kd.losses import logits_distillation_loss
+    from keras_kd.losses import neuron_selectivity_loss
 
     def kd():
         return logits_distillation_loss(t["logits"], v["logits"], 4.0)
 
     formulas = {
         "kd (loss functions)": kd,
-        "ab_kd (loss functions, no connectors or metrics)": lambda: kd() + 3e-3 * sum(
-            w * activation_boundary_loss(t[n], v[n]) for w, n in zip((0.25, 0.5, 1.0), ADDS)),
-        "nst_kd (loss functions)": lambda: kd() + 50 * neuron_selectivity_loss(t["stage3_add"],
-                                                              v["stage3_add"]),
-        "at (loss functions)": lambda: 1000 * sum(attention_transfer_loss(t[n], v[n]) for n in RELUS) / 3,
-        "mse (loss functions)": lambda: 100 * fitnets_hint_loss(t[FEATURE_PAIR], v[FEATURE_PAIR]),
+        "ab_kd (loss functions, no connectors or metrics)": lambda: (
+            kd()
+            + 3e-3
+            * sum(
+                w * activation_boundary_loss(t[n], v[n])
+                for w, n in zip((0.25, 0.5, 1.0), ADDS)
+            )
+        ),
+        "nst_kd (loss functions)": lambda: (
+            kd()
+            + 50 * neuron_selectivity_loss(t["stage3_add"], v["stage3_add"])
+        ),
+        "at (loss functions)": lambda: (
+            1000 * sum(attention_transfer_loss(t[n], v[n]) for n in RELUS) / 3
+        ),
+        "mse (loss functions)": lambda: (
+            100 * fitnets_hint_loss(t[FEATURE_PAIR], v[FEATURE_PAIR])
+        ),
     }
     results = {}
     for name, formula in formulas.items():
+
         @tf.function
         def step(formula=formula):
             with tf.GradientTape() as tape:
@@ -272,40 +371,70 @@ def distiller_loss_times(built, teacher, batch, repeats):
 
         def features(net, names):
             names = names if isinstance(names, (list, tuple)) else [names]
-            outputs = [net.output if n is None else net.get_layer(n).output for n in names]
+            outputs = [
+                net.output if n is None else net.get_layer(n).output
+                for n in names
+            ]
             values = keras.Model(net.input, outputs)(x, training=False)
             if not isinstance(values, (list, tuple)):
                 values = [values]
             return [tf.constant(v) for v in values]
 
-        t_feats = [features(teacher, loss.teacher_layer_name)
-                   for loss in model.distillation_losses]
-        s_feats = [[tf.Variable(v) for v in features(student, loss.student_layer_name)]
-                   for loss in model.distillation_losses]
+        t_feats = [
+            features(teacher, loss.teacher_layer_name)
+            for loss in model.distillation_losses
+        ]
+        s_feats = [
+            [tf.Variable(v) for v in features(student, loss.student_layer_name)]
+            for loss in model.distillation_losses
+        ]
         s_flat = [v for group in s_feats for v in group]
-        extra = [v for loss in model.distillation_losses for v in loss.trainable_variables]
+        extra = [
+            v
+            for loss in model.distillation_losses
+            for v in loss.trainable_variables
+        ]
 
         @tf.function
-        def step(model=model, t_feats=t_feats, s_feats=s_feats, s_flat=s_flat,
-                 extra=extra, weights=weights):
+        def step(
+            model=model,
+            t_feats=t_feats,
+            s_feats=s_feats,
+            s_flat=s_flat,
+            extra=extra,
+            weights=weights,
+        ):
             logged = 0.0
             with tf.GradientTape() as tape:
                 total = 0.0
-                for loss, t, sv in zip(model.distillation_losses, t_feats, s_feats):
-                    pair_losses, metrics = loss.compute(t, list(sv), training=True)
-                    value = sum(w * tf.reduce_mean(v)
-                                for w, v in zip(loss.pair_weights, pair_losses))
+                for loss, t, sv in zip(
+                    model.distillation_losses, t_feats, s_feats
+                ):
+                    pair_losses, metrics = loss.compute(
+                        t, list(sv), training=True
+                    )
+                    value = sum(
+                        w * tf.reduce_mean(v)
+                        for w, v in zip(loss.pair_weights, pair_losses)
+                    )
                     total = total + weights[loss.name] * value
-                    logged = logged + sum(tf.reduce_mean(m) for m in metrics.values())
+                    logged = logged + sum(
+                        tf.reduce_mean(m) for m in metrics.values()
+                    )
             grads = tape.gradient(total, s_flat + extra)
-            return total + logged + sum(tf.reduce_sum(g) for g in grads if g is not None)
+            return (
+                total
+                + logged
+                + sum(tf.reduce_sum(g) for g in grads if g is not None)
+            )
 
-        results[f"{name} (Distiller's losses: connectors + metrics included)"] = (
-            common.median_seconds(lambda: step().numpy(), repeats))
+        results[
+            f"{name} (Distiller's losses: connectors + metrics included)"
+        ] = common.median_seconds(lambda: step().numpy(), repeats)
     return results
 
 
-# --- NST scaling -----------------------------------------------------------------
+# --- NST scaling --------------------------------------------------------------
 
 
 def nst_scaling(batch, repeats):
@@ -315,8 +444,12 @@ def nst_scaling(batch, repeats):
     for side in (8, 16, 32):
         for channels in (16, 32, 64, 128, 256):
             rng = np.random.default_rng(0)
-            t = tf.constant(rng.standard_normal((batch, side, side, channels), np.float32))
-            s_var = tf.Variable(rng.standard_normal((batch, side, side, channels), np.float32))
+            t = tf.constant(
+                rng.standard_normal((batch, side, side, channels), np.float32)
+            )
+            s_var = tf.Variable(
+                rng.standard_normal((batch, side, side, channels), np.float32)
+            )
 
             @tf.function
             def step():
@@ -324,17 +457,27 @@ def nst_scaling(batch, repeats):
                     value = neuron_selectivity_loss(t, s_var)
                 return value + tf.reduce_sum(tape.gradient(value, s_var))
 
-            seconds = common.median_seconds(lambda: step().numpy(), repeats,
-                                            warmup=1)
+            seconds = common.median_seconds(
+                lambda: step().numpy(), repeats, warmup=1
+            )
             flops = batch * channels * channels * side * side
-            rows.append(dict(hw=side * side, channels=channels, seconds=seconds,
-                             ns_per_bc2hw=1e9 * seconds / flops))
-            print(f"  NST C={channels:4d} HW={side * side:5d}: {1e3 * seconds:8.2f} ms",
-                  flush=True)
+            rows.append(
+                dict(
+                    hw=side * side,
+                    channels=channels,
+                    seconds=seconds,
+                    ns_per_bc2hw=1e9 * seconds / flops,
+                )
+            )
+            print(
+                f"  NST C={channels:4d} HW={side * side:5d}: "
+                f"{1e3 * seconds:8.2f} ms",
+                flush=True,
+            )
     return rows
 
 
-# --- memory ----------------------------------------------------------------------
+# --- memory -------------------------------------------------------------------
 
 
 def current_rss_mb():
@@ -356,36 +499,68 @@ def memory_child(name, size):
         reset = False
     for i in range(s["warmup"] + s["memory_steps"]):
         step(*data[i % len(data)])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )  # KiB on Linux
     if reset:
         with open("/proc/self/status", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     peak = int(line.split()[1]) / 1024
-    print(json.dumps({"name": name, "peak_mb": peak, "before_steps_mb": before,
-                      "hwm_reset": reset,
-                      "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "name": name,
+                "peak_mb": peak,
+                "before_steps_mb": before,
+                "hwm_reset": reset,
+                "ru_maxrss_mb": resource.getrusage(
+                    resource.RUSAGE_SELF
+                ).ru_maxrss
+                / 1024,
+            }
+        )
+    )
 
 
 def measure_memory(size):
     results = {}
     for name in CONFIGS:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--size", size,
-                              "--backend", BACKEND, "--memory-child", name],
-                             capture_output=True, text=True,
-                             check=False)
-        lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+        out = subprocess.run(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--size",
+                size,
+                "--backend",
+                BACKEND,
+                "--memory-child",
+                name,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        lines = [
+            line for line in out.stdout.splitlines() if line.startswith("{")
+        ]
         if out.returncode or not lines:
             print(out.stderr[-2000:])
             raise RuntimeError(f"memory child {name} failed")
         results[name] = json.loads(lines[-1])
-        print(f"  {name:18s} peak RSS {results[name]['peak_mb']:7.0f} MB "
-              f"(+{results[name]['peak_mb'] - results[name]['before_steps_mb']:.0f} MB "
-              "over the RSS after building)", flush=True)
+        peak, before = (
+            results[name]["peak_mb"],
+            results[name]["before_steps_mb"],
+        )
+        print(
+            f"  {name:18s} peak RSS {peak:7.0f} MB (+{peak - before:.0f} MB "
+            "over the RSS after building)",
+            flush=True,
+        )
     return results
 
 
-# --- report ----------------------------------------------------------------------
+# --- report -------------------------------------------------------------------
 
 
 def plot(path, medians, floor):
@@ -414,15 +589,23 @@ def plot(path, medians, floor):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, ~1.5 min")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, ~1.5 min"
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default=None)
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
-                        default=BACKEND, help="Keras backend (default: KERAS_BACKEND "
-                        "or tensorflow)")
+    parser.add_argument(
+        "--backend",
+        choices=["tensorflow", "jax", "torch"],
+        default=BACKEND,
+        help="Keras backend (default: KERAS_BACKEND or tensorflow)",
+    )
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--note", default="", help="a sentence on the machine's load, "
-                        "written into the results file")
+    parser.add_argument(
+        "--note",
+        default="",
+        help="a sentence on the machine's load, written into the results file",
+    )
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     size = args.size or ("quick" if args.quick else "default")
@@ -430,17 +613,25 @@ def main(argv=None):
         memory_child(args.memory_child, size)
         return 0
     s = SIZES[size]
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    started = datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M"
+    )
     load_at_start = os.getloadavg()
     wall = time.time()
     suffix = "" if BACKEND == "tensorflow" else f"_{BACKEND}"
     stem = args.output or os.path.join(
-        common.RESULTS_DIR, ("speed" if size == "default" else f"speed_{size}") + suffix)
+        common.RESULTS_DIR,
+        ("speed" if size == "default" else f"speed_{size}") + suffix,
+    )
 
     teacher, shape = make_models(s)
     student_params = new_student(s, shape).count_params()
-    print(f"sizes {size}: {json.dumps(s)}; teacher {teacher.count_params():,} params, "
-          f"student {student_params:,}", flush=True)
+    print(
+        f"sizes {size}: {json.dumps(s)}; teacher {teacher.count_params():,} "
+        "params, "
+        f"student {student_params:,}",
+        flush=True,
+    )
     data = batches(s)
     built = {name: build_step(name, s, teacher, shape) for name in CONFIGS}
     steps = {name: b[0] for name, b in built.items()}
@@ -453,116 +644,236 @@ def main(argv=None):
     if BACKEND == "tensorflow":  # these two use tf.GradientTape / tf.function
         print("timing the loss math alone", flush=True)
         math = loss_math_times(s, teacher, shape, max(10, s["nst_repeats"]))
-        math.update(distiller_loss_times(built, teacher, data[0],
-                                         max(10, s["nst_repeats"])))
+        math.update(
+            distiller_loss_times(
+                built, teacher, data[0], max(10, s["nst_repeats"])
+            )
+        )
         print("NST scaling", flush=True)
         nst = nst_scaling(s["batch"], s["nst_repeats"])
-    memory = {} if args.skip_memory else (print("peak memory (one subprocess each)",
-                                                flush=True) or measure_memory(size))
+    memory = (
+        {}
+        if args.skip_memory
+        else (
+            print("peak memory (one subprocess each)", flush=True)
+            or measure_memory(size)
+        )
+    )
     load_at_end = os.getloadavg()
 
-    header = ["config", "what", "median ms", "IQR ms", "steps", "× floor",
-              "peak RSS MB", "Δ RSS MB"]
+    header = [
+        "config",
+        "what",
+        "median ms",
+        "IQR ms",
+        "steps",
+        "× floor",
+        "peak RSS MB",
+        "Δ RSS MB",
+    ]
     rows = []
     for name, (family, what) in CONFIGS.items():
         v = 1e3 * np.asarray(times[name])
         q1, q3 = np.percentile(v, [25, 75])
         ratio = "—" if family == "floor" else f"{medians[name] / floor:.3f}"
         mem = memory.get(name)
-        rows.append([name, what, f"{1e3 * medians[name]:.1f}", f"{q1:.0f}–{q3:.0f}", len(v),
-                     ratio, f"{mem['peak_mb']:.0f}" if mem else "",
-                     f"{mem['peak_mb'] - mem['before_steps_mb']:.0f}" if mem else ""])
-    rows.append(["floor", "(a) + (b)", f"{1e3 * floor:.1f}", "", "", "1.000", "", ""])
+        rows.append(
+            [
+                name,
+                what,
+                f"{1e3 * medians[name]:.1f}",
+                f"{q1:.0f}–{q3:.0f}",
+                len(v),
+                ratio,
+                f"{mem['peak_mb']:.0f}" if mem else "",
+                f"{mem['peak_mb'] - mem['before_steps_mb']:.0f}" if mem else "",
+            ]
+        )
+    rows.append(
+        ["floor", "(a) + (b)", f"{1e3 * floor:.1f}", "", "", "1.000", "", ""]
+    )
     print()
     common.print_table(header, rows)
 
-    vs = [["KD", medians["kd"], medians["keras_logits"]],
-          ["equal-shape feature MSE", medians["mse"], medians["keras_feature"]]]
-    vs_rows = [[w, f"{1e3 * a:.1f}", f"{1e3 * b:.1f}", f"{b / a:.2f}×"] for w, a, b in vs]
-    vs_header = ["workload", "keras_kd ms", "keras.distillation ms", "keras / keras_kd"]
+    vs = [
+        ["KD", medians["kd"], medians["keras_logits"]],
+        ["equal-shape feature MSE", medians["mse"], medians["keras_feature"]],
+    ]
+    vs_rows = [
+        [w, f"{1e3 * a:.1f}", f"{1e3 * b:.1f}", f"{b / a:.2f}×"]
+        for w, a, b in vs
+    ]
+    vs_header = [
+        "workload",
+        "keras_kd ms",
+        "keras.distillation ms",
+        "keras / keras_kd",
+    ]
     print()
     common.print_table(vs_header, vs_rows)
 
-    math_header = ["loss functions (forward + backward, fixed tensors)", "median ms",
-                   "config step − floor, ms"]
+    math_header = [
+        "loss functions (forward + backward, fixed tensors)",
+        "median ms",
+        "config step − floor, ms",
+    ]
     math_rows = []
     for name, sec in math.items():
         key = name.split(" ")[0]
-        math_rows.append([name, f"{1e3 * sec:.2f}", f"{1e3 * (medians[key] - floor):.1f}"])
+        math_rows.append(
+            [name, f"{1e3 * sec:.2f}", f"{1e3 * (medians[key] - floor):.1f}"]
+        )
     print()
     common.print_table(math_header, math_rows)
 
     nst_header = ["H·W", "C", "ms (fwd + bwd)", "ns per B·C²·HW"]
-    nst_rows = [[r["hw"], r["channels"], f"{1e3 * r['seconds']:.2f}",
-                 f"{r['ns_per_bc2hw']:.4f}"] for r in nst]
+    nst_rows = [
+        [
+            r["hw"],
+            r["channels"],
+            f"{1e3 * r['seconds']:.2f}",
+            f"{r['ns_per_bc2hw']:.4f}",
+        ]
+        for r in nst
+    ]
     print()
     common.print_table(nst_header, nst_rows)
 
     wall = time.time() - wall
     note = [args.note, ""] if args.note else []
     lines = common.header_markdown(
-        "Step time and memory: keras_kd against the floor and keras.distillation "
-        f"(Keras on {BACKEND})", started,
-        note + [f"Load average (1, 5, 15 min) at start {load_at_start[0]:.2f} "
-                f"{load_at_start[1]:.2f} {load_at_start[2]:.2f}, at end {load_at_end[0]:.2f} "
-                f"{load_at_end[1]:.2f} {load_at_end[2]:.2f}; wall time {wall / 60:.1f} min.", ""])
+        "Step time and memory: keras_kd against the floor and "
+        "keras.distillation "
+        f"(Keras on {BACKEND})",
+        started,
+        note
+        + [
+            f"Load average (1, 5, 15 min) at start {load_at_start[0]:.2f} "
+            f"{load_at_start[1]:.2f} {load_at_start[2]:.2f}, at end "
+            f"{load_at_end[0]:.2f} "
+            f"{load_at_end[1]:.2f} {load_at_end[2]:.2f}; wall time "
+            f"{wall / 60:.1f} min.",
+            "",
+        ],
+    )
     lines += [
-        "## Setup", "",
-        f"- Teacher `resnet(widths={s['widths']}, blocks={s['teacher_blocks']})`, "
-        f"{teacher.count_params():,} parameters; student `resnet(widths={s['widths']}, "
-        f"blocks={s['student_blocks']})`, {student_params:,} parameters; inputs "
-        f"{s['batch']}×{s['image']}×{s['image']}×3 (the same {len(data)} random batches "
-        "for every configuration), SGD with momentum, cross-entropy from logits.",
-        "- Every training configuration runs `model.train_on_batch(x, y)` in a loop (one "
-        "compiled `train_function` each; Keras's default `jit_compile` for the backend: "
+        "## Setup",
+        "",
+        f"- Teacher `resnet(widths={s['widths']}, "
+        f"blocks={s['teacher_blocks']})`, "
+        f"{teacher.count_params():,} parameters; student "
+        f"`resnet(widths={s['widths']}, "
+        f"blocks={s['student_blocks']})`, {student_params:,} parameters; "
+        "inputs "
+        f"{s['batch']}×{s['image']}×{s['image']}×3 (the same {len(data)} "
+        "random batches "
+        "for every configuration), SGD with momentum, cross-entropy from "
+        "logits.",
+        "- Every training configuration runs `model.train_on_batch(x, y)` in a "
+        "loop (one "
+        "compiled `train_function` each; Keras's default `jit_compile` for the "
+        "backend: "
         "XLA on TensorFlow and JAX, eager on PyTorch); `teacher_inference` is "
-        "`teacher(x, training=False)` in a `tf.function` (TensorFlow), a `jax.jit` of "
+        "`teacher(x, training=False)` in a `tf.function` (TensorFlow), a "
+        "`jax.jit` of "
         "`stateless_call` (JAX) or eager under `torch.no_grad()` (PyTorch), "
         "synchronised by fetching a scalar.",
-        f"- {s['warmup']} warm-up steps each, then {s['rounds']} rounds; each round runs "
-        f"{s['steps_per_round']} steps of every configuration, the order rotated (and "
+        f"- {s['warmup']} warm-up steps each, then {s['rounds']} rounds; each "
+        "round runs "
+        f"{s['steps_per_round']} steps of every configuration, the order "
+        "rotated (and "
         "reversed every other round). Medians over all "
-        f"{s['rounds'] * s['steps_per_round']} timed steps; IQR = interquartile range.",
-        "- Floor = median (a) + median (b): a student step and a teacher forward pass.",
+        f"{s['rounds'] * s['steps_per_round']} timed steps; IQR = "
+        "interquartile range.",
+        "- Floor = median (a) + median (b): a student step and a teacher "
+        "forward pass.",
         "- keras_kd feature taps: AB on `stage{1,2,3}_add` (pre-activation, "
-        "`connector=\"always\"` as the official code, so three 1×1 conv + BN connectors); "
+        '`connector="always"` as the official code, so three 1×1 conv + BN '
+        "connectors); "
         "NST on `stage3_add`; AT on `stage{1,2,3}_relu`; MSE (`FitNetsHint`, "
-        f"`regressor=\"auto\"`, no regressor for equal shapes) and keras "
-        f"`FeatureDistillation` on `{FEATURE_PAIR}`. keras Distillers use their default "
+        f'`connector="auto"`, no regressor for equal shapes) and keras '
+        f"`FeatureDistillation` on `{FEATURE_PAIR}`. keras Distillers use "
+        "their default "
         "`student_loss_weight=0.5`.",
-        "- Peak RSS: each configuration in its own subprocess (imports, build, then "
-        f"{s['warmup'] + s['memory_steps']} steps including the first, traced one). "
-        "The peak is the process's high-water mark `VmHWM` (/proc/self/status), reset "
-        "(`/proc/self/clear_refs` = 5) after building so that it covers the steps only "
-        "(importing TensorFlow alone peaks near 550 MB and would hide the differences; "
-        "`resource.getrusage(RUSAGE_SELF).ru_maxrss` is the fallback where the reset is not "
-        "allowed). Δ RSS = that peak minus the RSS just before the first step.", "",
-        "## Step time", ""]
+        "- Peak RSS: each configuration in its own subprocess (imports, build, "
+        "then "
+        f"{s['warmup'] + s['memory_steps']} steps including the first, traced "
+        "one). "
+        "The peak is the process's high-water mark `VmHWM` "
+        "(/proc/self/status), reset "
+        "(`/proc/self/clear_refs` = 5) after building so that it covers the "
+        "steps only "
+        "(importing TensorFlow alone peaks near 550 MB and would hide the "
+        "differences; "
+        "`resource.getrusage(RUSAGE_SELF).ru_maxrss` is the fallback where the "
+        "reset is not "
+        "allowed). Δ RSS = that peak minus the RSS just before the first step.",
+        "",
+        "## Step time",
+        "",
+    ]
     lines += common.markdown_table(header, rows)
-    lines += ["", "![step time](" + os.path.basename(stem) + ".png)", "",
-              "## keras_kd against keras.distillation (same student, teacher, batches)", ""]
+    lines += [
+        "",
+        "![step time](" + os.path.basename(stem) + ".png)",
+        "",
+        "## keras_kd against keras.distillation (same student, teacher, "
+        "batches)",
+        "",
+    ]
     lines += common.markdown_table(vs_header, vs_rows)
     if BACKEND != "tensorflow":
-        lines += ["", "The loss-math and NST-scaling sections run on the TensorFlow "
-                  "backend only (`benchmarks/results/speed_quick.md`).", ""]
+        lines += [
+            "",
+            "The loss-math and NST-scaling sections run on the TensorFlow "
+            "backend only (`benchmarks/results/speed_quick.md`).",
+            "",
+        ]
     else:
-        lines += ["", "## The loss math alone", "",
-                  "Forward + backward (gradient with respect to the student tensors) of "
-                  "the loss functions alone, on fixed teacher and student tensors of the "
-                  "real shapes, in one `tf.function`; compare with each configuration's "
-                  "step time minus the floor.", ""]
+        lines += [
+            "",
+            "## The loss math alone",
+            "",
+            "Forward + backward (gradient with respect to the student tensors) "
+            "of "
+            "the loss functions alone, on fixed teacher and student tensors of "
+            "the "
+            "real shapes, in one `tf.function`; compare with each "
+            "configuration's "
+            "step time minus the floor.",
+            "",
+        ]
         lines += common.markdown_table(math_header, math_rows)
-        lines += ["", "## Cost of `neuron_selectivity_loss` (polynomial kernel)", "",
-                  f"Batch {s['batch']}, C_T = C_S = C, forward + backward (gradient with "
-                  "respect to the student map), medians of "
-                  f"{s['nst_repeats']} calls. The matmul form costs O(B·C²·HW): the last "
-                  "column is roughly constant once the matmul dominates (small C is "
-                  "dominated by the O(B·C·HW) normalisation and fixed per-call costs).", ""]
+        lines += [
+            "",
+            "## Cost of `neuron_selectivity_loss` (polynomial kernel)",
+            "",
+            f"Batch {s['batch']}, C_T = C_S = C, forward + backward (gradient "
+            "with "
+            "respect to the student map), medians of "
+            f"{s['nst_repeats']} calls. The matmul form costs O(B·C²·HW): the "
+            "last "
+            "column is roughly constant once the matmul dominates (small C is "
+            "dominated by the O(B·C·HW) normalisation and fixed per-call "
+            "costs).",
+            "",
+        ]
         lines += common.markdown_table(nst_header, nst_rows)
     common.write_text(stem + ".md", lines)
     with open(stem + ".json", "w", encoding="utf-8") as f:
-        json.dump({"sizes": s, "times": times, "medians": medians, "floor": floor,
-                   "loss_math": math, "nst": nst, "memory": memory}, f, indent=1)
+        json.dump(
+            {
+                "sizes": s,
+                "times": times,
+                "medians": medians,
+                "floor": floor,
+                "loss_math": math,
+                "nst": nst,
+                "memory": memory,
+            },
+            f,
+            indent=1,
+        )
     plot(stem + ".png", medians, floor)
     print(f"\nwrote {stem}.md")
     return 0

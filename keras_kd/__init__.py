@@ -5,7 +5,8 @@ Public API:
         (TensorFlow, JAX or PyTorch backend).
     NonFiniteLossError: raised when a loss term becomes NaN or Inf.
     losses: ActivationBoundary, NeuronSelectivityTransfer, LogitsDistillation,
-        FitNetsHint, AttentionTransfer (and their pure functions).
+        FitNetsHint, AttentionTransfer (and their pure functions);
+        `losses.get("ab", ...)` builds one by name.
     callbacks: LossWeightSchedule, StagedSchedule, ActivationBoundarySchedule.
     taps: Tap, build_extractor (tapping layers of functional models).
     backup: AtomicBackupAndRestore (resume after a crash, nothing torn).

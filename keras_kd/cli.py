@@ -38,8 +38,12 @@ EPILOG = (
     "deviation, so a\nstudent saved with --output exports as is."
 )
 # Options of `keras-kd export` that take a value (to find its MODEL argument).
-_EXPORT_VALUE_OPTIONS = ("--format", "--representative-data",
-                         "--calibration-batches", "--batch-size")
+_EXPORT_VALUE_OPTIONS = (
+    "--format",
+    "--representative-data",
+    "--calibration-batches",
+    "--batch-size",
+)
 
 
 def _integer(minimum):
@@ -48,29 +52,40 @@ def _integer(minimum):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected an integer >= {minimum}; received {text!r}") from None
+                f"expected an integer >= {minimum}; received {text!r}"
+            ) from None
         if value < minimum:
             raise argparse.ArgumentTypeError(
-                f"must be an integer >= {minimum}; received {value}")
+                f"must be an integer >= {minimum}; received {value}"
+            )
         return value
 
     return parse
 
 
 def _real(low, high=None, *, low_inclusive=False):
-    bounds = (f"in {'[' if low_inclusive else '('}{low}, {high}]"
-              if high is not None else f"a finite number > {low}")
+    bounds = (
+        f"in {'[' if low_inclusive else '('}{low}, {high}]"
+        if high is not None
+        else f"a finite number > {low}"
+    )
 
     def parse(text):
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected {bounds}; received {text!r}") from None
+                f"expected {bounds}; received {text!r}"
+            ) from None
         below = value < low if low_inclusive else value <= low
-        if not math.isfinite(value) or below or (high is not None and value > high):
+        if (
+            not math.isfinite(value)
+            or below
+            or (high is not None and value > high)
+        ):
             raise argparse.ArgumentTypeError(
-                f"must be {bounds}; received {text}")
+                f"must be {bounds}; received {text}"
+            )
         return value
 
     return parse
@@ -89,76 +104,127 @@ def _parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--data", default=None,
+        "--data",
+        default=None,
         help="a .npz archive (x_train, y_train, x_test, y_test) or a "
         "TensorFlow Datasets name such as cifar10. Default: the Fashion-MNIST "
         "subset bundled with keras_kd (offline).",
     )
     parser.add_argument(
-        "--data-dir", default=None,
+        "--data-dir",
+        default=None,
         help="tfds data directory to read a tfds name from (one tfds "
         "prepared, or one made offline by "
         "keras_kd.data.prepare_tfds_directory). Default: tfds's own, "
-        "~/tensorflow_datasets.")
+        "~/tensorflow_datasets.",
+    )
     parser.add_argument(
-        "--download", action="store_true",
+        "--download",
+        action="store_true",
         help="allow downloading a tfds data set that is not prepared in "
         "--data-dir (needs internet). Default: never download; an "
-        "unprepared name fails at once.")
+        "unprepared name fails at once.",
+    )
     parser.add_argument(
-        "--methods", default="kd",
+        "--methods",
+        default="kd",
         help=f"comma-separated distillation methods from {METHODS}, each "
         "with the library defaults. 'ab' runs the two-stage activation-"
         "boundary schedule (AB initialisation first, then the other losses). "
         "Default: kd.",
     )
-    parser.add_argument("--epochs", type=_integer(1), default=10,
-                        help="student epochs over the student's images "
-                        "(alone and distilled), >= 1. Default 10.")
-    parser.add_argument("--teacher-epochs", type=_integer(1), default=3,
-                        help="teacher epochs, >= 1. Default 3.")
-    parser.add_argument("--ab-epochs", type=_integer(0), default=1,
-                        help="AB initialisation epochs (>= 0, with 'ab' in "
-                        "--methods), run before the --epochs of ordinary "
-                        "training (as RepDistiller runs 30 before its 240). "
-                        "Default 1.")
-    parser.add_argument("--batch-size", type=_integer(1), default=64,
-                        help="training batch size, >= 1. Default 64.")
-    parser.add_argument("--learning-rate", type=_real(0.0), default=0.05,
-                        help="peak learning rate of SGD (Nesterov momentum "
-                        "0.9, cosine decay), the optimiser of the reference "
-                        "code; > 0. Default 0.05.")
-    parser.add_argument("--train-fraction", type=_real(0.0, 1.0), default=1.0,
-                        help="use this fraction of the training images "
-                        "(class-balanced), in (0, 1]. Default 1.0.")
-    parser.add_argument("--augment", choices=("none", "flip", "crop_flip"),
-                        default="none",
-                        help="training augmentation: 'flip' (random "
-                        "horizontal flips) or 'crop_flip' (4-pixel pad, "
-                        "random crop and flip, the CIFAR standard). "
-                        "Default none.")
-    parser.add_argument("--student-fraction", type=_real(0.0, 1.0), default=0.25,
-                        help="the students (alone and distilled) train on this "
-                        "class-balanced fraction of the teacher's training "
-                        "images, in (0, 1]: a student with few labels and a "
-                        "teacher that saw more, the regime where distillation "
-                        "pays. Default 0.25.")
-    parser.add_argument("--seeds", type=_integer(1), default=3,
-                        help="train the student alone and distilled with this "
-                        "many seeds (same initial weights and data order for "
-                        "both in each seed) and print mean ± std and the "
-                        "paired gain, >= 1. Default 3.")
-    parser.add_argument("--seed", type=_integer(0), default=0,
-                        help="random seed of the teacher and the subsets, and "
-                        "the first student seed, >= 0. Default 0.")
-    parser.add_argument("--output", default=None,
-                        help="directory to save teacher, student and "
-                        "distilled student as .keras files (they take raw "
-                        "pixels; `keras-kd export` takes them as they are).")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke test of the pipeline: 1 epoch each (plus 1 "
-                        "of AB initialisation), 1 seed, 1,000 images; its "
-                        "accuracies say nothing about the methods.")
+    parser.add_argument(
+        "--epochs",
+        type=_integer(1),
+        default=10,
+        help="student epochs over the student's images "
+        "(alone and distilled), >= 1. Default 10.",
+    )
+    parser.add_argument(
+        "--teacher-epochs",
+        type=_integer(1),
+        default=3,
+        help="teacher epochs, >= 1. Default 3.",
+    )
+    parser.add_argument(
+        "--ab-epochs",
+        type=_integer(0),
+        default=1,
+        help="AB initialisation epochs (>= 0, with 'ab' in "
+        "--methods), run before the --epochs of ordinary "
+        "training (as RepDistiller runs 30 before its 240). "
+        "Default 1.",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_integer(1),
+        default=64,
+        help="training batch size, >= 1. Default 64.",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=_real(0.0),
+        default=0.05,
+        help="peak learning rate of SGD (Nesterov momentum "
+        "0.9, cosine decay), the optimiser of the reference "
+        "code; > 0. Default 0.05.",
+    )
+    parser.add_argument(
+        "--train-fraction",
+        type=_real(0.0, 1.0),
+        default=1.0,
+        help="use this fraction of the training images "
+        "(class-balanced), in (0, 1]. Default 1.0.",
+    )
+    parser.add_argument(
+        "--augment",
+        choices=("none", "flip", "crop_flip"),
+        default="none",
+        help="training augmentation: 'flip' (random "
+        "horizontal flips) or 'crop_flip' (4-pixel pad, "
+        "random crop and flip, the CIFAR standard). "
+        "Default none.",
+    )
+    parser.add_argument(
+        "--student-fraction",
+        type=_real(0.0, 1.0),
+        default=0.25,
+        help="the students (alone and distilled) train on this "
+        "class-balanced fraction of the teacher's training "
+        "images, in (0, 1]: a student with few labels and a "
+        "teacher that saw more, the regime where distillation "
+        "pays. Default 0.25.",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_integer(1),
+        default=3,
+        help="train the student alone and distilled with this "
+        "many seeds (same initial weights and data order for "
+        "both in each seed) and print mean ± std and the "
+        "paired gain, >= 1. Default 3.",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_integer(0),
+        default=0,
+        help="random seed of the teacher and the subsets, and "
+        "the first student seed, >= 0. Default 0.",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="directory to save teacher, student and "
+        "distilled student as .keras files (they take raw "
+        "pixels; `keras-kd export` takes them as they are).",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test of the pipeline: 1 epoch each (plus 1 "
+        "of AB initialisation), 1 seed, 1,000 images; its "
+        "accuracies say nothing about the methods.",
+    )
     return parser
 
 
@@ -166,23 +232,23 @@ def _losses(methods, teacher, student, stages):
     from keras_kd import losses
 
     deepest = f"stage{stages}_relu"
+    hint = f"stage{stages - 1}_relu"
     taps = [f"stage{i}_relu" for i in range(1, stages + 1)]
-    chosen = []
-    for method in methods:
-        if method == "kd":
-            chosen.append(losses.LogitsDistillation())
-        elif method == "ab":
-            chosen.append(losses.ActivationBoundary(taps, taps))
-        elif method == "nst":
-            chosen.append(losses.NeuronSelectivityTransfer(
-                deepest, deepest, teacher_tap="preactivation",
-                student_tap="preactivation"))
-        elif method == "hint":
-            chosen.append(losses.FitNetsHint(f"stage{stages - 1}_relu",
-                                             f"stage{stages - 1}_relu"))
-        elif method == "at":
-            chosen.append(losses.AttentionTransfer(taps, taps))
-    return chosen
+    # The layers each method reads (the same name in teacher and student).
+    layers = {
+        "kd": (),
+        "ab": (taps, taps),
+        "nst": (deepest, deepest),
+        "hint": (hint, hint),
+        "at": (taps, taps),
+    }
+    options = {
+        "nst": dict(teacher_tap="preactivation", student_tap="preactivation")
+    }
+    return [
+        losses.get(method, *layers[method], **options.get(method, {}))
+        for method in methods
+    ]
 
 
 def _pipelines(x_train, y_train, x_test, y_test, *, batch_size, augment=None):
@@ -198,8 +264,14 @@ def _pipelines(x_train, y_train, x_test, y_test, *, batch_size, augment=None):
 
     def train_ds(seed):
         return data.make_dataset(
-            x_train, y_train, batch_size=batch_size, training=True,
-            augment=augment, rescale=False, seed=seed)
+            x_train,
+            y_train,
+            batch_size=batch_size,
+            training=True,
+            augment=augment,
+            rescale=False,
+            seed=seed,
+        )
 
     test_ds = data.make_dataset(x_test, y_test, batch_size=256, rescale=False)
     return train_ds, test_ds, mean, std
@@ -209,7 +281,9 @@ def _mean_std(values):
     import numpy as np
 
     values = np.asarray(values, dtype="float64")
-    return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+    return float(values.mean()), (
+        float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    )
 
 
 def distill(argv=None):
@@ -237,10 +311,6 @@ def distill(argv=None):
             '`pip install "keras-kd[cpu]"` (tensorflow-cpu; `[gpu]` for CUDA).'
         ) from error
     import keras
-    from keras_kd import callbacks as kd_callbacks
-    from keras_kd import data
-    from keras_kd.distiller import Distiller
-    from keras_kd.models import conv_net
 
     # Same printout on every run on the same machine: seeded initialisers,
     # subsets and shuffles, and deterministic kernels. The switch is
@@ -248,11 +318,17 @@ def distill(argv=None):
     # job in its own process gets its previous setting back afterwards.
     from tensorflow.python.framework import config as tf_config
 
+    from keras_kd import callbacks as kd_callbacks
+    from keras_kd import data
+    from keras_kd.distiller import Distiller
+    from keras_kd.models import conv_net
+
     was_deterministic = tf_config.is_op_determinism_enabled()
     tf.config.experimental.enable_op_determinism()
     try:
-        return _run(args, methods, tf, keras, kd_callbacks, data, Distiller,
-                    conv_net)
+        return _run(
+            args, methods, tf, keras, kd_callbacks, data, Distiller, conv_net
+        )
     finally:
         if not was_deterministic:
             tf_config.disable_op_determinism()
@@ -262,15 +338,20 @@ def _run(args, methods, tf, keras, kd_callbacks, data, Distiller, conv_net):
     started = time.time()
     keras.utils.set_random_seed(args.seed)
     try:
-        arrays = data.load_arrays(args.data, data_dir=args.data_dir,
-                                  download=args.download)
+        arrays = data.load_arrays(
+            args.data, data_dir=args.data_dir, download=args.download
+        )
     except (ValueError, TypeError, OSError, ImportError) as error:
         raise SystemExit(f"keras-kd: error: {error}") from error
     x_train, y_train = data.balanced_subset(
-        arrays["x_train"], arrays["y_train"], args.train_fraction,
-        seed=args.seed)
+        arrays["x_train"],
+        arrays["y_train"],
+        args.train_fraction,
+        seed=args.seed,
+    )
     x_student, y_student = data.balanced_subset(
-        x_train, y_train, args.student_fraction, seed=args.seed)
+        x_train, y_train, args.student_fraction, seed=args.seed
+    )
     x_test, y_test = arrays["x_test"], arrays["y_test"]
     classes = len(arrays["class_names"])
     name = args.data or "bundled Fashion-MNIST subset"
@@ -289,72 +370,126 @@ def _run(args, methods, tf, keras, kd_callbacks, data, Distiller, conv_net):
     augment = None if args.augment == "none" else args.augment
 
     def train_ds(x, y, seed):
-        return data.make_dataset(x, y, batch_size=args.batch_size, training=True,
-                                 augment=augment, rescale=False, seed=seed)
+        return data.make_dataset(
+            x,
+            y,
+            batch_size=args.batch_size,
+            training=True,
+            augment=augment,
+            rescale=False,
+            seed=seed,
+        )
 
     test_ds = data.make_dataset(x_test, y_test, batch_size=256, rescale=False)
     shape = x_train.shape[1:]
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    def compile_fit(model, dataset, epochs, steps, callbacks=(), decay_epochs=None):
+    def compile_fit(
+        model, dataset, epochs, steps, callbacks=(), decay_epochs=None
+    ):
         # Cosine decay to zero: the final weights, not a noisy point, are
         # what each model is judged by.
         learning_rate = keras.optimizers.schedules.CosineDecay(
-            args.learning_rate, decay_steps=max(1, (decay_epochs or epochs) * steps))
+            args.learning_rate,
+            decay_steps=max(1, (decay_epochs or epochs) * steps),
+        )
         optimizer = keras.optimizers.SGD(
-            learning_rate, momentum=0.9, nesterov=True)
+            learning_rate, momentum=0.9, nesterov=True
+        )
         model.compile(optimizer=optimizer, loss=ce)
-        model.fit(dataset, epochs=epochs, verbose=0, shuffle=False,
-                  callbacks=list(callbacks))
+        model.fit(
+            dataset,
+            epochs=epochs,
+            verbose=0,
+            shuffle=False,
+            callbacks=list(callbacks),
+        )
         return model
 
     def accuracy(model):
         model.compile(loss=ce, metrics=["accuracy"])
-        return float(model.evaluate(test_ds, verbose=0, return_dict=True)[
-            "accuracy"])
+        return float(
+            model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"]
+        )
 
     teacher_steps = -(-len(x_train) // args.batch_size)
     student_steps = -(-len(x_student) // args.batch_size)
-    print(f"\n[teacher] conv_net(32, 64, 128), {args.teacher_epochs} epochs of "
-          f"{teacher_steps} steps", flush=True)
+    print(
+        f"\n[teacher] conv_net(32, 64, 128), {args.teacher_epochs} epochs of "
+        f"{teacher_steps} steps",
+        flush=True,
+    )
     keras.utils.set_random_seed(args.seed)
     teacher = compile_fit(
-        conv_net(shape, classes, (32, 64, 128), mean=mean, std=std, name="teacher"),
-        train_ds(x_train, y_train, args.seed), args.teacher_epochs, teacher_steps)
+        conv_net(
+            shape, classes, (32, 64, 128), mean=mean, std=std, name="teacher"
+        ),
+        train_ds(x_train, y_train, args.seed),
+        args.teacher_epochs,
+        teacher_steps,
+    )
     teacher_accuracy = accuracy(teacher)
     print(f"  test accuracy {teacher_accuracy:.4f}", flush=True)
 
     init_epochs = args.ab_epochs if "ab" in methods else 0
-    print(f"\n[students] conv_net(8, 16, 32), {args.epochs} epochs of "
-          f"{student_steps} steps"
-          + (f" (+{init_epochs} of AB initialisation first)" if init_epochs else "")
-          + "; same initial weights and data order for alone and distilled",
-          flush=True)
+    print(
+        f"\n[students] conv_net(8, 16, 32), {args.epochs} epochs of "
+        f"{student_steps} steps"
+        + (
+            f" (+{init_epochs} of AB initialisation first)"
+            if init_epochs
+            else ""
+        )
+        + "; same initial weights and data order for alone and distilled",
+        flush=True,
+    )
     alone_scores, distilled_scores = [], []
     alone = student = None
     for seed in seeds:
         keras.utils.set_random_seed(seed)
         alone = compile_fit(
-            conv_net(shape, classes, (8, 16, 32), mean=mean, std=std,
-                     name="student_alone"),
-            train_ds(x_student, y_student, seed), args.epochs, student_steps)
+            conv_net(
+                shape,
+                classes,
+                (8, 16, 32),
+                mean=mean,
+                std=std,
+                name="student_alone",
+            ),
+            train_ds(x_student, y_student, seed),
+            args.epochs,
+            student_steps,
+        )
         keras.utils.set_random_seed(seed)  # the same initial student
-        student = conv_net(shape, classes, (8, 16, 32), mean=mean, std=std,
-                           name="student")
-        distiller = Distiller(teacher, student, _losses(methods, teacher, student, 3))
+        student = conv_net(
+            shape, classes, (8, 16, 32), mean=mean, std=std, name="student"
+        )
+        distiller = Distiller(
+            teacher, student, _losses(methods, teacher, student, 3)
+        )
         schedule = []
         if init_epochs:
             # The optimizer restarts after AB initialisation (as in
             # RepDistiller), so the cosine spans the ordinary epochs.
-            schedule.append(kd_callbacks.ActivationBoundarySchedule(init_epochs))
-        compile_fit(distiller, train_ds(x_student, y_student, seed),
-                    init_epochs + args.epochs, student_steps, schedule,
-                    decay_epochs=args.epochs)
+            schedule.append(
+                kd_callbacks.ActivationBoundarySchedule(init_epochs)
+            )
+        compile_fit(
+            distiller,
+            train_ds(x_student, y_student, seed),
+            init_epochs + args.epochs,
+            student_steps,
+            schedule,
+            decay_epochs=args.epochs,
+        )
         alone_scores.append(accuracy(alone))
         distilled_scores.append(accuracy(student))
-        print(f"  seed {seed}: alone {alone_scores[-1]:.4f}   distilled "
-              f"{distilled_scores[-1]:.4f}   ({distilled_scores[-1] - alone_scores[-1]:+.4f})",
-              flush=True)
+        print(
+            f"  seed {seed}: alone {alone_scores[-1]:.4f}   distilled "
+            f"{distilled_scores[-1]:.4f}   "
+            f"({distilled_scores[-1] - alone_scores[-1]:+.4f})",
+            flush=True,
+        )
 
     gains = [d - a for d, a in zip(distilled_scores, alone_scores)]
     alone_mean, alone_std = _mean_std(alone_scores)
@@ -379,22 +514,35 @@ def _run(args, methods, tf, keras, kd_callbacks, data, Distiller, conv_net):
     spread = f" ± {alone_std:.4f}" if n > 1 else ""
     if n > 1:
         noise = max(gain_std, alone_std)
-        verdict = ("a gain beyond the noise" if gain_mean > noise else
-                   "a loss beyond the noise" if gain_mean < -noise else
-                   "no difference beyond the noise")
-        noise_line = (f"  gain               {gain_mean:+.4f} ± {gain_std:.4f} (paired by "
-                      f"seed; {sum(g > 0 for g in gains)} of {n} seeds improved):\n"
-                      f"                     {verdict} (the larger of the gain's and "
-                      f"the student alone's std, {noise:.4f})\n")
+        verdict = (
+            "a gain beyond the noise"
+            if gain_mean > noise
+            else "a loss beyond the noise"
+            if gain_mean < -noise
+            else "no difference beyond the noise"
+        )
+        noise_line = (
+            f"  gain               {gain_mean:+.4f} ± {gain_std:.4f} (paired "
+            "by "
+            f"seed; {sum(g > 0 for g in gains)} of {n} seeds improved):\n"
+            f"                     {verdict} (the larger of the gain's and "
+            f"the student alone's std, {noise:.4f})\n"
+        )
     else:
-        noise_line = ("  one seed: no estimate of the noise; run with --seeds 3 or "
-                      "more to compare\n")
-    smoke = ("  --quick is a smoke test of the pipeline (1 epoch, 1 seed, at most "
-             "1,000 training\n  images): its accuracies say nothing about the "
-             "methods.\n"
-             if args.quick else "")
+        noise_line = (
+            "  one seed: no estimate of the noise; run with --seeds 3 or "
+            "more to compare\n"
+        )
+    smoke = (
+        "  --quick is a smoke test of the pipeline (1 epoch, 1 seed, at most "
+        "1,000 training\n  images): its accuracies say nothing about the "
+        "methods.\n"
+        if args.quick
+        else ""
+    )
     print(
-        f"\nTest accuracy ({'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'})\n"
+        "\nTest accuracy "
+        f"({'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'})\n"
         f"  teacher            {teacher_accuracy:.4f}           "
         f"({results['teacher_params']:,} parameters)\n"
         f"  student alone      {alone_mean:.4f}{spread}  "
@@ -407,8 +555,11 @@ def _run(args, methods, tf, keras, kd_callbacks, data, Distiller, conv_net):
     )
     if args.output:
         os.makedirs(args.output, exist_ok=True)
-        for label, model in (("teacher", teacher), ("student_alone", alone),
-                             ("student_distilled", student)):
+        for label, model in (
+            ("teacher", teacher),
+            ("student_alone", alone),
+            ("student_distilled", student),
+        ):
             model.save(os.path.join(args.output, f"{label}.keras"))
         print(f"  saved models to {args.output} (the last seed's students)")
     return results
@@ -440,23 +591,37 @@ def keras_file_problem(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             if "config.json" not in names:
-                return (f"it is a zip archive without config.json (members: "
-                        f"{names[:5]}), not a model saved by Keras")
+                return (
+                    f"it is a zip archive without config.json (members: "
+                    f"{names[:5]}), not a model saved by Keras"
+                )
             bad = archive.testzip()
             if bad is not None:
-                return (f"it is corrupt: member {bad!r} fails its CRC check "
-                        f"({size:,} bytes)")
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError,
-            RuntimeError) as error:
+                return (
+                    f"it is corrupt: member {bad!r} fails its CRC check "
+                    f"({size:,} bytes)"
+                )
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        EOFError,
+        ValueError,
+        RuntimeError,
+    ) as error:
         if head != b"PK\x03\x04":
-            return (f"it is not a zip archive, which a .keras file is (it "
-                    f"starts with {head!r}; {size:,} bytes)")
-        return (f"it is truncated or corrupt: it starts like a zip archive "
-                f"but cannot be read ({type(error).__name__}: {error}; "
-                f"{size:,} bytes)")
+            return (
+                f"it is not a zip archive, which a .keras file is (it "
+                f"starts with {head!r}; {size:,} bytes)"
+            )
+        return (
+            f"it is truncated or corrupt: it starts like a zip archive "
+            f"but cannot be read ({type(error).__name__}: {error}; "
+            f"{size:,} bytes)"
+        )
     except Exception as error:  # zlib.error and the like from damaged data
-        return (f"it is corrupt ({type(error).__name__}: {error}; "
-                f"{size:,} bytes)")
+        return (
+            f"it is corrupt ({type(error).__name__}: {error}; {size:,} bytes)"
+        )
     return None
 
 
@@ -484,7 +649,8 @@ def main(argv=None):
             problem = keras_file_problem(model)
             if problem is not None:
                 print(
-                    f"keras-kd export: error: cannot read {model!r}: {problem}. "
+                    f"keras-kd export: error: cannot read {model!r}: "
+                    f"{problem}. "
                     "Expected a .keras file written by `model.save(...)` or "
                     "`keras-kd --output DIR`; save it again (or copy it again "
                     "if the copy was cut short).",

@@ -38,13 +38,20 @@ class Connector(keras.layers.Layer):
         init = keras.initializers.HeNormal()
         if len(student_shape) == 2:
             self.projection = keras.layers.Dense(
-                channels, use_bias=False, kernel_initializer=init,
-                dtype=self.dtype_policy, name="dense",
+                channels,
+                use_bias=False,
+                kernel_initializer=init,
+                dtype=self.dtype_policy,
+                name="dense",
             )
         elif kind == "projection":
             self.projection = keras.layers.Conv2D(
-                channels, 1, use_bias=False, kernel_initializer=init,
-                dtype=self.dtype_policy, name="conv",
+                channels,
+                1,
+                use_bias=False,
+                kernel_initializer=init,
+                dtype=self.dtype_policy,
+                name="conv",
             )
         else:
             self.projection = _regressor_conv(
@@ -84,13 +91,13 @@ def _regressor_conv(student_shape, teacher_shape, init, dtype):
     common = dict(kernel_initializer=init, dtype=dtype, name="conv")
     if (s_h, s_w) == (t_h, t_w):
         return keras.layers.Conv2D(channels, 3, padding="same", **common)
-    if s_h % t_h == 0 and s_w % t_w == 0 and s_h // t_h == s_w // t_w:
-        k = s_h // t_h
+    k = spatial_factor((s_h, s_w), (t_h, t_w))
+    if k:
         return keras.layers.Conv2D(
             channels, 3, strides=k, padding="same", **common
         )
-    if t_h % s_h == 0 and t_w % s_w == 0 and t_h // s_h == t_w // s_w:
-        k = t_h // s_h
+    k = spatial_factor((t_h, t_w), (s_h, s_w))
+    if k:
         return keras.layers.Conv2DTranspose(
             channels, 4 if k == 2 else k, strides=k, padding="same", **common
         )
@@ -102,3 +109,33 @@ def _regressor_conv(student_shape, teacher_shape, init, dtype):
         "whose resolution matches the teacher layer (or is 2x, 4x, ... it)."
     )
 
+
+def spatial_factor(larger, smaller):
+    """`k` if `larger` is `k` times `smaller` in height and width, else `None`.
+
+    The one rule for feature maps of different resolutions: a FitNets
+    regressor maps them with a stride-`k` (transposed) convolution, NST and
+    attention transfer average-pool the larger map by `k`.
+
+    Args:
+        larger: `(H, W)` of the map that may be larger (known sizes).
+        smaller: `(H, W)` of the other map.
+
+    Returns:
+        The integer factor `k >= 1` (`1` for equal sizes), or `None` when
+        the sizes do not differ by the same integer factor.
+
+    Example:
+
+    >>> spatial_factor((32, 32), (8, 8))
+    4
+    >>> spatial_factor((32, 16), (8, 8)) is None  # 4x and 2x
+    True
+    >>> spatial_factor((8, 8), (32, 32)) is None  # smaller, not larger
+    True
+    """
+    (big_h, big_w), (small_h, small_w) = larger, smaller
+    if big_h % small_h or big_w % small_w:
+        return None
+    k = big_h // small_h
+    return k if k == big_w // small_w else None

@@ -10,6 +10,7 @@ from keras_kd import distribute as distribute_lib
 from keras_kd import numerics
 from keras_kd import taps as taps_lib
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.tensors import shapes_compatible
 
 
 class _Untracked:
@@ -126,7 +127,8 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         losses = _check_losses(distillation_losses)
         weights = _check_weights(losses, distillation_loss_weights)
         student_loss_weight = _check_weight(
-            student_loss_weight, "student_loss_weight",
+            student_loss_weight,
+            "student_loss_weight",
             "Use 0 to train on the distillation losses alone.",
         )
         self.teacher = teacher
@@ -149,7 +151,10 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         # first non-finite value of the step. Not saved (see
         # `save_own_variables`).
         self._non_finite_flag = keras.Variable(
-            -1, dtype="int32", trainable=False, name="non_finite_term",
+            -1,
+            dtype="int32",
+            trainable=False,
+            name="non_finite_term",
             aggregation="only_first_replica",
         )
         self._guard = _Untracked(bad=None)
@@ -191,7 +196,7 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
                     index_of(t, self._teacher_logits, teacher_taps),
                     index_of(s, self._student_logits, student_taps),
                 )
-                for t, s in zip(loss.teacher_taps, loss.student_taps)
+                for t, s in loss.pair_taps
             ]
             self._feature_index.append(pairs)
         teacher_extractor = taps_lib.build_extractor(
@@ -245,7 +250,9 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         """Current weights (callbacks may change them): `{name: float}`."""
         return {
             name: float(v.numpy())
-            for name, v in zip(self._configured_weights, self.loss_weight_variables)
+            for name, v in zip(
+                self._configured_weights, self.loss_weight_variables
+            )
         }
 
     def set_loss_weights(self, **weights):
@@ -254,7 +261,9 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         The weights are non-trainable variables read inside the compiled
         step, so a callback can change them between batches or epochs.
         """
-        variables = dict(zip(self._configured_weights, self.loss_weight_variables))
+        variables = dict(
+            zip(self._configured_weights, self.loss_weight_variables)
+        )
         for name, value in weights.items():
             if name not in variables:
                 raise ValueError(
@@ -278,7 +287,7 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
             f"{[loss.name for loss in self.distillation_losses]}."
         )
 
-    # --- Keras trainer hooks ---------------------------------------------------
+    # --- Keras trainer hooks --------------------------------------------------
 
     def call(self, inputs, training=None):
         """The student's single pass: `[predictions, *tapped features]`."""
@@ -357,7 +366,9 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
 
         regularization = ops.zeros((), "float32")
         for value in self.losses:
-            regularization = regularization + ops.cast(ops.sum(value), "float32")
+            regularization = regularization + ops.cast(
+                ops.sum(value), "float32"
+            )
         regularization = regularization / replicas
 
         weighted = [weight * value for weight, value in zip(weights, terms)]
@@ -497,7 +508,7 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         own = self._trainable_variables + self._non_trainable_variables
         return [v for v in own if v is not self._non_finite_flag]
 
-    # --- serialisation ---------------------------------------------------------
+    # --- serialisation --------------------------------------------------------
 
     def get_config(self):
         serialize = keras.saving.serialize_keras_object
@@ -518,7 +529,9 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         config = dict(config)
         deserialize = keras.saving.deserialize_keras_object
         for key in ("teacher", "student"):
-            config[key] = deserialize(config[key], custom_objects=custom_objects)
+            config[key] = deserialize(
+                config[key], custom_objects=custom_objects
+            )
         config["distillation_losses"] = [
             deserialize(loss, custom_objects=custom_objects)
             for loss in config["distillation_losses"]
@@ -526,7 +539,7 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         return cls(**config)
 
 
-# --- validation helpers --------------------------------------------------------
+# --- validation helpers -------------------------------------------------------
 
 
 def _check_models(teacher, student):
@@ -546,7 +559,7 @@ def _check_models(teacher, student):
     if taps_lib.has_graph(teacher) and taps_lib.has_graph(student):
         t_in, s_in = teacher.inputs, student.inputs
         if len(t_in) != len(s_in) or any(
-            not _compatible(a.shape, b.shape) for a, b in zip(t_in, s_in)
+            not shapes_compatible(a.shape, b.shape) for a, b in zip(t_in, s_in)
         ):
             raise ValueError(
                 "The teacher and the student must take the same inputs; "
@@ -556,12 +569,6 @@ def _check_models(teacher, student):
                 "model (e.g. a `keras.layers.Resizing` layer) so both accept "
                 "the same batches."
             )
-
-
-def _compatible(a, b):
-    return len(a) == len(b) and all(
-        x is None or y is None or x == y for x, y in zip(a, b)
-    )
 
 
 def _check_losses(distillation_losses):
@@ -628,8 +635,8 @@ def _check_weight(value, what, hint=""):
     if not math.isfinite(value) or value < 0:
         raise ValueError(
             f"{what} must be a finite number >= 0; received {value!r}. "
-            f"Pass a float such as 1.0 (0 switches the term off). {hint}"
-            .strip()
+            "Pass a float such as 1.0 (0 switches the term off). "
+            f"{hint}".strip()
         )
     return value
 
@@ -704,8 +711,10 @@ def _loss_name(loss):
 def _is_sparse_loss(loss):
     if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
         return True
-    name = loss if isinstance(loss, str) else getattr(
-        loss, "__name__", type(loss).__name__
+    name = (
+        loss
+        if isinstance(loss, str)
+        else getattr(loss, "__name__", type(loss).__name__)
     )
     return isinstance(name, str) and "sparse_categorical" in name.lower()
 

@@ -1,4 +1,4 @@
-"""Shipping the student: SavedModel and TFLite/LiteRT export with measured parity.
+"""Shipping the student: SavedModel and TFLite/LiteRT export, parity measured.
 
 `export_student` writes only the student (`distiller.student`): the teacher
 and the connectors inside the distillation losses never enter an export. The
@@ -114,12 +114,21 @@ DEFAULT_TOLERANCES = {
     "tflite_float16": 1e-2,
 }
 SERVING_INPUT = "inputs"  # key of the input in the `serving_default` signature
-SERVING_OUTPUT = "output_0"  # key of the output in the `serving_default` signature
+SERVING_OUTPUT = (
+    "output_0"  # key of the output in the `serving_default` signature
+)
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8
-_SAVED_MODEL_ENTRIES = frozenset({
-    "saved_model.pb", "saved_model.pbtxt", "variables", "assets",
-    "assets.extra", "fingerprint.pb", "keras_metadata.pb",
-})
+_SAVED_MODEL_ENTRIES = frozenset(
+    {
+        "saved_model.pb",
+        "saved_model.pbtxt",
+        "variables",
+        "assets",
+        "assets.extra",
+        "fingerprint.pb",
+        "keras_metadata.pb",
+    }
+)
 _VARIABLE_FILE = re.compile(r"variables\.(index|data-\d+-of-\d+)\Z")
 _PREVIOUS = "previous"  # the old artifact, inside a `.NAME.partial-*` dir
 
@@ -305,7 +314,10 @@ def export_student(
                 "or choose another path."
             )
     spec = _input_spec(student)
-    if not isinstance(num_calibration_batches, int) or num_calibration_batches < 1:
+    if (
+        not isinstance(num_calibration_batches, int)
+        or num_calibration_batches < 1
+    ):
         raise ValueError(
             "`num_calibration_batches` must be an int >= 1; received "
             f"{num_calibration_batches!r}."
@@ -330,7 +342,9 @@ def export_student(
         if len(batches) > num_calibration_batches:
             held_out = batches[-1]
     if check_data is not None:
-        x_check = _take_batches(check_data, 1, spec, student.name, "check_data")[0]
+        x_check = _take_batches(
+            check_data, 1, spec, student.name, "check_data"
+        )[0]
         source = "check_data"
     elif held_out is not None:
         x_check, source = held_out, "held-out representative batch"
@@ -341,7 +355,9 @@ def export_student(
         )
     else:
         shape = [8] + [d or 1 for d in spec.shape[1:]]
-        x_check = np.random.default_rng(0).uniform(size=shape).astype(spec.dtype)
+        x_check = (
+            np.random.default_rng(0).uniform(size=shape).astype(spec.dtype)
+        )
         source = "random uniform [0, 1)"
     data_warning = None
     if check_data is not None or calibration:
@@ -355,7 +371,9 @@ def export_student(
     lock = _lock_directory(work)
     try:
         artifact = os.path.join(work, "artifact")
-        saved_model = artifact if fmt == "saved_model" else os.path.join(work, "sm")
+        saved_model = (
+            artifact if fmt == "saved_model" else os.path.join(work, "sm")
+        )
         _write_saved_model(student, spec, saved_model)
         if fmt != "saved_model":
             with open(artifact, "wb") as f:
@@ -388,11 +406,8 @@ def load_interpreter(path, num_threads=None):
     ai-edge-litert`, or `keras-kd[litert]`) when installed, else the
     deprecated `tf.lite.Interpreter` (whose deprecation warning is silenced).
 
-    Example:
-
-    >>> interpreter = load_interpreter("/tmp/student_int8.tflite")  # doctest: +SKIP
-    >>> interpreter.get_input_details()[0]["dtype"]  # doctest: +SKIP
-    <class 'numpy.int8'>
+    Example: see `tflite_predict`, which exports a model, loads it with this
+    function and runs it.
     """
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -404,7 +419,9 @@ def load_interpreter(path, num_threads=None):
                 model_path=os.fspath(path), num_threads=num_threads
             )
     else:
-        interpreter = Interpreter(model_path=os.fspath(path), num_threads=num_threads)
+        interpreter = Interpreter(
+            model_path=os.fspath(path), num_threads=num_threads
+        )
     interpreter.allocate_tensors()
     return interpreter
 
@@ -418,7 +435,20 @@ def tflite_predict(interpreter, x):
 
     Example:
 
-    >>> logits = tflite_predict(load_interpreter("m.tflite"), x)  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> import keras, numpy as np
+    >>> keras.utils.set_random_seed(0)
+    >>> student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> path = os.path.join(tempfile.mkdtemp(), "student.tflite")
+    >>> result = export_student(student, path, format="tflite_float32",
+    ...                         verbose=False)
+    >>> interpreter = load_interpreter(path)
+    >>> interpreter.get_input_details()[0]["dtype"]
+    <class 'numpy.float32'>
+    >>> x = np.random.default_rng(0).uniform(size=(2, 4)).astype("float32")
+    >>> logits = tflite_predict(interpreter, x)
+    >>> logits.shape, bool(np.allclose(logits, student(x), atol=1e-5))
+    ((2, 3), True)
     """
     x = np.asarray(x)
     inp = interpreter.get_input_details()[0]
@@ -457,10 +487,23 @@ def input_range_warning(model, batches, ratio=10.0):
 
     Example:
 
-    >>> text = input_range_warning(student, [raw_pixels])  # doctest: +SKIP
+    >>> import keras, numpy as np
+    >>> inputs = keras.Input((4,))
+    >>> norm = keras.layers.BatchNormalization()
+    >>> model = keras.Model(inputs, norm(inputs), name="student")
+    >>> # As if trained on inputs in [0, 1): mean 0.5, variance 1/12.
+    >>> _ = norm.moving_mean.assign(np.full(4, 0.5))
+    >>> _ = norm.moving_variance.assign(np.full(4, 1 / 12))
+    >>> rng = np.random.default_rng(0)
+    >>> pixels = rng.uniform(0, 255, (8, 4)).astype("float32")  # raw 0..255
+    >>> print(input_range_warning(model, [pixels]).split(":")[0])
+    The calibration/check data look unlike what 'student' was trained on
+    >>> input_range_warning(model, [pixels / 255]) is None
+    True
     """
     layers = [
-        layer for layer in model._flatten_layers(include_self=False)
+        layer
+        for layer in model._flatten_layers(include_self=False)
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
     if not layers:
@@ -552,7 +595,9 @@ def _convert_tflite(saved_model, fmt, calibration):
                 yield [batch]
 
         converter.representative_dataset = representative_dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+        ]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     return converter.convert()
@@ -565,7 +610,9 @@ def _check_parity(student, artifact, fmt, x, source, tolerance):
     if fmt == "saved_model":
         tf = _tf()
         serve = tf.saved_model.load(artifact).signatures["serving_default"]
-        actual = serve(**{SERVING_INPUT: tf.constant(x)})[SERVING_OUTPUT].numpy()
+        actual = serve(**{SERVING_INPUT: tf.constant(x)})[
+            SERVING_OUTPUT
+        ].numpy()
     else:
         interpreter = load_interpreter(artifact)
         actual = tflite_predict(interpreter, x)
@@ -587,16 +634,26 @@ def _check_parity(student, artifact, fmt, x, source, tolerance):
         top1 = float(np.mean(actual.argmax(-1) == expected.argmax(-1)))
     passed = None
     if fmt in DEFAULT_TOLERANCES:
-        tolerance = DEFAULT_TOLERANCES[fmt] if tolerance is None else float(tolerance)
-        scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+        tolerance = (
+            DEFAULT_TOLERANCES[fmt] if tolerance is None else float(tolerance)
+        )
+        scale = max(
+            1.0, float(np.max(np.abs(expected))) if expected.size else 1.0
+        )
         passed = bool(max_diff <= tolerance * scale)
     else:
         tolerance = None
     return ExportResult(
-        path=artifact, format=fmt, size_bytes=_size(artifact),
-        max_abs_diff=max_diff, top1_agreement=top1, tolerance=tolerance,
-        passed=passed, num_check_examples=int(x.shape[0]),
-        check_data_source=source, **result,
+        path=artifact,
+        format=fmt,
+        size_bytes=_size(artifact),
+        max_abs_diff=max_diff,
+        top1_agreement=top1,
+        tolerance=tolerance,
+        passed=passed,
+        num_check_examples=int(x.shape[0]),
+        check_data_source=source,
+        **result,
     )
 
 
@@ -635,14 +692,23 @@ def _exchange(a, b):
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
         return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
-                          ctypes.c_char_p, ctypes.c_uint]
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
     renameat2.restype = ctypes.c_int
     at_fdcwd, rename_exchange = -100, 2
     # Any failure (EINVAL, ENOSYS: this file system or kernel cannot swap)
     # changed nothing, so the caller can take the two-rename route.
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b),
-                     rename_exchange) == 0
+    return (
+        renameat2(
+            at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange
+        )
+        == 0
+    )
 
 
 # --- what an export may replace ----------------------------------------------
@@ -667,8 +733,10 @@ def _target_path(path):
 def _protect(path):
     """Refuses `/`, home, the current directory and directories holding them."""
     real = os.path.realpath(path)
-    for what, place in (("the current directory", os.getcwd()),
-                        ("your home directory", os.path.expanduser("~"))):
+    for what, place in (
+        ("the current directory", os.getcwd()),
+        ("your home directory", os.path.expanduser("~")),
+    ):
         place = os.path.realpath(place)
         if real == place or place.startswith(real.rstrip(os.sep) + os.sep):
             raise ValueError(
@@ -702,7 +770,8 @@ def _saved_model_problems(path):
         problems.append("variables (not a directory)")
     elif os.path.isdir(variables):
         problems += [
-            f"variables/{e}" for e in sorted(os.listdir(variables))
+            f"variables/{e}"
+            for e in sorted(os.listdir(variables))
             if not _VARIABLE_FILE.match(e)
         ]
     return problems
@@ -711,7 +780,8 @@ def _saved_model_problems(path):
 def _check_replaceable(path, fmt):
     """Raises ValueError unless `path` is an artifact `fmt` may replace."""
     wanted = (
-        "a SavedModel directory" if fmt == "saved_model"
+        "a SavedModel directory"
+        if fmt == "saved_model"
         else "a TFLite file (a flatbuffer with identifier TFL3)"
     )
     if os.path.islink(path):
@@ -719,7 +789,8 @@ def _check_replaceable(path, fmt):
     elif fmt == "saved_model":
         if not os.path.isdir(path):
             found = (
-                "a TFLite file" if _is_tflite_file(path)
+                "a TFLite file"
+                if _is_tflite_file(path)
                 else "a file, not a directory"
             )
         else:
@@ -766,8 +837,11 @@ def _recover_interrupted(path):
     prefix = _partial_prefix(path)
     try:
         names = sorted(
-            (e for e in os.listdir(parent)
-             if e.startswith(prefix) and fnmatch.fnmatch(e, prefix + "*")),
+            (
+                e
+                for e in os.listdir(parent)
+                if e.startswith(prefix) and fnmatch.fnmatch(e, prefix + "*")
+            ),
             key=lambda e: -os.path.getmtime(os.path.join(parent, e)),
         )
     except (FileNotFoundError, NotADirectoryError):
@@ -780,7 +854,9 @@ def _recover_interrupted(path):
             warnings.warn(
                 f"'{leftover}' is left from an interrupted export; it may "
                 f"hold the previous '{path}' in '{_PREVIOUS}'. Check and "
-                "remove it.", ExportWarning, stacklevel=3,
+                "remove it.",
+                ExportWarning,
+                stacklevel=3,
             )
             continue
         try:
@@ -793,13 +869,15 @@ def _recover_interrupted(path):
                 os.replace(previous, path)
                 warnings.warn(
                     f"Restored '{path}' from '{previous}': an export killed "
-                    "while replacing it had moved it aside.", ExportWarning,
+                    "while replacing it had moved it aside.",
+                    ExportWarning,
                     stacklevel=3,
                 )
             shutil.rmtree(leftover)
             warnings.warn(
                 f"Removed '{leftover}', left by an interrupted export.",
-                ExportWarning, stacklevel=3,
+                ExportWarning,
+                stacklevel=3,
             )
         finally:
             os.close(lock)
@@ -892,7 +970,10 @@ def _input_spec(student):
 
         specs = get_input_signature(student)
     except ImportError:  # pragma: no cover - older/newer Keras layouts
-        specs = [keras.InputSpec(shape=t.shape, dtype=t.dtype) for t in student.inputs]
+        specs = [
+            keras.InputSpec(shape=t.shape, dtype=t.dtype)
+            for t in student.inputs
+        ]
     specs = keras.tree.flatten(specs)
     outputs = getattr(student, "outputs", None)
     if len(specs) != 1 or (outputs is not None and len(outputs) != 1):
@@ -921,14 +1002,16 @@ def _features(element):
 
 def _take_batches(data, n, spec, name, what="representative_data"):
     """The first `n` batches of `data` as arrays of the model's input dtype."""
-    if isinstance(data, np.ndarray) or hasattr(data, "__array__") and not hasattr(
-        data, "element_spec"
+    if (
+        isinstance(data, np.ndarray)
+        or hasattr(data, "__array__")
+        and not hasattr(data, "element_spec")
     ):
         array = np.asarray(data)
         if what == "check_data":
             batches = [array]
         else:
-            batches = [array[i:i + 32] for i in range(0, len(array), 32)][:n]
+            batches = [array[i : i + 32] for i in range(0, len(array), 32)][:n]
     elif isinstance(data, (tuple, list, dict)) and what == "check_data":
         batches = [_features(data)]
     else:
@@ -937,9 +1020,13 @@ def _take_batches(data, n, spec, name, what="representative_data"):
         raise ValueError(f"`{what}` is empty; pass at least one batch.")
     expected = tuple(spec.shape)
     for i, batch in enumerate(batches):
-        if not (np.issubdtype(batch.dtype, np.integer) or np.issubdtype(
-            batch.dtype, np.floating
-        )) or batch.dtype == np.bool_:
+        if (
+            not (
+                np.issubdtype(batch.dtype, np.integer)
+                or np.issubdtype(batch.dtype, np.floating)
+            )
+            or batch.dtype == np.bool_
+        ):
             raise TypeError(
                 f"`{what}` batch {i} has dtype {batch.dtype}; the model "
                 f"'{name}' takes {spec.dtype}. Pass integer or float images "
@@ -947,11 +1034,13 @@ def _take_batches(data, n, spec, name, what="representative_data"):
             )
         rank_ok = batch.ndim == len(expected)
         if not rank_ok or any(
-            e is not None and e != s for e, s in zip(expected[1:], batch.shape[1:])
+            e is not None and e != s
+            for e, s in zip(expected[1:], batch.shape[1:])
         ):
             hint = (
                 " It looks unbatched: call `.batch(32)` on the dataset."
-                if batch.ndim == len(expected) - 1 else ""
+                if batch.ndim == len(expected) - 1
+                else ""
             )
             raise ValueError(
                 f"`{what}` batch {i} has shape {tuple(batch.shape)}; the model "
@@ -964,7 +1053,7 @@ def _take_batches(data, n, spec, name, what="representative_data"):
 
 
 def export_command(argv=None):
-    """`keras-kd export MODEL.keras OUTPUT [--format ...]`; returns an exit code.
+    """`keras-kd export MODEL.keras OUTPUT [--format ...]`; returns exit code.
 
     0: written and (float formats) within tolerance; 1: written but outside
     the tolerance, or an error (nothing written); 2: bad arguments.
@@ -987,31 +1076,40 @@ def export_command(argv=None):
     parser.add_argument("model", help="a .keras file of a Distiller or student")
     parser.add_argument("output", help="target file (.tflite) or directory")
     parser.add_argument(
-        "--format", default="saved_model", choices=FORMATS,
+        "--format",
+        default="saved_model",
+        choices=FORMATS,
         help="what to write (default: saved_model); tflite_int8 needs "
         "--representative-data",
     )
     parser.add_argument(
-        "--representative-data", metavar="NPZ",
+        "--representative-data",
+        metavar="NPZ",
         help="an .npz with `x_train` (or `x`) images; `x_test`, if present, "
         "is the check batch. Required for tflite_int8.",
     )
     parser.add_argument(
-        "--calibration-batches", type=_integer(1), default=100,
+        "--calibration-batches",
+        type=_integer(1),
+        default=100,
         help="batches of --representative-data used to calibrate "
         "quantization (default: 100)",
     )
     parser.add_argument(
-        "--batch-size", type=_integer(1), default=32,
+        "--batch-size",
+        type=_integer(1),
+        default=32,
         help="examples per calibration / check batch (default: 32)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="replace OUTPUT if it is a TFLite file (TFLite formats) or a "
         "SavedModel directory (saved_model); anything else is refused",
     )
     parser.add_argument(
-        "--quiet", action="store_true",
+        "--quiet",
+        action="store_true",
         help="print nothing but warnings and errors",
     )
     try:
@@ -1036,16 +1134,20 @@ def export_command(argv=None):
                 if "x_test" in npz:
                     check = npz["x_test"][: args.batch_size]
             representative = [
-                x[i:i + args.batch_size] for i in range(0, len(x), args.batch_size)
+                x[i : i + args.batch_size]
+                for i in range(0, len(x), args.batch_size)
             ]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("always", ExportWarning)
             result = export_student(
-                model, args.output, format=args.format,
+                model,
+                args.output,
+                format=args.format,
                 representative_data=representative,
                 num_calibration_batches=args.calibration_batches,
-                check_data=check, overwrite=args.overwrite,
+                check_data=check,
+                overwrite=args.overwrite,
                 verbose=not args.quiet,
             )
     except (ValueError, TypeError, OSError, RuntimeError, ImportError) as error:
@@ -1066,5 +1168,6 @@ def export_command(argv=None):
 def _print_export_warnings(caught):
     for warning in caught or ():
         if issubclass(warning.category, ExportWarning):
-            print(f"keras-kd export: warning: {warning.message}",
-                  file=sys.stderr)
+            print(
+                f"keras-kd export: warning: {warning.message}", file=sys.stderr
+            )

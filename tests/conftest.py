@@ -21,7 +21,9 @@ TENSORFLOW_ONLY_MODULES = {
     "test_notebooks.py": "the notebooks use tf.data and the TensorFlow backend",
     "test_readme.py": "the README quickstart uses keras_kd.data (tf.data)",
     "test_resume.py": "resumes keras-kd runs (tf.data input)",
-    "test_tensorboard.py": "keras.callbacks.TensorBoard writes through tf.summary",
+    "test_tensorboard.py": (
+        "keras.callbacks.TensorBoard writes through tf.summary"
+    ),
 }
 _TF_CALL = re.compile(r"\btf\.")
 # `x.dtype == "float32"` is False for a torch.dtype; backend_utils.dtype_name
@@ -29,7 +31,18 @@ _TF_CALL = re.compile(r"\btf\.")
 _DTYPE_VS_STRING = re.compile(r"\.dtype\s*==\s*[\"']")
 HAVE_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
 
-collect_ignore = [] if HAVE_TENSORFLOW else sorted(TENSORFLOW_ONLY_MODULES)
+# Scripts the tests run in child processes: with `--doctest-modules` (the
+# README's test command) pytest would import them, and they read sys.argv
+# and set up strategies or backends when imported.
+SUBPROCESS_SCRIPTS = [
+    "distribute_script.py",
+    "jax_data_parallel_script.py",
+    "resume_script.py",
+]
+
+collect_ignore = SUBPROCESS_SCRIPTS + (
+    [] if HAVE_TENSORFLOW else sorted(TENSORFLOW_ONLY_MODULES)
+)
 
 
 @pytest.fixture(autouse=True)
@@ -67,8 +80,9 @@ def _tensorflow_only_reason(item):
         return TENSORFLOW_ONLY_MODULES[module]
     marker = item.get_closest_marker("tensorflow_only")
     if marker is not None:
-        return marker.kwargs.get("reason") or (marker.args[0] if marker.args
-                                               else "TensorFlow only")
+        return marker.kwargs.get("reason") or (
+            marker.args[0] if marker.args else "TensorFlow only"
+        )
     # Tests written against TensorFlow's API (tf.GradientTape, tf.function,
     # tf.cast ...) rather than keras.ops / tests/backend_utils.py.
     function = getattr(item, "function", None)
@@ -77,7 +91,10 @@ def _tensorflow_only_reason(item):
     except (OSError, TypeError):
         source = ""
     if _TF_CALL.search(source):
-        return "calls TensorFlow directly (tf.*); backend-neutral helpers: tests/backend_utils.py"
+        return (
+            "calls TensorFlow directly (tf.*); backend-neutral helpers: "
+            "tests/backend_utils.py"
+        )
     return None
 
 
@@ -88,8 +105,10 @@ def _torch_skip_reason(item):
     except (OSError, TypeError):
         source = ""
     if _DTYPE_VS_STRING.search(source):
-        return ("compares `x.dtype` with a string, which a torch.dtype never "
-                "equals; use backend_utils.dtype_name(x)")
+        return (
+            "compares `x.dtype` with a string, which a torch.dtype never "
+            "equals; use backend_utils.dtype_name(x)"
+        )
     return None
 
 
@@ -99,7 +118,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         reason = _tensorflow_only_reason(item)
         if reason:
-            item.add_marker(pytest.mark.skip(
-                reason=f"TensorFlow only ({reason}); KERAS_BACKEND={BACKEND}"))
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"TensorFlow only ({reason}); "
+                    f"KERAS_BACKEND={BACKEND}"
+                )
+            )
         elif BACKEND == "torch" and _torch_skip_reason(item):
             item.add_marker(pytest.mark.skip(reason=_torch_skip_reason(item)))

@@ -51,6 +51,8 @@ SUITES = {
         "tests/test_backend_behaviour.py",
     ],
 }
+# Run with them: the docstring examples of the loss modules.
+DOCTESTS = ["--doctest-modules", "keras_kd/losses"]
 
 
 def _installed(module):
@@ -92,6 +94,7 @@ def test_backend_neutral_suite_passes(backend):
         "-W",
         "ignore::DeprecationWarning",
         *SUITES[backend],
+        *DOCTESTS,
     ]
     out = subprocess.run(
         command,

@@ -171,12 +171,13 @@ def test_setup_commands_match_ci():
     assert commands == [
         'pip install -e ".[cpu]" && keras-kd',
         "pip install torch==2.13.0 && pip install -e "
-        '".[cpu,jax,torch,test,examples]" && python -m pytest tests -q',
+        '".[cpu,jax,torch,test,examples]" && '
+        "python -m pytest --doctest-modules tests keras_kd -q",
     ]
     ci = (README.parent / ".ci" / "run").read_text()
     assert 'pip install "torch==2.13.0"' in ci
     assert 'pip install -e ".[cpu,jax,torch,test,examples]"' in ci
-    assert "python -m pytest tests -q" in ci
+    assert "python -m pytest --doctest-modules tests keras_kd -q" in ci
 
 
 # --- one TensorFlow wheel ----------------------------------------------------

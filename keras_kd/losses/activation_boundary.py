@@ -6,15 +6,16 @@ import warnings
 import keras
 from keras import ops
 
-from keras_kd.losses.reduction import flatten_per_example
-from keras_kd.losses.reduction import reduce_per_example
-from keras_kd.losses.reduction import to_float32
-from keras_kd.losses.reduction import validate_rank
-from keras_kd.losses.reduction import validate_reduction
-from keras_kd.losses.reduction import validate_same_shape
 from keras_kd.connectors import Connector
+from keras_kd.losses.base import CONNECTOR_CHOICES
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.tap_check import describe_boundary_problem
+from keras_kd.losses.tensors import flatten_per_example
+from keras_kd.losses.tensors import reduce_per_example
+from keras_kd.losses.tensors import to_float32
+from keras_kd.losses.tensors import validate_rank
+from keras_kd.losses.tensors import validate_reduction
+from keras_kd.losses.tensors import validate_same_shape
 from keras_kd.losses.validation import check_real
 from keras_kd.losses.validation import is_graph_value
 
@@ -26,7 +27,9 @@ _RANK_HINT = (
 
 def _check_margin(margin):
     return check_real(
-        margin, "margin", minimum=0.0,
+        margin,
+        "margin",
+        minimum=0.0,
         hint="The margin is the distance the student pre-activation must "
         "keep from zero; pass a finite number >= 0, e.g. the official "
         "margin=1.0.",
@@ -35,22 +38,33 @@ def _check_margin(margin):
 
 def _validate_inputs(teacher, student, what):
     validate_rank(
-        teacher, (2, 4), name="teacher_preactivation", what=what,
+        teacher,
+        (2, 4),
+        name="teacher_preactivation",
+        what=what,
         hint=_RANK_HINT,
     )
     validate_rank(
-        student, (2, 4), name="student_preactivation", what=what,
+        student,
+        (2, 4),
+        name="student_preactivation",
+        what=what,
         hint=_RANK_HINT,
     )
     validate_same_shape(
-        teacher, student, what=what,
+        teacher,
+        student,
+        what=what,
         hint="Map the student pre-activation to the teacher's shape with a "
         "connector (1x1 Conv2D + BatchNormalization) before the loss.",
     )
 
 
 def activation_boundary_loss(
-    teacher_preactivation, student_preactivation, margin=1.0, *,
+    teacher_preactivation,
+    student_preactivation,
+    margin=1.0,
+    *,
     reduction="mean",
 ):
     """Activation-boundary loss: squared hinge on the teacher's on/off states.
@@ -279,15 +293,21 @@ class ActivationBoundary(DistillationLoss):
             raise TypeError(
                 f"`normalize` must be True or False; received {normalize!r}."
             )
-        if connector not in ("auto", "always", "never"):
+        if connector not in CONNECTOR_CHOICES:
             raise ValueError(
-                f"`connector` must be 'auto', 'always' or 'never'; received "
-                f"{connector!r}."
+                f"`connector` must be one of {CONNECTOR_CHOICES}; received "
+                f"{connector!r}. 'auto' builds a connector where the channel "
+                "counts differ, 'always' for every pair (the official code), "
+                "'never' none."
             )
         super().__init__(
-            teacher_layer_name, student_layer_name,
-            pair_weights=pair_weights, teacher_tap=teacher_tap,
-            student_tap=student_tap, name=name, **kwargs,
+            teacher_layer_name,
+            student_layer_name,
+            pair_weights=pair_weights,
+            teacher_tap=teacher_tap,
+            student_tap=student_tap,
+            name=name,
+            **kwargs,
         )
         self.margin = float(margin)
         self.connector = connector
@@ -300,7 +320,10 @@ class ActivationBoundary(DistillationLoss):
 
     def configure_pair(self, index, teacher_shape, student_shape, dtype, names):
         where = self.describe_pair(index, names)
-        for role, shape in (("teacher", teacher_shape), ("student", student_shape)):
+        for role, shape in (
+            ("teacher", teacher_shape),
+            ("student", student_shape),
+        ):
             if len(shape) not in (2, 4):
                 raise ValueError(
                     f"ActivationBoundary needs dense (B, C) or spatial "
@@ -326,7 +349,10 @@ class ActivationBoundary(DistillationLoss):
             )
         if self.connector == "always" or (self.connector == "auto" and differ):
             return Connector(
-                student_shape, teacher_shape, kind="projection", dtype=dtype,
+                student_shape,
+                teacher_shape,
+                kind="projection",
+                dtype=dtype,
                 name=f"{self.name}_connector_{index}",
             )
         return None
@@ -353,7 +379,7 @@ class ActivationBoundary(DistillationLoss):
         Returns:
             `None`.
         """
-        for tap in self.teacher_taps:
+        for tap, _ in self.pair_taps:
             if tap is None:
                 continue
             problem = describe_boundary_problem(teacher, tap)
@@ -376,8 +402,10 @@ class ActivationBoundary(DistillationLoss):
         # size is only known at run time (pair_loss then counts each pair).
         weighted = None
         if all(None not in shape[1:] for shape in teacher_shapes):
-            weighted = sum(w * math.prod(shape[1:])
-                           for w, shape in zip(self.pair_weights, teacher_shapes))
+            weighted = sum(
+                w * math.prod(shape[1:])
+                for w, shape in zip(self.pair_weights, teacher_shapes)
+            )
             weighted = float(weighted) if weighted > 0 else 1.0
         self._weighted_elements = weighted
 
@@ -405,6 +433,9 @@ class ActivationBoundary(DistillationLoss):
 
     def get_config(self):
         config = super().get_config()
-        config.update(margin=self.margin, connector=self.connector,
-                      normalize=self.normalize)
+        config.update(
+            margin=self.margin,
+            connector=self.connector,
+            normalize=self.normalize,
+        )
         return config

@@ -3,14 +3,15 @@
 import keras
 from keras import ops
 
-from keras_kd.losses.reduction import flatten_per_example
-from keras_kd.losses.reduction import reduce_per_example
-from keras_kd.losses.reduction import to_float32
-from keras_kd.losses.reduction import validate_rank
-from keras_kd.losses.reduction import validate_reduction
 from keras_kd.losses.base import DistillationLoss
-from keras_kd.losses.validation import check_real
 from keras_kd.losses.spatial import SpatialAlignment
+from keras_kd.losses.tensors import flatten_per_example
+from keras_kd.losses.tensors import l2_normalize
+from keras_kd.losses.tensors import reduce_per_example
+from keras_kd.losses.tensors import to_float32
+from keras_kd.losses.tensors import validate_rank
+from keras_kd.losses.tensors import validate_reduction
+from keras_kd.losses.validation import check_real
 
 _RANK_WHAT = "Attention transfer needs spatial feature maps (B, H, W, C)"
 _RANK_HINT = "Tap a convolutional layer's output, not a pooled or dense one."
@@ -18,7 +19,10 @@ _RANK_HINT = "Tap a convolutional layer's output, not a pooled or dense one."
 
 def _validate_p(p):
     return check_real(
-        p, "p", minimum=0.0, strict=True,
+        p,
+        "p",
+        minimum=0.0,
+        strict=True,
         hint="Pass a finite number > 0, e.g. p=2 (the reference choice).",
     )
 
@@ -80,19 +84,14 @@ def attention_map(features, *, p=2, epsilon=1e-12):
     # become 0 or NaN). The map is scale-invariant, so the gradient through
     # the stop_gradient'ed peak is unchanged.
     magnitude = ops.abs(features)
-    peak = ops.stop_gradient(
-        ops.max(magnitude, axis=(1, 2, 3), keepdims=True)
-    )
+    peak = ops.stop_gradient(ops.max(magnitude, axis=(1, 2, 3), keepdims=True))
     magnitude = magnitude / ops.where(ops.greater(peak, 0.0), peak, 1.0)
     if p == 2:
         powered = ops.square(magnitude)
     else:
         powered = ops.power(magnitude, float(p))
     attention = flatten_per_example(ops.mean(powered, axis=-1))  # (B, HW)
-    squared_norm = ops.sum(ops.square(attention), axis=1, keepdims=True)
-    # x * rsqrt(max(||x||^2, eps^2)) == x / max(||x||, eps), with a finite
-    # gradient for an all-zero map.
-    return attention * ops.rsqrt(ops.maximum(squared_norm, epsilon * epsilon))
+    return l2_normalize(attention, axis=1, epsilon=epsilon)
 
 
 def attention_transfer_loss(
@@ -152,11 +151,17 @@ def attention_transfer_loss(
     teacher = ops.stop_gradient(to_float32(teacher_features))
     student = to_float32(student_features)
     t_shape = validate_rank(
-        teacher, (4,), name="teacher_features", what=_RANK_WHAT,
+        teacher,
+        (4,),
+        name="teacher_features",
+        what=_RANK_WHAT,
         hint=_RANK_HINT,
     )
     s_shape = validate_rank(
-        student, (4,), name="student_features", what=_RANK_WHAT,
+        student,
+        (4,),
+        name="student_features",
+        what=_RANK_WHAT,
         hint=_RANK_HINT,
     )
     t_hw, s_hw = t_shape[1:3], s_shape[1:3]
@@ -230,9 +235,13 @@ class AttentionTransfer(SpatialAlignment, DistillationLoss):
     ):
         _validate_p(p)
         super().__init__(
-            teacher_layer_name, student_layer_name,
-            pair_weights=pair_weights, teacher_tap=teacher_tap,
-            student_tap=student_tap, name=name, **kwargs,
+            teacher_layer_name,
+            student_layer_name,
+            pair_weights=pair_weights,
+            teacher_tap=teacher_tap,
+            student_tap=student_tap,
+            name=name,
+            **kwargs,
         )
         self.p = p
 

@@ -1,7 +1,7 @@
 """The base class of keras_kd's distillation losses.
 
-A distillation loss names the tensors it reads (`teacher_taps`,
-`student_taps`: one pair per layer pair, `None` for the model's logits), is
+A distillation loss names the tensors it reads (`pair_taps`: one
+`(teacher Tap, student Tap)` per layer pair, `None` for a model's logits), is
 configured once by the Distiller with the shapes of those tensors (building
 any connector it needs and rejecting shapes it cannot reconcile), and then
 returns *per-example* values so the Distiller can weight them by
@@ -12,11 +12,18 @@ temperature a callback may change) are tracked, trained and saved with the
 distiller. All loss math is float32 whatever the dtype policy.
 """
 
+import warnings
+
 import keras
 
 from keras_kd.losses.validation import check_pair_weights
 from keras_kd.losses.validation import check_preset
 from keras_kd.taps import Tap
+
+#: The values of `connector=` of the losses that build connectors
+#: (`ActivationBoundary`, `FitNetsHint`): a connector for every pair, only
+#: where the shapes differ, or none.
+CONNECTOR_CHOICES = ("always", "auto", "never")
 
 
 def _as_list(value, what):
@@ -28,7 +35,9 @@ def _as_list(value, what):
         isinstance(v, str) for v in value
     ):
         if not value:
-            raise ValueError(f"`{what}` is an empty list; name at least one layer.")
+            raise ValueError(
+                f"`{what}` is an empty list; name at least one layer."
+            )
         return list(value)
     raise TypeError(
         f"`{what}` must be a layer name or a list of layer names; received "
@@ -87,7 +96,9 @@ class DistillationLoss(keras.layers.Layer):
         super().__init__(name=name, **kwargs)
         self.preset = preset
         self.default_weight = float(
-            type(self).paper_weight if preset == "paper" else type(self).default_weight
+            type(self).paper_weight
+            if preset == "paper"
+            else type(self).default_weight
         )
         if self.reads_hidden_layers and (
             teacher_layer_name is None or student_layer_name is None
@@ -127,11 +138,15 @@ class DistillationLoss(keras.layers.Layer):
         self._pair_weights_arg = (
             None if pair_weights is None else list(self.pair_weights)
         )
-        self.teacher_taps = [
-            None if t is None else Tap(t, self.teacher_tap) for t in teachers
-        ]
-        self.student_taps = [
-            None if s is None else Tap(s, self.student_tap) for s in students
+        # `teacher_tap` / `student_tap` say where every layer is read;
+        # `pair_taps` holds what each pair reads, a `Tap` (layer, where) per
+        # side or `None` for the model's logits.
+        self.pair_taps = [
+            (
+                None if t is None else Tap(t, self.teacher_tap),
+                None if s is None else Tap(s, self.student_tap),
+            )
+            for t, s in zip(teachers, students)
         ]
         self.connectors = []
 
@@ -142,11 +157,41 @@ class DistillationLoss(keras.layers.Layer):
 
     @property
     def num_pairs(self):
-        return len(self.teacher_taps)
+        return len(self.pair_taps)
+
+    #: Deprecated attribute names a subclass still answers to:
+    #: `{old name: (message, function of the loss returning the value)}`.
+    _deprecated_attributes = {
+        "teacher_taps": (
+            "DistillationLoss.teacher_taps is deprecated (one letter away "
+            "from the `teacher_tap` argument): read `pair_taps`, one "
+            "(teacher Tap, student Tap) per layer pair.",
+            lambda loss: [t for t, _ in loss.pair_taps],
+        ),
+        "student_taps": (
+            "DistillationLoss.student_taps is deprecated (one letter away "
+            "from the `student_tap` argument): read `pair_taps`, one "
+            "(teacher Tap, student Tap) per layer pair.",
+            lambda loss: [s for _, s in loss.pair_taps],
+        ),
+    }
+
+    def __getattr__(self, name):
+        # Reached only when the normal lookup fails. Deprecated names are
+        # answered here rather than by properties: Keras's saving reads
+        # every attribute `dir()` lists, which would warn on every save.
+        deprecated = type(self)._deprecated_attributes.get(name)
+        if deprecated is None:
+            raise AttributeError(
+                f"'{type(self).__name__}' object has no attribute '{name}'"
+            )
+        message, value = deprecated
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return value(self)
 
     def pair_label(self, index):
         """A short name for a layer pair, used in logs."""
-        tap = self.student_taps[index]
+        tap = self.pair_taps[index][1]
         return "logits" if tap is None else tap.layer_name.replace("/", "_")
 
     def _pair_metric_name(self, base, index):
@@ -205,7 +250,7 @@ class DistillationLoss(keras.layers.Layer):
 
     def describe_pair(self, index, names):
         teacher, student = names
-        t, s = self.teacher_taps[index], self.student_taps[index]
+        t, s = self.pair_taps[index]
         return (
             f"teacher '{teacher}' layer '{t.layer_name if t else 'logits'}' "
             f"and student '{student}' layer "
@@ -263,7 +308,8 @@ class DistillationLoss(keras.layers.Layer):
         for base in self.pair_metric_names:
             if self.num_pairs > 1:
                 names += [
-                    self._pair_metric_name(base, i) for i in range(self.num_pairs)
+                    self._pair_metric_name(base, i)
+                    for i in range(self.num_pairs)
                 ]
             names.append(base)
         return names

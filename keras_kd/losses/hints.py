@@ -1,15 +1,18 @@
 """FitNets hints: Romero et al., ICLR 2015."""
 
+import warnings
+
 import keras
 from keras import ops
 
-from keras_kd.losses.reduction import flatten_per_example
-from keras_kd.losses.reduction import reduce_per_example
-from keras_kd.losses.reduction import to_float32
-from keras_kd.losses.reduction import validate_reduction
-from keras_kd.losses.reduction import validate_same_shape
 from keras_kd.connectors import Connector
+from keras_kd.losses.base import CONNECTOR_CHOICES
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.tensors import flatten_per_example
+from keras_kd.losses.tensors import reduce_per_example
+from keras_kd.losses.tensors import to_float32
+from keras_kd.losses.tensors import validate_reduction
+from keras_kd.losses.tensors import validate_same_shape
 
 _RANK_WHAT = "fitnets_hint_loss needs batched tensors (B, ...)"
 
@@ -60,8 +63,10 @@ def fitnets_hint_loss(teacher_hint, student_guided, *, reduction="mean"):
     validate_reduction(reduction)
     teacher = ops.stop_gradient(to_float32(teacher_hint))
     student = to_float32(student_guided)
-    for name, tensor in (("teacher_hint", teacher),
-                         ("student_guided", student)):
+    for name, tensor in (
+        ("teacher_hint", teacher),
+        ("student_guided", student),
+    ):
         if len(tensor.shape) < 2:
             raise ValueError(
                 f"{_RANK_WHAT}; received shape {tuple(tensor.shape)} for "
@@ -69,7 +74,9 @@ def fitnets_hint_loss(teacher_hint, student_guided, *, reduction="mean"):
                 "example has shape (1, ...))."
             )
     validate_same_shape(
-        teacher, student, what="fitnets_hint_loss",
+        teacher,
+        student,
+        what="fitnets_hint_loss",
         hint="Map the student layer to the teacher hint's shape with a "
         "regressor (e.g. a Conv2D + BatchNormalization connector).",
     )
@@ -99,8 +106,11 @@ class FitNetsHint(DistillationLoss):
     Args:
         teacher_layer_name: the hint layer(s) of the teacher.
         student_layer_name: the guided layer(s) of the student.
-        regressor: `"always"` (FitNets) or `"auto"` (only when the shapes
-            differ). Defaults to `"always"`.
+        connector: when to build the regressor: `"always"` (FitNets),
+            `"auto"` (only when the shapes differ) or `"never"` (the shapes
+            must match; plain MSE). Defaults to `"always"`. The same
+            argument as `ActivationBoundary`'s.
+        regressor: deprecated alias of `connector` (a `DeprecationWarning`).
         pair_weights: one weight per pair, each a finite number `>= 0`.
             Defaults to `1.0` each.
         teacher_tap, student_tap: where to read the layers. Default
@@ -110,36 +120,74 @@ class FitNetsHint(DistillationLoss):
     Example:
 
     >>> hint = FitNetsHint("t_block2", "s_block2")
-    >>> hint.regressor
+    >>> hint.connector
     'always'
     """
 
     default_weight = 100.0
     paper_weight = 100.0
+    _deprecated_attributes = {
+        **DistillationLoss._deprecated_attributes,
+        "regressor": (
+            "FitNetsHint.regressor is deprecated: read `connector` instead.",
+            lambda loss: loss.connector,
+        ),
+    }
 
     def __init__(
         self,
         teacher_layer_name,
         student_layer_name,
         *,
-        regressor="always",
+        connector="always",
         pair_weights=None,
         teacher_tap=None,
         student_tap=None,
         name="fitnets_hint",
         **kwargs,
     ):
-        if regressor not in ("always", "auto"):
+        if "regressor" in kwargs:
+            regressor = kwargs.pop("regressor")
+            warnings.warn(
+                "FitNetsHint(regressor=...) is deprecated: pass "
+                f"connector={regressor!r} instead (the name ActivationBoundary "
+                "uses too).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if connector not in ("always", regressor):
+                raise ValueError(
+                    "FitNetsHint received both connector="
+                    f"{connector!r} and its deprecated alias regressor="
+                    f"{regressor!r}. Pass only `connector`."
+                )
+            connector = regressor
+        if connector not in CONNECTOR_CHOICES:
             raise ValueError(
-                f"`regressor` must be 'always' or 'auto'; received "
-                f"{regressor!r}."
+                f"`connector` must be one of {CONNECTOR_CHOICES}; received "
+                f"{connector!r}. 'always' builds a regressor for every pair "
+                "(FitNets), 'auto' only where the shapes differ, 'never' "
+                "none (the shapes must match)."
             )
         super().__init__(
-            teacher_layer_name, student_layer_name,
-            pair_weights=pair_weights, teacher_tap=teacher_tap,
-            student_tap=student_tap, name=name, **kwargs,
+            teacher_layer_name,
+            student_layer_name,
+            pair_weights=pair_weights,
+            teacher_tap=teacher_tap,
+            student_tap=student_tap,
+            name=name,
+            **kwargs,
         )
-        self.regressor = regressor
+        self.connector = connector
+
+    @classmethod
+    def from_config(cls, config):
+        # Files saved before the argument was named `connector` hold
+        # `regressor`: load them without a deprecation warning.
+        config = dict(config)
+        if "regressor" in config:
+            config.setdefault("connector", config.pop("regressor"))
+        return super().from_config(config)
 
     @staticmethod
     def default_pair_weights(n):
@@ -147,17 +195,28 @@ class FitNetsHint(DistillationLoss):
 
     def configure_pair(self, index, teacher_shape, student_shape, dtype, names):
         where = self.describe_pair(index, names)
-        if len(teacher_shape) != len(student_shape) or len(teacher_shape) not in (
-            2, 4
-        ):
+        if len(teacher_shape) != len(student_shape) or len(
+            teacher_shape
+        ) not in (2, 4):
             raise ValueError(
                 f"FitNetsHint cannot pair {where}: shapes {teacher_shape} and "
                 f"{student_shape}. Both must be (B, C) or (B, H, W, C)."
             )
-        if self.regressor == "auto" and teacher_shape[1:] == student_shape[1:]:
+        same = teacher_shape[1:] == student_shape[1:]
+        if self.connector == "never" and not same:
+            raise ValueError(
+                f"FitNetsHint with connector='never' cannot pair {where}: "
+                f"shapes {teacher_shape} and {student_shape} differ. Use "
+                "connector='auto' (a regressor where the shapes differ) or "
+                "'always'."
+            )
+        if self.connector == "never" or (self.connector == "auto" and same):
             return None
         return Connector(
-            student_shape, teacher_shape, kind="regressor", dtype=dtype,
+            student_shape,
+            teacher_shape,
+            kind="regressor",
+            dtype=dtype,
             name=f"{self.name}_regressor_{index}",
         )
 
@@ -166,5 +225,5 @@ class FitNetsHint(DistillationLoss):
 
     def get_config(self):
         config = super().get_config()
-        config.update(regressor=self.regressor)
+        config.update(connector=self.connector)
         return config

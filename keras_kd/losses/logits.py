@@ -7,12 +7,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_kd.losses.reduction import reduce_per_example
-from keras_kd.losses.reduction import to_float32
-from keras_kd.losses.reduction import validate_rank
-from keras_kd.losses.reduction import validate_reduction
-from keras_kd.losses.reduction import validate_same_shape
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.tensors import reduce_per_example
+from keras_kd.losses.tensors import to_float32
+from keras_kd.losses.tensors import validate_rank
+from keras_kd.losses.tensors import validate_reduction
+from keras_kd.losses.tensors import validate_same_shape
 from keras_kd.losses.validation import check_preset
 from keras_kd.losses.validation import check_temperature
 from keras_kd.losses.validation import is_graph_value
@@ -24,9 +24,7 @@ _RANK_WHAT = "logits_distillation_loss needs logits of shape (B, num_classes)"
 # phi(x) = sum_{n>=2} (-x)^n / n!, so phi(x) = x^2/2 * sum_n c_n x^(n-2) with
 # c_n = 2 (-1)^n / n!. Eight terms: relative truncation error < 1e-8 on
 # |x| <= _SERIES_LIMIT, below float32 resolution.
-_PHI_SERIES = tuple(
-    2.0 * (-1.0) ** n / math.factorial(n) for n in range(2, 10)
-)
+_PHI_SERIES = tuple(2.0 * (-1.0) ** n / math.factorial(n) for n in range(2, 10))
 _SERIES_LIMIT = 0.5
 # Largest exponent used before a row is rescaled: exp(60) * num_classes
 # stays far from float32 overflow (3.4e38).
@@ -71,11 +69,15 @@ def _scaled_kl(teacher, student, temperature):
     e_big = ops.where(small, 1.0, e)
     # log of p_t,k exp(-e_k), the term that can overflow; rows shifted by M.
     exponent = log_p_t - e_big
-    shift = ops.stop_gradient(ops.maximum(
-        ops.max(ops.where(small, -math.inf, exponent), axis=-1, keepdims=True)
-        - _EXP_CAP,
-        0.0,
-    ))
+    shift = ops.stop_gradient(
+        ops.maximum(
+            ops.max(
+                ops.where(small, -math.inf, exponent), axis=-1, keepdims=True
+            )
+            - _EXP_CAP,
+            0.0,
+        )
+    )
     scale = ops.exp(-shift)  # 1 for every ordinary row
     series = p_t * 0.5 * ops.square(e_small) * _phi_over_half_square(e_small)
     # Direct phi for |e| > 0.5 (>= 0.1 there, so no cancellation).
@@ -163,14 +165,21 @@ def logits_distillation_loss(
         check_temperature(temperature)
     teacher = ops.stop_gradient(to_float32(teacher_logits))
     student = to_float32(student_logits)
-    for name, tensor in (("teacher_logits", teacher),
-                         ("student_logits", student)):
+    for name, tensor in (
+        ("teacher_logits", teacher),
+        ("student_logits", student),
+    ):
         validate_rank(
-            tensor, (2,), name=name, what=_RANK_WHAT,
+            tensor,
+            (2,),
+            name=name,
+            what=_RANK_WHAT,
             hint="Pass the pre-softmax outputs of the classification head.",
         )
     validate_same_shape(
-        teacher, student, what="logits_distillation_loss",
+        teacher,
+        student,
+        what="logits_distillation_loss",
         hint="Teacher and student must predict the same classes.",
     )
     per_example = _scaled_kl(teacher, student, to_float32(temperature))
@@ -194,8 +203,13 @@ def _concrete_value(value):
         return None  # a symbolic TensorFlow tensor: eager ones have .numpy()
     try:
         array = numpy_method() if numpy_method else ops.convert_to_numpy(value)
-    except (TypeError, ValueError, AttributeError, NotImplementedError,
-            RuntimeError):
+    except (
+        TypeError,
+        ValueError,
+        AttributeError,
+        NotImplementedError,
+        RuntimeError,
+    ):
         return None  # symbolic: the value is not known while tracing
     array = np.asarray(array)
     if array.size != 1:
@@ -285,17 +299,28 @@ class LogitsDistillation(DistillationLoss):
     paper_temperature = 4.0
     reads_hidden_layers = False
 
-    def __init__(self, temperature=None, *, name="logits_distillation", **kwargs):
-        preset = check_preset(kwargs.get("preset", "library"), "LogitsDistillation")
+    def __init__(
+        self, temperature=None, *, name="logits_distillation", **kwargs
+    ):
+        preset = check_preset(
+            kwargs.get("preset", "library"), "LogitsDistillation"
+        )
         if temperature is None:
             temperature = (
-                self.paper_temperature if preset == "paper" else self.default_temperature
+                self.paper_temperature
+                if preset == "paper"
+                else self.default_temperature
             )
-        temperature = check_temperature(
-            temperature, owner="LogitsDistillation"
-        )
-        kwargs.pop("teacher_layer_name", None)
-        kwargs.pop("student_layer_name", None)
+        temperature = check_temperature(temperature, owner="LogitsDistillation")
+        for key in ("teacher_layer_name", "student_layer_name"):
+            if key in kwargs:
+                raise TypeError(
+                    f"LogitsDistillation reads the models' logits and takes "
+                    f"no `{key}`; received {key}={kwargs[key]!r}. To distil "
+                    "a hidden layer use a feature loss, e.g. "
+                    "keras_kd.losses.FitNetsHint(teacher_layer, "
+                    "student_layer)."
+                )
         super().__init__(None, None, name=name, **kwargs)
         self._initial_temperature = temperature
         with keras.name_scope(self.name, caller=self):
@@ -321,7 +346,10 @@ class LogitsDistillation(DistillationLoss):
     def configure_pair(self, index, teacher_shape, student_shape, dtype, names):
         if teacher_shape is None or student_shape is None:
             return None
-        for role, shape in (("teacher", teacher_shape), ("student", student_shape)):
+        for role, shape in (
+            ("teacher", teacher_shape),
+            ("student", student_shape),
+        ):
             if len(shape) != 2:
                 raise ValueError(
                     f"LogitsDistillation needs logits of shape (B, classes); "
@@ -345,8 +373,13 @@ class LogitsDistillation(DistillationLoss):
 
     def get_config(self):
         config = super().get_config()
-        for key in ("teacher_layer_name", "student_layer_name", "pair_weights",
-                    "teacher_tap", "student_tap"):
+        for key in (
+            "teacher_layer_name",
+            "student_layer_name",
+            "pair_weights",
+            "teacher_tap",
+            "student_tap",
+        ):
             config.pop(key, None)
         config.update(temperature=self._initial_temperature)
         return config

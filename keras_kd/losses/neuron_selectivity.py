@@ -3,22 +3,21 @@
 import keras
 from keras import ops
 
-from keras_kd.losses.reduction import is_python_integer
-from keras_kd.losses.reduction import reduce_per_example
-from keras_kd.losses.reduction import to_float32
-from keras_kd.losses.reduction import validate_rank
-from keras_kd.losses.reduction import validate_reduction
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.spatial import SpatialAlignment
+from keras_kd.losses.tensors import l2_normalize
+from keras_kd.losses.tensors import reduce_per_example
+from keras_kd.losses.tensors import to_float32
+from keras_kd.losses.tensors import validate_rank
+from keras_kd.losses.tensors import validate_reduction
 from keras_kd.losses.validation import check_real
 from keras_kd.losses.validation import is_graph_value
+from keras_kd.losses.validation import is_integer
 
 KERNELS = ("linear", "polynomial", "gaussian")
 
 _RANK_WHAT = "NST needs spatial feature maps (B, H, W, C)"
-_RANK_HINT = (
-    "Tap a convolutional layer's output, not a pooled or dense one."
-)
+_RANK_HINT = "Tap a convolutional layer's output, not a pooled or dense one."
 
 
 def _validate_options(kernel, degree, offset, bandwidth, epsilon):
@@ -29,7 +28,7 @@ def _validate_options(kernel, degree, offset, bandwidth, epsilon):
             "official choice."
         )
     if kernel == "polynomial":
-        if not is_python_integer(degree):
+        if not is_integer(degree):
             raise TypeError(
                 "`degree` must be a Python integer >= 1; received "
                 f"degree={degree!r} of type {type(degree).__name__}. "
@@ -44,7 +43,9 @@ def _validate_options(kernel, degree, offset, bandwidth, epsilon):
     # while a step is traced).
     if not is_graph_value(offset):
         check_real(
-            offset, "offset", minimum=0.0,
+            offset,
+            "offset",
+            minimum=0.0,
             hint="The polynomial kernel (x.y + offset)^degree is only a "
             "valid (positive semi-definite) kernel for offset >= 0; with a "
             "negative offset MMD^2 can be negative. Pass e.g. offset=0.0 "
@@ -52,24 +53,36 @@ def _validate_options(kernel, degree, offset, bandwidth, epsilon):
         )
     if not is_graph_value(bandwidth):
         check_real(
-            bandwidth, "bandwidth", minimum=0.0, strict=True,
+            bandwidth,
+            "bandwidth",
+            minimum=0.0,
+            strict=True,
             hint="`bandwidth` is sigma of the Gaussian kernel; pass a "
             "finite value > 0, e.g. bandwidth=1.0.",
         )
     if not is_graph_value(epsilon):
         check_real(
-            epsilon, "epsilon", minimum=0.0, strict=True,
+            epsilon,
+            "epsilon",
+            minimum=0.0,
+            strict=True,
             hint="Pass a small positive value, e.g. epsilon=1e-12.",
         )
 
 
 def _validate_shapes(teacher, student):
     t_shape = validate_rank(
-        teacher, (4,), name="teacher_features", what=_RANK_WHAT,
+        teacher,
+        (4,),
+        name="teacher_features",
+        what=_RANK_WHAT,
         hint=_RANK_HINT,
     )
     s_shape = validate_rank(
-        student, (4,), name="student_features", what=_RANK_WHAT,
+        student,
+        (4,),
+        name="student_features",
+        what=_RANK_WHAT,
         hint=_RANK_HINT,
     )
     if None in t_shape[1:3] or None in s_shape[1:3]:
@@ -87,14 +100,12 @@ def _validate_shapes(teacher, student):
 def _normalised_columns(features, epsilon):
     """(B, H, W, C) -> (B, H*W, C), each channel L2-normalised over H*W.
 
-    Equals `x / max(||x||, epsilon)` (torch `F.normalize`), written as
-    `x * rsqrt(max(||x||^2, epsilon^2))` so that an all-zero channel has a
-    finite (zero) gradient instead of NaN.
+    `x / max(||x||, epsilon)` (torch `F.normalize`); an all-zero channel
+    stays zero, with a finite gradient.
     """
     shape = ops.shape(features)
     flat = ops.reshape(features, (shape[0], -1, shape[3]))
-    squared_norm = ops.sum(ops.square(flat), axis=1, keepdims=True)
-    return flat * ops.rsqrt(ops.maximum(squared_norm, epsilon * epsilon))
+    return l2_normalize(flat, axis=1, epsilon=epsilon)
 
 
 def _integer_power(x, n):
@@ -226,7 +237,9 @@ def neuron_selectivity_loss(
         per_example = ops.sum(ops.square(difference), axis=1)
     else:
         options = dict(
-            kernel=kernel, degree=degree, bandwidth=bandwidth,
+            kernel=kernel,
+            degree=degree,
+            bandwidth=bandwidth,
             offset=to_float32(offset),
         )
         if kernel == "gaussian":
@@ -311,9 +324,13 @@ class NeuronSelectivityTransfer(SpatialAlignment, DistillationLoss):
         **kwargs,
     ):
         super().__init__(
-            teacher_layer_name, student_layer_name,
-            pair_weights=pair_weights, teacher_tap=teacher_tap,
-            student_tap=student_tap, name=name, **kwargs,
+            teacher_layer_name,
+            student_layer_name,
+            pair_weights=pair_weights,
+            teacher_tap=teacher_tap,
+            student_tap=student_tap,
+            name=name,
+            **kwargs,
         )
         # Validate the kernel options now, not mid-fit. The class stores
         # them in its config, so they must be numbers (not tensors).
@@ -332,14 +349,21 @@ class NeuronSelectivityTransfer(SpatialAlignment, DistillationLoss):
 
     def pair_loss(self, index, teacher, student):
         return neuron_selectivity_loss(
-            teacher, student, self.kernel, degree=self.degree,
-            offset=self.offset, bandwidth=self.bandwidth, reduction="none",
+            teacher,
+            student,
+            self.kernel,
+            degree=self.degree,
+            offset=self.offset,
+            bandwidth=self.bandwidth,
+            reduction="none",
         )
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            kernel=self.kernel, degree=self.degree, offset=self.offset,
+            kernel=self.kernel,
+            degree=self.degree,
+            offset=self.offset,
             bandwidth=self.bandwidth,
         )
         return config

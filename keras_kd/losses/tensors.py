@@ -1,12 +1,16 @@
-"""Shared helpers for the keras_kd loss functions: reduction, casting, checks.
+"""The tensors of the loss functions: shape and rank checks, float32, reduction.
+
+Checks of the tensors a loss function receives (`validate_rank`,
+`validate_same_shape`: what was received, what is expected, how to fix it),
+the float32 cast and per-example L2 normalisation they share, and the
+reduction of their per-example values. Checks of hyperparameters (numbers
+set once, such as a temperature) live in `keras_kd.losses.validation`.
 
 Every loss function in `keras_kd.losses` first computes one value per example
 (shape `(B,)`, float32) and then hands it to `reduce_per_example`. The loss
 classes call the functions with `reduction="none"` and do the global-batch
 reduction themselves, so that the result stays correct under `tf.distribute`.
 """
-
-import numbers
 
 from keras import ops
 
@@ -137,16 +141,37 @@ def validate_same_shape(teacher, student, *, what, hint=""):
         raise ValueError(message)
 
 
-def is_python_number(x):
-    """True for Python / NumPy real scalars (not bool, not tensors)."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def is_python_integer(x):
-    """True for Python / NumPy integer scalars (not bool, not tensors)."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
 def flatten_per_example(x):
     """Reshapes `(B, ...)` to `(B, N)`; works with an unknown batch size."""
     return ops.reshape(x, (ops.shape(x)[0], -1))
+
+
+def l2_normalize(x, axis, epsilon):
+    """`x / max(||x||_2, epsilon)` along `axis` (torch `F.normalize`).
+
+    Written as `x * rsqrt(max(||x||^2, epsilon^2))`: the same values, and an
+    all-zero slice has a finite (zero) gradient instead of NaN.
+
+    Args:
+        x: A float tensor.
+        axis: The axis the norm is taken over (kept, size 1, for the
+            division).
+        epsilon: Lower bound on the norm, a number `> 0`.
+
+    Returns:
+        A tensor of the shape of `x`: unit L2 norm along `axis`, or zeros
+        where the slice is all zero.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> x = np.array([[3.0, 4.0], [0.0, 0.0]], dtype="float32")
+    >>> y = l2_normalize(x, axis=1, epsilon=1e-12)
+    >>> ops.convert_to_numpy(y).astype("float64").round(6).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
+    """
+    squared_norm = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return ops.multiply(
+        x, ops.rsqrt(ops.maximum(squared_norm, epsilon * epsilon))
+    )

@@ -22,7 +22,8 @@ import keras
 
 
 def replicas_in_sync():
-    """Replicas whose batches form one global batch (1 outside tf.distribute)."""
+    """Replicas whose batches form one global batch (1 outside
+    tf.distribute)."""
     from keras_kd import backend
 
     return backend.get().replicas_in_sync()
@@ -53,7 +54,8 @@ def is_multi_worker(strategy):
 
 
 def first_local_batch(iterator, strategy):
-    """The first batch of a distributed epoch iterator, as one replica sees it."""
+    """The first batch of a distributed epoch iterator, as one replica sees
+    it."""
     return _tensorflow().first_local_batch(iterator, strategy)
 
 

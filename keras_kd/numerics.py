@@ -74,8 +74,7 @@ def non_finite_message(name):
         )
     return (
         f"keras_kd: {what}. Training stopped before this step's update was "
-        "applied, so the trainable weights are the last finite ones. "
-        + hint
+        "applied, so the trainable weights are the last finite ones. " + hint
     )
 
 

@@ -4,13 +4,13 @@ reductions against NumPy, sample weights, schedules, saving, bad input."""
 import keras
 import numpy as np
 import pytest
-
 from backend_utils import to_numpy
 from builders import all_losses
 from builders import cnn
 from builders import data
 from builders import pair
 from builders import sparse_ce
+
 from keras_kd import Distiller
 from keras_kd import losses as L
 from keras_kd.callbacks import ActivationBoundarySchedule
@@ -23,7 +23,7 @@ def _weights(model):
     return [to_numpy(v) for v in model.weights]
 
 
-# --- numpy references (float64) ------------------------------------------------
+# --- numpy references (float64) -----------------------------------------------
 
 
 def _np_log_softmax(z):
@@ -43,12 +43,14 @@ def _np_ce(logits, y):
 
 def _np_ab(t, s, margin=1.0):
     on = t > 0
-    per = np.where(on, np.maximum(margin - s, 0) ** 2, np.maximum(margin + s, 0) ** 2)
+    per = np.where(
+        on, np.maximum(margin - s, 0) ** 2, np.maximum(margin + s, 0) ** 2
+    )
     return per.reshape(len(t), -1).sum(axis=1)
 
 
 # --- one pass per network (frozen teacher, gradients, AB stages, non-finite
-# terms and saving: test_backend_behaviour.py, on every backend) -----------------
+# terms and saving: test_backend_behaviour.py, on every backend) ---------------
 
 
 def test_each_network_runs_once_per_step():
@@ -77,27 +79,37 @@ def test_connectors_are_not_part_of_the_student():
     assert not any("connector" in n or "regressor" in n for n in names)
 
 
-# --- the numbers the step computes ----------------------------------------------
+# --- the numbers the step computes --------------------------------------------
 
 
 @pytest.mark.parametrize("preset", ["library", "paper"])
 def test_logged_terms_match_numpy_with_sample_weights(preset):
     teacher, student = pair()
     kd = L.LogitsDistillation(temperature=3.0)
-    ab = L.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"], connector="never",
-                              teacher_tap="preactivation", preset=preset)
+    ab = L.ActivationBoundary(
+        ["relu1", "relu2"],
+        ["conv1", "relu2"],
+        connector="never",
+        teacher_tap="preactivation",
+        preset=preset,
+    )
     teacher = cnn(4, "teacher")
-    distiller = Distiller(teacher, student, [kd, ab], [0.7, 0.01], student_loss_weight=0.5)
+    distiller = Distiller(
+        teacher, student, [kd, ab], [0.7, 0.01], student_loss_weight=0.5
+    )
     distiller.compile(optimizer="sgd", loss=sparse_ce())
     x, y = data(n=10, seed=3)
     w = np.random.default_rng(4).uniform(0, 2, size=10).astype("float32")
-    logs = distiller.evaluate(x, y, sample_weight=w, batch_size=10, verbose=0,
-                              return_dict=True)
+    logs = distiller.evaluate(
+        x, y, sample_weight=w, batch_size=10, verbose=0, return_dict=True
+    )
 
-    t_ext = build_extractor(teacher, [Tap("relu1", "preactivation"),
-                                      Tap("relu2", "preactivation")])
-    s_ext = build_extractor(student, [Tap("conv1", "preactivation"),
-                                      Tap("relu2", "preactivation")])
+    t_ext = build_extractor(
+        teacher, [Tap("relu1", "preactivation"), Tap("relu2", "preactivation")]
+    )
+    s_ext = build_extractor(
+        student, [Tap("conv1", "preactivation"), Tap("relu2", "preactivation")]
+    )
     t_out = [np.asarray(o, "float64") for o in t_ext(x)]
     s_out = [np.asarray(o, "float64") for o in s_ext(x)]
     ce = (w * _np_ce(s_out[0], y)).sum() / 10
@@ -106,21 +118,31 @@ def test_logged_terms_match_numpy_with_sample_weights(preset):
     # library preset divides that by the pair-weighted element count.
     sizes = [np.prod(t_out[k].shape[1:]) for k in (1, 2)]
     count = 0.5 * sizes[0] + 1.0 * sizes[1] if preset == "library" else 1.0
-    ab_per = (0.5 * _np_ab(t_out[1], s_out[1]) + 1.0 * _np_ab(t_out[2], s_out[2])) / count
+    ab_per = (
+        0.5 * _np_ab(t_out[1], s_out[1]) + 1.0 * _np_ab(t_out[2], s_out[2])
+    ) / count
     ab_val = (w * ab_per).sum() / 10
     np.testing.assert_allclose(logs["student_loss"], ce, rtol=1e-4)
-    np.testing.assert_allclose(logs["logits_distillation_loss"], kd_val, rtol=1e-4)
-    np.testing.assert_allclose(logs["activation_boundary_loss"], ab_val, rtol=1e-4)
+    np.testing.assert_allclose(
+        logs["logits_distillation_loss"], kd_val, rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        logs["activation_boundary_loss"], ab_val, rtol=1e-4
+    )
     total = 0.5 * ce + 0.7 * kd_val + 0.01 * ab_val
     np.testing.assert_allclose(logs["loss"], total, rtol=1e-4)
-    agreement = np.mean([((t_out[k] > 0) == (s_out[k] > 0)).mean() for k in (1, 2)])
+    agreement = np.mean(
+        [((t_out[k] > 0) == (s_out[k] > 0)).mean() for k in (1, 2)]
+    )
     np.testing.assert_allclose(logs["boundary_agreement"], agreement, rtol=1e-5)
 
 
 def test_softmax_outputs_are_distilled_as_logits():
     teacher = cnn(8, "teacher", softmax=True)
     student = cnn(4, "student", softmax=True)
-    distiller = Distiller(teacher, student, L.LogitsDistillation(temperature=2.0))
+    distiller = Distiller(
+        teacher, student, L.LogitsDistillation(temperature=2.0)
+    )
     distiller.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     x, y = data(n=6)
     logs = distiller.evaluate(x, y, batch_size=6, verbose=0, return_dict=True)
@@ -128,7 +150,9 @@ def test_softmax_outputs_are_distilled_as_logits():
     z_t = np.asarray(build_extractor(teacher, tap)(x)[1], "float64")
     z_s = np.asarray(build_extractor(student, tap)(x)[1], "float64")
     np.testing.assert_allclose(
-        logs["logits_distillation_loss"], _np_kd(z_t, z_s, 2.0).mean(), rtol=1e-4
+        logs["logits_distillation_loss"],
+        _np_kd(z_t, z_s, 2.0).mean(),
+        rtol=1e-4,
     )
 
 
@@ -138,10 +162,15 @@ def test_temperature_variable_changes_the_compiled_step():
     distiller = Distiller(teacher, student, kd)
     distiller.compile(optimizer="sgd", loss=sparse_ce())
     x, y = data(n=6)
-    z_t, z_s = np.asarray(teacher(x), "float64"), np.asarray(student(x), "float64")
+    z_t, z_s = (
+        np.asarray(teacher(x), "float64"),
+        np.asarray(student(x), "float64"),
+    )
     for temperature in (4.0, 1.5):
         kd.temperature.assign(temperature)
-        logs = distiller.evaluate(x, y, batch_size=6, verbose=0, return_dict=True)
+        logs = distiller.evaluate(
+            x, y, batch_size=6, verbose=0, return_dict=True
+        )
         np.testing.assert_allclose(
             logs["logits_distillation_loss"],
             _np_kd(z_t, z_s, temperature).mean(),
@@ -155,8 +184,9 @@ def test_loss_weight_variables_change_the_compiled_step():
     distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=sparse_ce())
     x, y = data(n=8)
     distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)  # trace the step
-    distiller.set_loss_weights(student=0.0, logits_distillation=0.0,
-                               activation_boundary=0.0)
+    distiller.set_loss_weights(
+        student=0.0, logits_distillation=0.0, activation_boundary=0.0
+    )
     before = _weights(student)
     distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
     # Only BatchNorm moving statistics may move when every weight is zero.
@@ -182,7 +212,9 @@ def test_unlabelled_data_train_on_distillation_alone():
 def test_short_fit_lowers_each_loss(index):
     teacher, student = pair()
     loss = all_losses()[index]
-    distiller = Distiller(teacher, student, loss, [1.0], student_loss_weight=0.0)
+    distiller = Distiller(
+        teacher, student, loss, [1.0], student_loss_weight=0.0
+    )
     distiller.compile(optimizer=keras.optimizers.Adam(1e-2), loss=sparse_ce())
     x, y = data(n=16)
     key = f"{loss.name}_loss"
@@ -192,7 +224,7 @@ def test_short_fit_lowers_each_loss(index):
     assert end < 0.9 * start, (key, start, end)
 
 
-# --- the activation boundary schedule --------------------------------------------
+# --- the activation boundary schedule -----------------------------------------
 
 
 def _fit_dense(model, optimizer, x, y):
@@ -235,14 +267,17 @@ def test_restart_optimizer_is_a_fresh_optimizer():
 
 def test_restart_optimizer_keeps_loss_scale_and_learning_rate():
     optimizer = keras.optimizers.LossScaleOptimizer(
-        keras.optimizers.SGD(0.1, momentum=0.9), initial_scale=64.0)
+        keras.optimizers.SGD(0.1, momentum=0.9), initial_scale=64.0
+    )
     variable = keras.Variable(np.ones(3, "float32"))
     optimizer.apply([keras.ops.ones(3)], [variable])
     optimizer.inner_optimizer.learning_rate.assign(0.02)
     restart_optimizer(optimizer)
     assert int(to_numpy(optimizer.iterations)) == 0
     assert float(to_numpy(optimizer.dynamic_scale)) == 64.0
-    assert float(to_numpy(optimizer.inner_optimizer.learning_rate)) == pytest.approx(0.02)
+    assert float(
+        to_numpy(optimizer.inner_optimizer.learning_rate)
+    ) == pytest.approx(0.02)
     for momentum in optimizer.inner_optimizer.momentums:
         np.testing.assert_array_equal(to_numpy(momentum), 0.0)
     with pytest.raises(TypeError, match="keras.optimizers.Optimizer"):
@@ -257,9 +292,14 @@ def test_activation_boundary_schedule_restarts_the_optimizer(restart):
     distiller.compile(optimizer=keras.optimizers.Adam(1e-3), loss=sparse_ce())
     x, y = data(n=8)
     steps = []
-    callbacks = [ActivationBoundarySchedule(init_epochs=1, restart_optimizer=restart),
-                 keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: steps.append(
-                     int(to_numpy(distiller.optimizer.iterations))))]
+    callbacks = [
+        ActivationBoundarySchedule(init_epochs=1, restart_optimizer=restart),
+        keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda e, logs: steps.append(
+                int(to_numpy(distiller.optimizer.iterations))
+            )
+        ),
+    ]
     distiller.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=callbacks)
     # 2 steps per epoch; the restart at the start of epoch 2 resets the count.
     assert steps == ([2, 2, 4] if restart else [2, 4, 6])
@@ -273,67 +313,130 @@ def test_activation_boundary_schedule_needs_an_ab_loss():
     distiller.compile(optimizer="sgd", loss=sparse_ce())
     x, y = data(n=4)
     with pytest.raises(ValueError, match="needs an ActivationBoundary"):
-        distiller.fit(x, y, epochs=1, verbose=0,
-                      callbacks=[ActivationBoundarySchedule(1)])
+        distiller.fit(
+            x, y, epochs=1, verbose=0, callbacks=[ActivationBoundarySchedule(1)]
+        )
 
 
-# --- bad input ---------------------------------------------------------------------
+# --- bad input ----------------------------------------------------------------
 
 
 def _spatial_student(name="student", valid=False):
     inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2D(4, 3, padding="valid" if valid else "same",
-                            name="conv1")(inputs)
+    x = keras.layers.Conv2D(
+        4, 3, padding="valid" if valid else "same", name="conv1"
+    )(inputs)
     x = keras.layers.ReLU(name="relu1")(x)
     if not valid:
         x = keras.layers.MaxPooling2D(name="down")(x)
     x = keras.layers.Conv2D(4, 3, padding="same", name="conv2")(x)
     x = keras.layers.ReLU(name="relu2")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(inputs, keras.layers.Dense(5, name="logits")(x), name=name)
+    return keras.Model(
+        inputs, keras.layers.Dense(5, name="logits")(x), name=name
+    )
 
 
 @pytest.mark.parametrize(
     "make, error, pattern",
     [
-        (lambda t, s: Distiller(t, t, L.LogitsDistillation()), ValueError,
-         "same model object \\('teacher'\\)"),
-        (lambda t, s: Distiller(t, s, [L.LogitsDistillation()], [1.0, 2.0]),
-         ValueError, "2 distillation_loss_weights.*1 distillation losses"),
-        (lambda t, s: Distiller(t, s, [L.LogitsDistillation()], [-1.0]),
-         ValueError, ">= 0"),
-        (lambda t, s: Distiller(t, s, "kl_divergence"), TypeError,
-         "DistillationLoss.*'kl_divergence'"),
-        (lambda t, s: Distiller(t, s, [L.LogitsDistillation(),
-                                       L.LogitsDistillation()]),
-         ValueError, "share the name"),
-        (lambda t, s: Distiller(t, s, L.ActivationBoundary("relu2", "rleu2")),
-         ValueError, "student model 'student' has no layer 'rleu2'.*relu2"),
-        (lambda t, s: Distiller(t, _spatial_student(),
-                                L.ActivationBoundary("relu2", "relu2")),
-         ValueError, "ActivationBoundary cannot pair.*\\(None, 8, 8, 8\\).*"
-                     "\\(None, 4, 4, 4\\)"),
-        (lambda t, s: Distiller(t, _spatial_student(valid=True),
-                                L.NeuronSelectivityTransfer("relu2", "relu2")),
-         ValueError, "cannot reconcile the spatial sizes.*\\(8, 8\\) vs \\(6, 6\\)"),
-        (lambda t, s: Distiller(t, s, L.NeuronSelectivityTransfer("pool", "pool")),
-         ValueError, "needs spatial feature maps.*\\(None, 8\\)"),
-        (lambda t, s: Distiller(t, s, L.AttentionTransfer("pool", "relu2")),
-         ValueError, "AttentionTransfer needs spatial"),
-        (lambda t, s: L.LogitsDistillation(temperature=0), ValueError,
-         "temperature=0"),
-        (lambda t, s: L.ActivationBoundary("a", "b", margin=-1.0), ValueError,
-         "margin=-1.0"),
-        (lambda t, s: L.ActivationBoundary(["a", "b"], ["c"]), ValueError,
-         "2 teacher layer"),
-        (lambda t, s: L.ActivationBoundary(["a", "b"], ["c", "d"],
-                                           pair_weights=[1.0]),
-         ValueError, "2 layer pair\\(s\\) but received 1 pair_weights"),
-        (lambda t, s: L.NeuronSelectivityTransfer("a", "b", kernel="rbf"),
-         ValueError, "rbf"),
-        (lambda t, s: Distiller(t, cnn(4, "small", size=16),
-                                L.LogitsDistillation()),
-         ValueError, "same inputs"),
+        (
+            lambda t, s: Distiller(t, t, L.LogitsDistillation()),
+            ValueError,
+            "same model object \\('teacher'\\)",
+        ),
+        (
+            lambda t, s: Distiller(t, s, [L.LogitsDistillation()], [1.0, 2.0]),
+            ValueError,
+            "2 distillation_loss_weights.*1 distillation losses",
+        ),
+        (
+            lambda t, s: Distiller(t, s, [L.LogitsDistillation()], [-1.0]),
+            ValueError,
+            ">= 0",
+        ),
+        (
+            lambda t, s: Distiller(t, s, "kl_divergence"),
+            TypeError,
+            "DistillationLoss.*'kl_divergence'",
+        ),
+        (
+            lambda t, s: Distiller(
+                t, s, [L.LogitsDistillation(), L.LogitsDistillation()]
+            ),
+            ValueError,
+            "share the name",
+        ),
+        (
+            lambda t, s: Distiller(
+                t, s, L.ActivationBoundary("relu2", "rleu2")
+            ),
+            ValueError,
+            "student model 'student' has no layer 'rleu2'.*relu2",
+        ),
+        (
+            lambda t, s: Distiller(
+                t, _spatial_student(), L.ActivationBoundary("relu2", "relu2")
+            ),
+            ValueError,
+            "ActivationBoundary cannot pair.*\\(None, 8, 8, 8\\).*"
+            "\\(None, 4, 4, 4\\)",
+        ),
+        (
+            lambda t, s: Distiller(
+                t,
+                _spatial_student(valid=True),
+                L.NeuronSelectivityTransfer("relu2", "relu2"),
+            ),
+            ValueError,
+            "cannot reconcile the spatial sizes.*\\(8, 8\\) vs \\(6, 6\\)",
+        ),
+        (
+            lambda t, s: Distiller(
+                t, s, L.NeuronSelectivityTransfer("pool", "pool")
+            ),
+            ValueError,
+            "needs spatial feature maps.*\\(None, 8\\)",
+        ),
+        (
+            lambda t, s: Distiller(t, s, L.AttentionTransfer("pool", "relu2")),
+            ValueError,
+            "AttentionTransfer needs spatial",
+        ),
+        (
+            lambda t, s: L.LogitsDistillation(temperature=0),
+            ValueError,
+            "temperature=0",
+        ),
+        (
+            lambda t, s: L.ActivationBoundary("a", "b", margin=-1.0),
+            ValueError,
+            "margin=-1.0",
+        ),
+        (
+            lambda t, s: L.ActivationBoundary(["a", "b"], ["c"]),
+            ValueError,
+            "2 teacher layer",
+        ),
+        (
+            lambda t, s: L.ActivationBoundary(
+                ["a", "b"], ["c", "d"], pair_weights=[1.0]
+            ),
+            ValueError,
+            "2 layer pair\\(s\\) but received 1 pair_weights",
+        ),
+        (
+            lambda t, s: L.NeuronSelectivityTransfer("a", "b", kernel="rbf"),
+            ValueError,
+            "rbf",
+        ),
+        (
+            lambda t, s: Distiller(
+                t, cnn(4, "small", size=16), L.LogitsDistillation()
+            ),
+            ValueError,
+            "same inputs",
+        ),
     ],
 )
 def test_bad_input_fails_before_training(make, error, pattern):

@@ -6,13 +6,13 @@ import math
 import keras
 import numpy as np
 import pytest
-
-import keras_kd
 from backend_utils import to_numpy
 from builders import cnn
 from builders import data
 from builders import pair
 from builders import sparse_ce
+
+import keras_kd
 from keras_kd import Distiller
 from keras_kd import losses as L
 
@@ -32,15 +32,24 @@ def _assert_unchanged(model, before):
 @pytest.mark.parametrize(
     "kwargs, error, pattern",
     [
-        ({"student_loss_weight": math.nan}, ValueError,
-         "student_loss_weight must be a finite number >= 0; received nan"),
+        (
+            {"student_loss_weight": math.nan},
+            ValueError,
+            "student_loss_weight must be a finite number >= 0; received nan",
+        ),
         ({"student_loss_weight": math.inf}, ValueError, "received inf"),
         ({"student_loss_weight": -1}, ValueError, "received -1.0"),
-        ({"student_loss_weight": True}, TypeError,
-         "student_loss_weight must be a number.*True of type bool"),
+        (
+            {"student_loss_weight": True},
+            TypeError,
+            "student_loss_weight must be a number.*True of type bool",
+        ),
         ({"student_loss_weight": "1"}, TypeError, "of type str"),
-        ({"distillation_loss_weights": [math.nan]}, ValueError,
-         r"distillation_loss_weights\[0\] \(logits_distillation\).*nan"),
+        (
+            {"distillation_loss_weights": [math.nan]},
+            ValueError,
+            r"distillation_loss_weights\[0\] \(logits_distillation\).*nan",
+        ),
         ({"distillation_loss_weights": math.inf}, ValueError, "received inf"),
         ({"distillation_loss_weights": [True]}, TypeError, "of type bool"),
         ({"distillation_loss_weights": [-5.0]}, ValueError, "received -5.0"),
@@ -55,8 +64,12 @@ def test_constructor_rejects_bad_loss_weights(kwargs, error, pattern):
 @pytest.mark.parametrize(
     "value, error, pattern",
     [
-        (-5, ValueError, "loss weight 'logits_distillation' must be a finite "
-                         "number >= 0; received -5.0"),
+        (
+            -5,
+            ValueError,
+            "loss weight 'logits_distillation' must be a finite "
+            "number >= 0; received -5.0",
+        ),
         (math.nan, ValueError, "received nan"),
         (math.inf, ValueError, "received inf"),
         (True, TypeError, "of type bool"),
@@ -69,21 +82,31 @@ def test_set_loss_weights_rejects_bad_values(value, error, pattern):
     with pytest.raises(error, match=pattern):
         distiller.set_loss_weights(student=0.5, logits_distillation=value)
     # Nothing is set when one value is bad.
-    assert distiller.loss_weights == {"student": 1.0, "logits_distillation": 1.0}
+    assert distiller.loss_weights == {
+        "student": 1.0,
+        "logits_distillation": 1.0,
+    }
     distiller.set_loss_weights(logits_distillation=np.float32(0.25))
     assert distiller.loss_weights["logits_distillation"] == 0.25
 
 
-# --- the non-finite guard ------------------------------------------------------
+# --- the non-finite guard -----------------------------------------------------
 
 
 def _regularized_student(regularizer):
     inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu",
-                            kernel_regularizer=regularizer, name="conv1")(inputs)
+    x = keras.layers.Conv2D(
+        4,
+        3,
+        padding="same",
+        activation="relu",
+        kernel_regularizer=regularizer,
+        name="conv1",
+    )(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(5, name="logits")(x),
-                       name="student")
+    return keras.Model(
+        inputs, keras.layers.Dense(5, name="logits")(x), name="student"
+    )
 
 
 def test_non_finite_total_is_caught_and_named():
@@ -111,8 +134,11 @@ def test_non_finite_term_raises_one_clear_exception():
     # (A NaN conv kernel is not enough: ReLU maps NaN to 0 on some backends.)
     logits = teacher.get_layer("logits")
     logits.bias.assign(np.full(logits.bias.shape, np.nan, "float32"))
-    distiller = Distiller(teacher, student, [
-        L.ActivationBoundary("relu1", "conv1"), L.LogitsDistillation()])
+    distiller = Distiller(
+        teacher,
+        student,
+        [L.ActivationBoundary("relu1", "conv1"), L.LogitsDistillation()],
+    )
     distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=sparse_ce())
     x, y = data(n=8)
     with pytest.raises(keras_kd.NonFiniteLossError) as info:
@@ -121,14 +147,15 @@ def test_non_finite_term_raises_one_clear_exception():
     assert isinstance(error, FloatingPointError)
     assert error.term == "logits_distillation_loss"
     message = str(error)
-    assert message.startswith("keras_kd: the loss term "
-                              "'logits_distillation_loss' is not finite")
+    assert message.startswith(
+        "keras_kd: the loss term 'logits_distillation_loss' is not finite"
+    )
     assert "Lower the learning rate" in message  # what to try
     assert "Graph execution error" not in message
     assert error.__cause__ is None and error.__suppress_context__
 
 
-# --- sample weights and labels ---------------------------------------------------
+# --- sample weights and labels ------------------------------------------------
 
 
 @pytest.mark.parametrize("bad", [-1.0, np.nan])
@@ -140,9 +167,12 @@ def test_bad_sample_weight_stops_before_the_update(bad):
     weights = np.ones(8, "float32")
     weights[3] = bad
     before = _trainable(student)
-    with pytest.raises(ValueError, match="negative or non-finite `sample_weight`"):
-        distiller.fit(x, y, sample_weight=weights, batch_size=8, epochs=1,
-                      verbose=0)
+    with pytest.raises(
+        ValueError, match="negative or non-finite `sample_weight`"
+    ):
+        distiller.fit(
+            x, y, sample_weight=weights, batch_size=8, epochs=1, verbose=0
+        )
     _assert_unchanged(student, before)
 
 
@@ -154,14 +184,18 @@ def test_non_finite_float_labels_are_named():
     y = y.astype("float32")
     y[2] = np.nan
     before = _trainable(student)
-    with pytest.raises(ValueError, match="labels of this batch contain NaN or Inf"):
+    with pytest.raises(
+        ValueError, match="labels of this batch contain NaN or Inf"
+    ):
         distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
     _assert_unchanged(student, before)
 
 
 @pytest.mark.parametrize(
-    "loss", [sparse_ce(), "sparse_categorical_crossentropy"],
-    ids=["instance", "string"])
+    "loss",
+    [sparse_ce(), "sparse_categorical_crossentropy"],
+    ids=["instance", "string"],
+)
 def test_one_hot_labels_with_a_sparse_loss_fail_clearly(loss):
     teacher, student = pair()
     distiller = Distiller(teacher, student, L.LogitsDistillation())
@@ -169,8 +203,11 @@ def test_one_hot_labels_with_a_sparse_loss_fail_clearly(loss):
     x, y = data(n=8)
     one_hot = np.eye(5, dtype="float32")[y]
     before = _trainable(student)
-    with pytest.raises(ValueError, match=r"labels have shape \(.*8?, 5\).*look "
-                                         r"one-hot.*CategoricalCrossentropy"):
+    with pytest.raises(
+        ValueError,
+        match=r"labels have shape \(.*8?, 5\).*look "
+        r"one-hot.*CategoricalCrossentropy",
+    ):
         distiller.fit(x, one_hot, batch_size=8, epochs=1, verbose=0)
     _assert_unchanged(student, before)
     # Class ids of shape (B, 1) are not one-hot.
@@ -188,13 +225,16 @@ def test_empty_training_data_raise():
     distiller = Distiller(teacher, student, L.LogitsDistillation())
     distiller.compile(optimizer="sgd", loss=sparse_ce())
     x, y = data(n=8)
-    empty = tf.data.Dataset.from_tensor_slices((x, y)).filter(
-        lambda image, label: label > 100).batch(4)
+    empty = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .filter(lambda image, label: label > 100)
+        .batch(4)
+    )
     with pytest.raises(ValueError, match="`fit` received no batches"):
         distiller.fit(empty, epochs=2, verbose=0)
 
 
-# --- the losses' own checks of the models ----------------------------------------
+# --- the losses' own checks of the models -------------------------------------
 
 
 def test_losses_check_the_models_at_construction():
@@ -211,7 +251,7 @@ def test_losses_check_the_models_at_construction():
     assert seen == [("teacher", "student")]
 
 
-# --- a distiller saved under another backend -------------------------------------
+# --- a distiller saved under another backend ----------------------------------
 
 
 @pytest.mark.parametrize("saved_under", ["torch", "tensorflow", "jax"])
@@ -227,13 +267,19 @@ def test_compile_config_from_another_backend_trains(saved_under):
     pytest.importorskip(saved_under)
     optimizer = keras.saving.serialize_keras_object(keras.optimizers.Adam(0.01))
     optimizer["module"] = modules[saved_under]
-    config = {"optimizer": {"module": "keras.optimizers",
-                            "class_name": "LossScaleOptimizer",
-                            "config": {"name": "lso",
-                                       "inner_optimizer": optimizer,
-                                       "initial_scale": 2.0},
-                            "registered_name": "LossScaleOptimizer"},
-              "loss": None}
+    config = {
+        "optimizer": {
+            "module": "keras.optimizers",
+            "class_name": "LossScaleOptimizer",
+            "config": {
+                "name": "lso",
+                "inner_optimizer": optimizer,
+                "initial_scale": 2.0,
+            },
+            "registered_name": "LossScaleOptimizer",
+        },
+        "loss": None,
+    }
     teacher, student = pair()
     distiller = Distiller(teacher, student, L.LogitsDistillation())
     distiller.compile_from_config(config)
@@ -245,5 +291,6 @@ def test_compile_config_from_another_backend_trains(saved_under):
     x, _ = data(n=4)
     before = _trainable(student)
     distiller.fit(x, batch_size=4, epochs=1, verbose=0)
-    assert any(not np.array_equal(a, b)
-               for a, b in zip(_trainable(student), before))
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(_trainable(student), before)
+    )

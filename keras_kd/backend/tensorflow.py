@@ -28,7 +28,10 @@ import tensorflow as tf
 
 from keras_kd import numerics
 
-class NonFiniteLossError(numerics.NonFiniteLossError, tf.errors.InvalidArgumentError):
+
+class NonFiniteLossError(
+    numerics.NonFiniteLossError, tf.errors.InvalidArgumentError
+):
     """`keras_kd.NonFiniteLossError`, also a `tf.errors.InvalidArgumentError`.
 
     keras_kd raised `InvalidArgumentError` for non-finite losses before it
@@ -167,7 +170,9 @@ def raise_on_non_finite(function, flag, names):
         index = int(flag.numpy())
         if index >= 0:
             flag.assign(-1)  # the weights are finite: training may resume
-            raise numerics.guard_error(names[index], NonFiniteLossError) from None
+            raise numerics.guard_error(
+                names[index], NonFiniteLossError
+            ) from None
         return logs
 
     guarded.keras_kd_guarded = True
@@ -188,7 +193,10 @@ class TrainerMixin:
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                x=x,
+                y=y,
+                y_pred=y_pred,
+                sample_weight=sample_weight,
                 training=True,
             )
             batch = tf.shape(
@@ -202,8 +210,12 @@ class TrainerMixin:
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         apply_if_finite(
-            self.optimizer, gradients, variables, self._guard.bad,
-            self._non_finite_flag, len(self._guard_names()),
+            self.optimizer,
+            gradients,
+            variables,
+            self._guard.bad,
+            self._non_finite_flag,
+            len(self._guard_names()),
         )
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return shape_logs(logs, strategy)
@@ -217,7 +229,8 @@ class TrainerMixin:
             self.train_function, "keras_kd_guarded", False
         ):
             self.train_function = raise_on_non_finite(
-                self.train_function, self._non_finite_flag,
+                self.train_function,
+                self._non_finite_flag,
                 self._guard_names(),
             )
         return self.train_function

@@ -19,16 +19,35 @@ import keras
 from keras_kd import taps as taps_lib
 
 #: Activations with a ReLU-like on/off boundary at zero (sign kept).
-RELU_LIKE = frozenset({
-    "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu",
-    "swish", "hard_silu", "hard_swish", "mish",
-})
+RELU_LIKE = frozenset(
+    {
+        "relu",
+        "relu6",
+        "leaky_relu",
+        "elu",
+        "selu",
+        "celu",
+        "gelu",
+        "silu",
+        "swish",
+        "hard_silu",
+        "hard_swish",
+        "mish",
+    }
+)
 #: Activations whose output has one sign only: no boundary at zero at all.
 ONE_SIGNED = {
-    "sigmoid": "> 0", "hard_sigmoid": ">= 0", "sparse_sigmoid": ">= 0",
-    "softmax": "> 0", "sparsemax": ">= 0", "softplus": "> 0",
-    "exponential": "> 0", "squareplus": "> 0", "sparse_plus": ">= 0",
-    "log_softmax": "< 0", "log_sigmoid": "< 0",
+    "sigmoid": "> 0",
+    "hard_sigmoid": ">= 0",
+    "sparse_sigmoid": ">= 0",
+    "softmax": "> 0",
+    "sparsemax": ">= 0",
+    "softplus": "> 0",
+    "exponential": "> 0",
+    "squareplus": "> 0",
+    "sparse_plus": ">= 0",
+    "log_softmax": "< 0",
+    "log_sigmoid": "< 0",
 }
 #: Layers that pass a tensor through unchanged at inference.
 _TRANSPARENT = (keras.layers.Dropout, keras.layers.Identity)
@@ -36,10 +55,17 @@ _TRANSPARENT = (keras.layers.Dropout, keras.layers.Identity)
 _POOLING = tuple(
     getattr(keras.layers, name)
     for name in (
-        "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
-        "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-        "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-        "GlobalAveragePooling1D", "GlobalAveragePooling2D",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "AveragePooling3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
         "GlobalAveragePooling3D",
     )
     if hasattr(keras.layers, name)
@@ -126,7 +152,8 @@ def _chain(model, path):
         if not taps_lib.has_graph(container):
             return None
         matches = [
-            layer for layer in taps_lib._graph_layers(container)
+            layer
+            for layer in taps_lib._graph_layers(container)
             if layer.name == part
         ]
         if not matches:
@@ -155,9 +182,12 @@ def _consumers_in_chain(chain):
 
 
 def _relu_like_consumer(consumers):
-    return [c for c in consumers if activation_name(c) in RELU_LIKE and (
-        isinstance(c, taps_lib._ACTIVATION_LAYERS)
-    )]
+    return [
+        c
+        for c in consumers
+        if activation_name(c) in RELU_LIKE
+        and (isinstance(c, taps_lib._ACTIVATION_LAYERS))
+    ]
 
 
 def describe_boundary_problem(model, tap):
@@ -185,8 +215,7 @@ def describe_boundary_problem(model, tap):
     activation = activation_name(layer)
 
     if tap.where == "preactivation" or (
-        tap.where == "input"
-        and isinstance(layer, taps_lib._ACTIVATION_LAYERS)
+        tap.where == "input" and isinstance(layer, taps_lib._ACTIVATION_LAYERS)
     ):
         return _judge_activation_input(what, activation)
     if tap.where == "input":
@@ -248,9 +277,10 @@ def _judge_output(chain, what):
         )
     if _relu_like_consumer(consumers):
         return None
-    names = ", ".join(
-        f"'{c.name}' ({type(c).__name__})" for c in consumers
-    ) or "nothing"
+    names = (
+        ", ".join(f"'{c.name}' ({type(c).__name__})" for c in consumers)
+        or "nothing"
+    )
     return (
         f"{what} is a linear output that feeds {names}, not a ReLU-like "
         "activation, so its sign is not the on/off state of a neuron"

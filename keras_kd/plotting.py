@@ -23,6 +23,9 @@ keras_kd.plotting.plot_histories({"alone": history}, ["val_accuracy"])
 import numpy as np
 
 BUNDLED_PREFIX = "bundled"
+# A model trained alone logs its task loss as `loss`, a Distiller as
+# `student_loss`.
+TASK_LOSS = {"student_loss": "loss", "val_student_loss": "val_loss"}
 
 
 def _pyplot():
@@ -84,9 +87,12 @@ def show_images(images, labels, class_names, predicted=None, columns=8):
 def plot_histories(histories, metrics=("val_accuracy", "loss"), reference=None):
     """Training curves of several runs, one panel per metric.
 
-    A run that did not log a metric is left out of that panel (a student
-    trained alone logs no `student_loss` nor distillation terms); the panel
-    title says which runs it shows when some are missing.
+    Each run keeps its colour in every panel. A `Distiller` logs its task
+    loss as `student_loss` (its `loss` is the total); a model trained alone
+    logs no `student_loss`, and its `loss` is its task loss, so the
+    `student_loss` and `val_student_loss` panels draw that run's `loss` and
+    `val_loss` (labelled so). Any other metric a run did not log leaves the
+    run out of that panel, and the panel title names it.
 
     Args:
         histories: `{label: History or {metric: [value per epoch]}}`.
@@ -100,18 +106,31 @@ def plot_histories(histories, metrics=("val_accuracy", "loss"), reference=None):
     )
     for ax, metric in zip(axes.flat, metrics):
         missing = []
-        for label, history in histories.items():
-            values = _history(history).get(metric)
+        for index, (label, history) in enumerate(histories.items()):
+            history = _history(history)
+            values = history.get(metric)
+            if metric in TASK_LOSS and "student_loss" not in history:
+                values = history.get(TASK_LOSS[metric])
+                label = f"{label} ({TASK_LOSS[metric]})"
             if not values:
                 missing.append(label)
                 continue
             epochs = np.arange(1, len(values) + 1)
-            ax.plot(epochs, values, marker="o", markersize=3, label=label)
+            ax.plot(
+                epochs,
+                values,
+                marker="o",
+                markersize=3,
+                color=f"C{index % 10}",
+                label=label,
+            )
         if reference is not None and metric in reference:
             ax.axhline(
                 reference[metric], color="gray", linestyle="--", label="teacher"
             )
         title = metric
+        if metric in TASK_LOSS:
+            title += " (the task loss)"
         if missing:
             title += f"\n(not logged by: {', '.join(missing)})"
         ax.set_title(title, fontsize=10)

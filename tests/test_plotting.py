@@ -41,18 +41,19 @@ def test_plot_confusion_shows_row_normalised_counts():
     np.testing.assert_allclose(rates, [[1 / 3, 2 / 3, 0], [0, 1, 0], [1, 0, 0]])
 
 
-def test_plot_histories_draws_each_logged_metric_and_skips_missing():
+def test_plot_histories_draws_each_run_in_one_colour_per_panel():
     alone = {"val_accuracy": [0.2, 0.4, 0.5], "loss": [2.0, 1.5, 1.2]}
     distilled = {
         "val_accuracy": [0.3, 0.5, 0.6],
         "student_loss": [1.9, 1.4, 1.0],
+        "kd_loss": [0.5, 0.4, 0.3],
     }
     plotting.plot_histories(
         {"alone": alone, "distilled": distilled},
-        metrics=("val_accuracy", "student_loss"),
+        metrics=("val_accuracy", "student_loss", "kd_loss"),
         reference={"val_accuracy": 0.7},
     )
-    accuracy_ax, loss_ax = plt.gcf().axes
+    accuracy_ax, task_ax, kd_ax = plt.gcf().axes
     lines = {line.get_label(): line for line in accuracy_ax.lines}
     np.testing.assert_allclose(
         lines["alone"].get_ydata(), alone["val_accuracy"]
@@ -62,12 +63,19 @@ def test_plot_histories_draws_each_logged_metric_and_skips_missing():
         lines["distilled"].get_ydata(), distilled["val_accuracy"]
     )
     np.testing.assert_allclose(lines["teacher"].get_ydata(), [0.7, 0.7])
-    # The student alone logs no student_loss: one line only, and said so.
-    assert [line.get_label() for line in loss_ax.lines] == ["distilled"]
+    # The task loss: the student alone's `loss` beside the distilled
+    # student's `student_loss`, each run in its colour.
+    task = {line.get_label(): line for line in task_ax.lines}
+    np.testing.assert_allclose(task["alone (loss)"].get_ydata(), alone["loss"])
     np.testing.assert_allclose(
-        loss_ax.lines[0].get_ydata(), distilled["student_loss"]
+        task["distilled"].get_ydata(), distilled["student_loss"]
     )
-    assert "not logged by: alone" in loss_ax.get_title()
+    assert task["distilled"].get_color() == lines["distilled"].get_color()
+    assert task["alone (loss)"].get_color() == lines["alone"].get_color()
+    # A distillation term the student alone does not have: left out, said so.
+    assert [line.get_label() for line in kd_ax.lines] == ["distilled"]
+    assert kd_ax.lines[0].get_color() == lines["distilled"].get_color()
+    assert "not logged by: alone" in kd_ax.get_title()
 
 
 def test_plot_per_layer_draws_one_line_per_layer_and_the_shade():

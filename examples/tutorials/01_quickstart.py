@@ -183,15 +183,15 @@ print(sorted(distilled_history.history))
 # %% [markdown]
 # ## Alone vs distilled
 #
-# The task loss is `loss` for the student alone and `student_loss` for the
-# distilled one (whose `loss` adds the KD term), so each panel shows the runs
-# that logged its metric.
+# The task loss on the test images is `val_loss` for the student alone and
+# `val_student_loss` for the distilled one (whose `val_loss` adds the KD
+# term): the last panel draws each run's.
 
 # %%
 runs = {"student alone": alone_history, "student distilled": distilled_history}
 plotting.plot_histories(
     runs,
-    metrics=("val_accuracy", "accuracy", "student_loss", "loss"),
+    metrics=("val_accuracy", "accuracy", "val_student_loss"),
     reference={"val_accuracy": teacher_accuracy},
 )
 

@@ -65,7 +65,7 @@ if SMOKE:
     BATCH_SIZE, VERBOSE = 64, 2
 elif MODE == "moderate":
     TRAIN_IMAGES, TEST_IMAGES = 5_000, 2_000
-    TEACHER_EPOCHS, EPOCHS, AB_INIT_EPOCHS = 6, 6, 1
+    TEACHER_EPOCHS, EPOCHS, AB_INIT_EPOCHS = 6, 5, 2
     TEACHER_WIDTHS, TEACHER_BLOCKS = (16, 32, 64), 2  # ResNet-14
     STUDENT_WIDTHS, STUDENT_BLOCKS = (8, 16, 32), 1  # a half-wide ResNet-8
     BATCH_SIZE, VERBOSE = 64, 2
@@ -244,7 +244,7 @@ plotting.plot_per_layer(
 # %%
 plotting.plot_histories(
     {"student alone": alone_history, "AB, then task + KD": distilled_history},
-    metrics=("val_accuracy", "student_loss", "loss"),
+    metrics=("val_accuracy", "val_student_loss"),
     reference={"val_accuracy": teacher_accuracy},
 )
 plotting.print_results(

@@ -228,7 +228,7 @@ for kernel in ("linear", "polynomial", "gaussian"):
 # %%
 plotting.plot_histories(
     histories,
-    metrics=("val_accuracy", "student_loss"),
+    metrics=("val_accuracy", "val_student_loss"),
     reference={"val_accuracy": teacher_accuracy},
 )
 plotting.print_results(

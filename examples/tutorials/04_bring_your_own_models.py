@@ -369,7 +369,9 @@ else:
 # %%
 if results:
     plotting.print_results(results)
-    plotting.plot_histories(histories, metrics=("val_accuracy", "student_loss"))
+    plotting.plot_histories(
+        histories, metrics=("val_accuracy", "val_student_loss")
+    )
 
 # %%
 if results:

@@ -18,8 +18,9 @@
 #   *Runtime > Change runtime type > T4 GPU* first.
 # - `moderate`: 5,000 training and 2,000 test images, a smaller pair, 6 epochs:
 #   a few minutes on a laptop CPU. **The outputs stored in this notebook come
-#   from one `moderate` run on 2 busy CPU cores**; every number and curve below
-#   is that run's, not a tuned or a published result.
+#   from one `moderate` run on the full CIFAR-10 archive, on 2 CPU cores
+#   shared with other jobs (18 minutes)**; every number and curve below is
+#   that run's (one seed), not a tuned or a published result.
 # - `smoke` (`KERAS_KD_SMOKE=1`, what CI runs): the 400 real CIFAR-10 images
 #   bundled with keras_kd, one short epoch, to check that every cell runs.
 #

@@ -25,7 +25,8 @@
 # ResNets, a few epochs, see the settings cell); `smoke` (`KERAS_KD_SMOKE=1`:
 # the 400 real CIFAR-10 images bundled with keras_kd, to check that every
 # cell runs). **The outputs stored in this notebook come from one `moderate`
-# run on 2 busy CPU cores**: every number and curve below is that run's. Data
+# run on the full CIFAR-10 archive, on 2 CPU cores shared with other jobs (18
+# minutes)**: every number and curve below is that run's (one seed). Data
 # settings as in notebook 01 (`KERAS_KD_DATA`, `KERAS_KD_DATA_DIR`).
 
 # %%

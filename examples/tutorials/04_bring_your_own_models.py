@@ -25,9 +25,11 @@
 # images at 32x32, small backbones, a few epochs, see the settings cell);
 # `smoke` (`KERAS_KD_SMOKE=1`: the 400 real CIFAR-10 images bundled with
 # keras_kd). **The outputs stored in this notebook come from one `moderate`
-# run on 2 busy CPU cores**: every number and curve below is that run's; at
-# this size, with heavy augmentation, all models stay weak, and the point is
-# the mechanics, not the accuracy. Data settings as in notebook 01.
+# run on the full CIFAR-10 archive, on 2 CPU cores shared with other jobs (13
+# minutes)**: every number and curve below is that run's (one seed); at this
+# size, with heavy augmentation and three epochs, all models stay weak and
+# distillation's effect is within the noise. The point is the mechanics, not
+# the accuracy. Data settings as in notebook 01.
 
 # %%
 import os

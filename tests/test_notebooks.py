@@ -42,7 +42,7 @@ TFDS_NAME = "cifar10_keras_kd_smoke"
 MIN_FIGURES = {
     "01_quickstart.ipynb": 4,
     "02_activation_boundaries.ipynb": 4,
-    "03_neuron_selectivity.ipynb": 6,
+    "03_neuron_selectivity.ipynb": 5,
     "04_bring_your_own_models.ipynb": 2,
 }
 

@@ -21,9 +21,10 @@
 # 2,000 test images, smaller ResNets, a few epochs, see the settings cell);
 # `smoke` (`KERAS_KD_SMOKE=1`: the 400 real CIFAR-10 images bundled with
 # keras_kd, to check that every cell runs). **The outputs stored in this
-# notebook come from one `moderate` run on 2 busy CPU cores**, which loaded
-# the teacher that notebook 02's `moderate` run trained (same settings):
-# every number and curve below is that run's. Data settings as in notebook 01.
+# notebook come from one `moderate` run on the full CIFAR-10 archive, on 2
+# CPU cores shared with other jobs (19 minutes)**, which loaded the teacher
+# that notebook 02's `moderate` run trained (same settings): every number and
+# curve below is that run's (one seed). Data settings as in notebook 01.
 
 # %%
 import os

@@ -32,6 +32,11 @@ import re
 import numpy as np
 
 BUNDLED_DATASET = "fashion_mnist_small.npz"
+# The real data shipped in keras_kd/datasets (see its README), by name.
+BUNDLED_DATASETS = {
+    "fashion_mnist": BUNDLED_DATASET,
+    "cifar10": "cifar10_small.npz",
+}
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 AUGMENTATIONS = ("crop_flip", "flip")
 CROP_PADDING = 4
@@ -110,11 +115,7 @@ def load_arrays(source=None, *, data_dir=None, download=True):
     ```
     """
     if source is None:
-        resource = (
-            importlib.resources.files("keras_kd.datasets") / BUNDLED_DATASET
-        )
-        with importlib.resources.as_file(resource) as path:
-            return _load_npz(path)
+        return load_bundled()
     if isinstance(source, os.PathLike):
         return _load_npz(pathlib.Path(source))
     if not isinstance(source, str):
@@ -126,6 +127,36 @@ def load_arrays(source=None, *, data_dir=None, download=True):
     if source.lower().endswith(".npz") or os.path.isfile(source):
         return _load_npz(pathlib.Path(source))
     return _load_tfds(source, data_dir=data_dir, download=download)
+
+
+def load_bundled(name="fashion_mnist"):
+    """Loads a small real data set shipped inside keras_kd, offline.
+
+    Args:
+        name: `"fashion_mnist"` (6,000 train / 1,000 test images, 28x28x1;
+            what `load_arrays()` returns) or `"cifar10"` (400 train / 100
+            test images, 32x32x3, 40 / 10 per class: enough for smoke runs
+            of CIFAR-shaped code on real images, not for training).
+            Defaults to `"fashion_mnist"`.
+
+    Returns:
+        The dict `load_arrays` returns.
+
+    Example:
+
+    >>> load_bundled("cifar10")["x_train"].shape
+    (400, 32, 32, 3)
+    """
+    if name not in BUNDLED_DATASETS:
+        raise ValueError(
+            f"No bundled data set {name!r}; expected one of "
+            f"{sorted(BUNDLED_DATASETS)}."
+        )
+    resource = (
+        importlib.resources.files("keras_kd.datasets") / BUNDLED_DATASETS[name]
+    )
+    with importlib.resources.as_file(resource) as path:
+        return _load_npz(path)
 
 
 def balanced_subset(x, y, fraction, *, seed=0):

@@ -178,6 +178,14 @@ def test_setup_commands_match_ci():
     assert 'pip install "torch==2.13.0"' in ci
     assert 'pip install -e ".[cpu,jax,torch,test,examples]"' in ci
     assert "python -m pytest --doctest-modules tests keras_kd -q" in ci
+    # The lint commands the README's "Contributing" paragraph names.
+    text = README.read_text()
+    for command in (
+        "ruff check keras_kd tests benchmarks examples",
+        "ruff format --check keras_kd tests benchmarks examples",
+    ):
+        assert f"`{command}`" in text
+        assert f"\n{command}\n" in ci
 
 
 # --- one TensorFlow wheel ----------------------------------------------------

@@ -262,6 +262,16 @@ plotting.print_results(
     }
 )
 
+# %% [markdown]
+# **Reading the stored run.** AB + KD reached 0.4545 against 0.4020 for the
+# student alone: +5.3 points, from one seed, and the AB student also had the
+# two label-free initialisation epochs on top of the same task epochs.
+# During initialisation the test boundary agreement rose from 0.71 to 0.76
+# while the AB loss fell, which is what the method transfers. The README's
+# "Results" section measures AB + KD with the library defaults over three
+# seeds on a panel of training regimes; judge the method by that, not by
+# one run.
+
 # %%
 predicted = np.argmax(student.predict(test_ds, verbose=0), axis=-1)
 plotting.plot_confusion(y_test, predicted, class_names, "AB + KD student")

@@ -365,7 +365,7 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
                 self._trackers[name].update_state(value)
 
         regularization = ops.zeros((), "float32")
-        for value in self.losses:
+        for value in self._regularization_losses():
             regularization = regularization + ops.cast(
                 ops.sum(value), "float32"
             )
@@ -384,6 +384,26 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
                 numerics.first_non_finite(input_checks + weighted + [total]),
             )
         return total
+
+    def _regularization_losses(self):
+        """The student's and connectors' regularisation losses.
+
+        `self.losses` would also hold the activity-regulariser losses the
+        frozen teacher's layers add when it runs in `compute_loss` (on
+        TensorFlow and PyTorch; Keras's JAX trainer passes on only the
+        losses of `call`, the student's). They have no gradient, yet they
+        inflated the logged total, differently per backend. Weight
+        regularisers count only trainable weights, so the teacher's never
+        enter.
+        """
+        if self._losses_override:  # JAX: the losses of the student's pass
+            return list(self._losses_override)
+        teacher = {id(layer) for layer in self.teacher._flatten_layers()}
+        values = []
+        for layer in self._flatten_layers():
+            if id(layer) not in teacher:
+                values.extend(layer._get_own_losses())
+        return values + self._get_regularization_losses()
 
     def _check_label_shape(self, y, predictions):
         """One-hot labels given to a sparse loss: fail at trace time."""

@@ -200,6 +200,52 @@ def test_every_term_and_boundary_agreement_is_logged():
 # --- callbacks ---------------------------------------------------------------
 
 
+def _dense_pair(teacher_regularizer, student_regularizer):
+    def net(width, name, regularizer):
+        inputs = keras.Input((6,))
+        hidden = keras.layers.Dense(
+            width,
+            activation="relu",
+            name="hidden",
+            activity_regularizer=regularizer,
+            kernel_regularizer=regularizer,
+        )(inputs)
+        return keras.Model(inputs, keras.layers.Dense(3)(hidden), name=name)
+
+    keras.utils.set_random_seed(0)
+    teacher = net(12, "teacher", teacher_regularizer)
+    keras.utils.set_random_seed(1)
+    student = net(4, "student", student_regularizer)
+    return teacher, student
+
+
+@pytest.mark.parametrize("student_regularized", [False, True])
+def test_logged_total_holds_the_students_regularisation_not_the_teachers(
+    student_regularized,
+):
+    # The teacher's activity regulariser (its weights' are frozen) has no
+    # gradient: it must not enter the total. The student's must.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 6)).astype("float32")
+    y = np.arange(8) % 3
+    student_reg = keras.regularizers.L2(0.5) if student_regularized else None
+    teacher, student = _dense_pair(keras.regularizers.L2(10.0), student_reg)
+    distiller = Distiller(teacher, student, L.LogitsDistillation())
+    # Learning rate 0: the logged values are those of these weights.
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), loss=sparse_ce())
+    logs = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    terms = logs["student_loss"][0] + logs["logits_distillation_loss"][0]
+    # What the student's regularisers add for this batch, computed by Keras
+    # on the student alone.
+    student(x, training=True)
+    expected = sum(float(to_numpy(v)) for v in student.losses)
+    if not student_regularized:
+        assert expected == 0.0
+    else:
+        assert expected > 0.1
+    np.testing.assert_allclose(logs["loss"][0], terms + expected, rtol=1e-5)
+
+
 def test_activation_boundary_schedule_two_stages():
     teacher, student = pair()
     ab = L.ActivationBoundary(["relu1", "relu2"], ["conv1", "relu2"])

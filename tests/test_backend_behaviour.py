@@ -409,6 +409,52 @@ def test_non_finite_term_stops_before_the_update_and_names_it():
     assert np.isfinite(logs["loss"][-1])
 
 
+def test_non_finite_last_step_of_an_epoch_is_caught():
+    # JAX reads the guard's flag one step late; the last step's is read
+    # when Keras syncs the state at the end of the epoch.
+    from keras_kd import NonFiniteLossError
+
+    x, y = data(n=12)
+    x_bad = x.copy()
+    x_bad[8:] = np.nan  # the third and last batch of 4
+
+    def fit(images, expect_error):
+        keras.utils.set_random_seed(0)
+        teacher, student = pair()
+        distiller = Distiller(teacher, student, L.LogitsDistillation())
+        distiller.compile(
+            optimizer=keras.optimizers.SGD(1e-2), loss=sparse_ce()
+        )
+        if expect_error:
+            with pytest.raises(NonFiniteLossError, match="is not finite"):
+                distiller.fit(
+                    images,
+                    y[: len(images)],
+                    batch_size=4,
+                    epochs=1,
+                    shuffle=False,
+                    verbose=0,
+                )
+        else:
+            distiller.fit(
+                images,
+                y[: len(images)],
+                batch_size=4,
+                epochs=1,
+                shuffle=False,
+                verbose=0,
+            )
+        return _weights(distiller.trainable_variables), distiller
+
+    finite, _ = fit(x[:8], expect_error=False)  # the two finite batches
+    stopped, distiller = fit(x_bad, expect_error=True)
+    for a, b in zip(stopped, finite):
+        np.testing.assert_array_equal(a, b)
+    # The guard is reset: the next fit on finite data trains.
+    logs = distiller.fit(x[:8], y[:8], batch_size=4, verbose=0).history
+    assert np.isfinite(logs["loss"][-1])
+
+
 # --- saving ------------------------------------------------------------------
 
 

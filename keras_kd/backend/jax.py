@@ -5,8 +5,16 @@ state, and state changes made in `compute_loss` (the guard's flag, the term
 trackers) are threaded through it. The guard runs Keras's own step, then keeps
 the old trainable, optimizer and non-trainable state (BatchNormalization
 statistics included) wherever the flag says a term was not finite: a select
-XLA fuses into the update. The train function raises from Python after a step
-that set the flag.
+XLA fuses into the update. The flag is sticky, so every later step is a
+no-op too, and the weights stay the last finite ones.
+
+That lets the raise wait: the train function reads the flag of the
+*previous* step after dispatching the current one (by then the previous
+step has usually finished, so reading it does not stall JAX's asynchronous
+dispatch the way reading the current step's flag would, every step), and
+`jax_state_sync`, which Keras runs at the end of every epoch and of `fit`,
+`train_on_batch` and `evaluate`, checks the last step's. A bad step is
+reported at most one step later, with the same weights and the same error.
 
 `keras.distribution.DataParallel` needs nothing here: under it the step sees
 the global batch, so dividing by the batch size is the global reduction.
@@ -73,12 +81,21 @@ class TrainerMixin:
         ):
             return function
         names = self._guard_names()
+        self._guard_pending = None
 
         def guarded(state, iterator):
             logs, state = function(state, iterator)
             index = _flag_index(self)
-            bad = int(jax.device_get(state[1][index]))
+            # Read the previous step's flag; this step's is read next time
+            # (or by `jax_state_sync`). A copy (an asynchronous device op):
+            # Keras donates the state to the next step.
+            pending = self._guard_pending
+            self._guard_pending = jnp.copy(state[1][index])
+            if pending is None:
+                return logs, state
+            bad = int(jax.device_get(pending))
             if bad >= 0:
+                self._guard_pending = None
                 trainable, non_trainable, optimizer, metrics = state
                 non_trainable = list(non_trainable)
                 # The weights are the last finite ones: training may resume.
@@ -97,3 +114,15 @@ class TrainerMixin:
         guarded.keras_kd_guarded = True
         self.train_function = guarded
         return guarded
+
+    def jax_state_sync(self):
+        super().jax_state_sync()
+        if getattr(self, "_guard_pending", None) is None:
+            return
+        # The last step's flag, now in the variable.
+        self._guard_pending = None
+        flag = self._non_finite_flag
+        bad = int(jax.device_get(flag.value))
+        if bad >= 0:
+            flag.assign(-1)  # the weights are the last finite ones
+            raise numerics.guard_error(self._guard_names()[bad])

@@ -14,13 +14,9 @@ Usage:
 Never run at import time; it records how the bundled file was made.
 """
 
-import argparse
-import hashlib
 import pathlib
 
-import numpy as np
-
-from keras_kd.datasets.make_fashion_mnist_small import balanced_indices
+from keras_kd.datasets.make_fashion_mnist_small import make_subset
 
 SEED = 20240612
 TRAIN_PER_CLASS = 40
@@ -29,31 +25,14 @@ DEFAULT_OUTPUT = pathlib.Path(__file__).with_name("cifar10_small.npz")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="full CIFAR-10 .npz archive")
-    parser.add_argument(
-        "--output",
-        default=str(DEFAULT_OUTPUT),
-        help="where to write the subset",
-    )
-    args = parser.parse_args(argv)
-
-    rng = np.random.default_rng(SEED)
-    with np.load(args.source) as data:
-        train = balanced_indices(data["y_train"], TRAIN_PER_CLASS, rng)
-        test = balanced_indices(data["y_test"], TEST_PER_CLASS, rng)
-        np.savez_compressed(
-            args.output,
-            x_train=data["x_train"][train].astype(np.uint8),
-            y_train=data["y_train"][train].astype(np.int64),
-            x_test=data["x_test"][test].astype(np.uint8),
-            y_test=data["y_test"][test].astype(np.int64),
-            class_names=np.asarray(data["class_names"]).astype(str),
-        )
-    digest = hashlib.sha256(pathlib.Path(args.output).read_bytes()).hexdigest()
-    print(
-        f"wrote {args.output}: {len(train)} train / {len(test)} test images, "
-        f"sha256 {digest}"
+    make_subset(
+        argv,
+        description=__doc__.splitlines()[0],
+        dataset="CIFAR-10",
+        default_output=DEFAULT_OUTPUT,
+        seed=SEED,
+        train_per_class=TRAIN_PER_CLASS,
+        test_per_class=TEST_PER_CLASS,
     )
 
 

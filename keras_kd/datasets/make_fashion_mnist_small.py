@@ -45,20 +45,32 @@ def balanced_indices(labels, per_class, rng):
     return indices
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", help="full Fashion-MNIST .npz archive")
+def make_subset(
+    argv,
+    *,
+    description,
+    dataset,
+    default_output,
+    seed,
+    train_per_class,
+    test_per_class,
+):
+    """The command line of a bundled-subset maker: reads the full `.npz`
+    archive named in `argv`, writes the class-balanced subset (uint8 images,
+    int64 labels, class names) and prints its sha256."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("source", help=f"full {dataset} .npz archive")
     parser.add_argument(
         "--output",
-        default=str(DEFAULT_OUTPUT),
+        default=str(default_output),
         help="where to write the subset",
     )
     args = parser.parse_args(argv)
 
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
     with np.load(args.source) as data:
-        train = balanced_indices(data["y_train"], TRAIN_PER_CLASS, rng)
-        test = balanced_indices(data["y_test"], TEST_PER_CLASS, rng)
+        train = balanced_indices(data["y_train"], train_per_class, rng)
+        test = balanced_indices(data["y_test"], test_per_class, rng)
         np.savez_compressed(
             args.output,
             x_train=data["x_train"][train].astype(np.uint8),
@@ -71,6 +83,18 @@ def main(argv=None):
     print(
         f"wrote {args.output}: {len(train)} train / {len(test)} test images, "
         f"sha256 {digest}"
+    )
+
+
+def main(argv=None):
+    make_subset(
+        argv,
+        description=__doc__.split("\n\n")[0],
+        dataset="Fashion-MNIST",
+        default_output=DEFAULT_OUTPUT,
+        seed=SEED,
+        train_per_class=TRAIN_PER_CLASS,
+        test_per_class=TEST_PER_CLASS,
     )
 
 

@@ -254,18 +254,20 @@ def _losses(methods, teacher, student, stages):
 def _pipelines(x_train, y_train, x_test, y_test, *, batch_size, augment=None):
     """The main job's input: raw pixels as float32, no normalisation outside.
 
-    Returns `(train_ds(seed), test_ds, mean, std)`: `mean` and `std` (from
-    `channel_stats(x_train)`, in [0, 1] units) go into the models'
-    `Normalization` layer instead of the pipeline.
+    Returns `(train_ds(x, y, seed), test_ds, mean, std)`: `train_ds` makes
+    the seeded training pipeline of any subset (the teacher's set or the
+    students' part of it); `mean` and `std` (from `channel_stats(x_train)`,
+    in [0, 1] units) go into the models' `Normalization` layer instead of
+    the pipeline, so every subset shares the teacher's statistics.
     """
     from keras_kd import data
 
     mean, std = data.channel_stats(x_train)
 
-    def train_ds(seed):
+    def train_ds(x, y, seed):
         return data.make_dataset(
-            x_train,
-            y_train,
+            x,
+            y,
             batch_size=batch_size,
             training=True,
             augment=augment,
@@ -310,31 +312,30 @@ def distill(argv=None):
             f"be imported ({error}). Install it with "
             '`pip install "keras-kd[cpu]"` (tensorflow-cpu; `[gpu]` for CUDA).'
         ) from error
-    import keras
-
     # Same printout on every run on the same machine: seeded initialisers,
     # subsets and shuffles, and deterministic kernels. The switch is
     # process-wide (and turns XLA off in Keras), so a caller that runs the
     # job in its own process gets its previous setting back afterwards.
     from tensorflow.python.framework import config as tf_config
 
-    from keras_kd import callbacks as kd_callbacks
-    from keras_kd import data
-    from keras_kd.distiller import Distiller
-    from keras_kd.models import conv_net
-
     was_deterministic = tf_config.is_op_determinism_enabled()
     tf.config.experimental.enable_op_determinism()
     try:
-        return _run(
-            args, methods, tf, keras, kd_callbacks, data, Distiller, conv_net
-        )
+        return _run(args, methods)
     finally:
         if not was_deterministic:
             tf_config.disable_op_determinism()
 
 
-def _run(args, methods, tf, keras, kd_callbacks, data, Distiller, conv_net):
+def _run(args, methods):
+    """The main job itself, under deterministic ops (see `distill`)."""
+    import keras
+
+    from keras_kd import callbacks as kd_callbacks
+    from keras_kd import data
+    from keras_kd.distiller import Distiller
+    from keras_kd.models import conv_net
+
     started = time.time()
     keras.utils.set_random_seed(args.seed)
     try:
@@ -366,21 +367,14 @@ def _run(args, methods, tf, keras, kd_callbacks, data, Distiller, conv_net):
         flush=True,
     )
     # Both subsets share the teacher's normalisation statistics.
-    mean, std = data.channel_stats(x_train)
-    augment = None if args.augment == "none" else args.augment
-
-    def train_ds(x, y, seed):
-        return data.make_dataset(
-            x,
-            y,
-            batch_size=args.batch_size,
-            training=True,
-            augment=augment,
-            rescale=False,
-            seed=seed,
-        )
-
-    test_ds = data.make_dataset(x_test, y_test, batch_size=256, rescale=False)
+    train_ds, test_ds, mean, std = _pipelines(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        batch_size=args.batch_size,
+        augment=None if args.augment == "none" else args.augment,
+    )
     shape = x_train.shape[1:]
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

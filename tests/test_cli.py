@@ -176,7 +176,7 @@ def test_main_job_pipeline_feeds_raw_pixels():
     train_ds, test_ds, mean, std = cli._pipelines(x, y, x, y, batch_size=4)
     images = np.concatenate([b.numpy() for b, _ in test_ds])
     np.testing.assert_array_equal(images, x.astype("float32"))
-    train = np.concatenate([b.numpy() for b, _ in train_ds(0)])
+    train = np.concatenate([b.numpy() for b, _ in train_ds(x, y, 0)])
     np.testing.assert_array_equal(np.sort(train.ravel()), np.sort(x.ravel()))
     np.testing.assert_allclose(mean, [x.mean() / 255.0])
     np.testing.assert_allclose(std, [x.std() / 255.0])

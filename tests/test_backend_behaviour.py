@@ -425,25 +425,13 @@ def test_non_finite_last_step_of_an_epoch_is_caught():
         distiller.compile(
             optimizer=keras.optimizers.SGD(1e-2), loss=sparse_ce()
         )
+        labels = y[: len(images)]
+        options = dict(batch_size=4, epochs=1, shuffle=False, verbose=0)
         if expect_error:
             with pytest.raises(NonFiniteLossError, match="is not finite"):
-                distiller.fit(
-                    images,
-                    y[: len(images)],
-                    batch_size=4,
-                    epochs=1,
-                    shuffle=False,
-                    verbose=0,
-                )
+                distiller.fit(images, labels, **options)
         else:
-            distiller.fit(
-                images,
-                y[: len(images)],
-                batch_size=4,
-                epochs=1,
-                shuffle=False,
-                verbose=0,
-            )
+            distiller.fit(images, labels, **options)
         return _weights(distiller.trainable_variables), distiller
 
     finite, _ = fit(x[:8], expect_error=False)  # the two finite batches

@@ -15,6 +15,7 @@ own mechanism (`keras.backend.backend()`):
 import os
 
 import keras
+import ml_dtypes
 import numpy as np
 
 BACKEND = keras.backend.backend()
@@ -26,12 +27,21 @@ REPO_ROOT = os.path.dirname(TESTS_DIR)
 def to_numpy(x):
     """A NumPy copy of a tensor or variable, on any backend.
 
-    A variable is read through `.value`: `np.array(variable)` goes through
-    Keras's `Variable.__array__`, which lacks NumPy 2's `copy` argument and
-    warns on every call.
+    Never through `np.array(variable)` or `np.array(tensor)`: Keras's
+    `Variable.__array__`, TensorFlow's variables and PyTorch's tensors lack
+    NumPy 2's `copy` argument and warn on every call (and so does
+    `keras.ops.convert_to_numpy`, which calls `np.array` on them). Each
+    backend's own `.numpy()` is used instead.
     """
     if isinstance(x, keras.Variable):
         x = x.value
+    if BACKEND == "torch" and hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if keras.backend.standardize_dtype(x.dtype) == "bfloat16":
+            return x.float().numpy().astype(ml_dtypes.bfloat16)
+        return x.numpy().copy()
+    if BACKEND == "tensorflow" and hasattr(x, "numpy"):
+        return np.array(x.numpy())
     return np.array(keras.ops.convert_to_numpy(x))
 
 

@@ -44,11 +44,13 @@ SUITES = {
         "tests/losses",
         "tests/test_taps.py",
         "tests/test_backend_behaviour.py",
+        "tests/test_numpy_warnings.py",
     ],
     "torch": [
         "tests/losses",
         "tests/test_taps.py",
         "tests/test_backend_behaviour.py",
+        "tests/test_numpy_warnings.py",
     ],
 }
 # Run with them: the docstring examples of the loss modules.

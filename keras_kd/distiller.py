@@ -210,6 +210,11 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
             student=student_extractor,
             teacher_multi=bool(teacher_taps),
             student_multi=bool(student_taps),
+            # For `_regularization_losses`, built once: a walk of the
+            # teacher's layers on every step costs PyTorch's eager steps.
+            teacher_layer_ids=frozenset(
+                id(layer) for layer in self.teacher._flatten_layers()
+            ),
         )
         t_shapes = _output_shapes(teacher_extractor, self.teacher)
         s_shapes = _output_shapes(student_extractor, self.student)
@@ -398,7 +403,7 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         """
         if self._losses_override:  # JAX: the losses of the student's pass
             return list(self._losses_override)
-        teacher = {id(layer) for layer in self.teacher._flatten_layers()}
+        teacher = self._extractors.teacher_layer_ids
         values = []
         for layer in self._flatten_layers():
             if id(layer) not in teacher:

@@ -639,6 +639,93 @@ def plot(path, medians, floor):
     plt.close(fig)
 
 
+def _results_stem(size, backend):
+    suffix = "" if backend == "tensorflow" else f"_{backend}"
+    return os.path.join(
+        common.RESULTS_DIR,
+        ("speed" if size == "default" else f"speed_{size}") + suffix,
+    )
+
+
+def compare_backends(size):
+    """The three backends' results of one size, ratios side by side."""
+    runs = {}
+    for backend in ("tensorflow", "jax", "torch"):
+        path = _results_stem(size, backend) + ".json"
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                runs[backend] = json.load(f)
+    if not runs:
+        print(f"no speed results of size {size!r} to compare")
+        return 1
+    header = ["config", "what"] + [f"× floor, {b}" for b in runs]
+    rows = [
+        ["floor", "(a) + (b), ms"]
+        + [f"{1e3 * r['floor']:.1f}" for r in runs.values()]
+    ]
+    for name, (family, what) in CONFIGS.items():
+        if family == "floor":
+            continue
+        rows.append(
+            [name, what]
+            + [
+                f"{r['medians'][name] / r['floor']:.3f}"
+                if name in r["medians"]
+                else "not run"
+                for r in runs.values()
+            ]
+        )
+    rows.append(
+        ["ab_kd", "AB + KD against (a') + (b), the floor with connectors"]
+        + [
+            f"{r['medians']['ab_kd'] / r['floor_with_connectors']:.3f}"
+            if "floor_with_connectors" in r
+            else "not run"
+            for r in runs.values()
+        ]
+    )
+    print()
+    common.print_table(header, rows)
+    stem = os.path.join(
+        common.RESULTS_DIR,
+        ("speed" if size == "default" else f"speed_{size}") + "_backends",
+    )
+    lines = [
+        f"# Step time against the floor, by Keras backend ({size} sizes)",
+        "",
+        "Command (from the repository root):",
+        "",
+        "```bash",
+        common.command_line(),
+        "```",
+        "",
+        "Read from the results files named below (each holds its command, "
+        "machine and versions). Each backend's ratios are to its own floor, "
+        "(a) the student's train step plus (b) the teacher's inference, "
+        "timed in the same process; the setup is in those files.",
+        "",
+    ]
+    lines += common.markdown_table(header, rows)
+    lines += [
+        "",
+        "| backend | file | started (UTC) | load at start, end | note |",
+    ]
+    lines += ["| --- | --- | --- | --- | --- |"]
+    for backend, r in runs.items():
+        start, end = r.get("load_at_start"), r.get("load_at_end")
+        load = (
+            f"{start[0]:.2f}, {end[0]:.2f}" if start and end else "in the .md"
+        )
+        lines.append(
+            f"| {backend} | `{os.path.basename(_results_stem(size, backend))}"
+            f".md` | {r.get('started', 'in the .md')} | {load} | "
+            f"{r.get('note', '')} |"
+        )
+    common.write_text(stem + ".md", lines)
+    print(f"\nwrote {stem}.md")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -659,8 +746,16 @@ def main(argv=None):
         help="a sentence on the machine's load, written into the results file",
     )
     parser.add_argument("--output", default=None)
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="run nothing: put the committed results of the three backends "
+        "(this size) side by side in results/speed[_SIZE]_backends.md",
+    )
     args = parser.parse_args(argv)
     size = args.size or ("quick" if args.quick else "default")
+    if args.compare:
+        return compare_backends(size)
     if args.memory_child:
         memory_child(args.memory_child, size)
         return 0
@@ -670,11 +765,7 @@ def main(argv=None):
     )
     load_at_start = os.getloadavg()
     wall = time.time()
-    suffix = "" if BACKEND == "tensorflow" else f"_{BACKEND}"
-    stem = args.output or os.path.join(
-        common.RESULTS_DIR,
-        ("speed" if size == "default" else f"speed_{size}") + suffix,
-    )
+    stem = args.output or _results_stem(size, BACKEND)
 
     teacher, shape = make_models(s)
     student_params = new_student(s, shape).count_params()
@@ -945,6 +1036,11 @@ def main(argv=None):
                 "medians": medians,
                 "floor": floor,
                 "floor_with_connectors": floor_connectors,
+                "backend": BACKEND,
+                "started": started,
+                "note": args.note,
+                "load_at_start": load_at_start,
+                "load_at_end": load_at_end,
                 "loss_math": math,
                 "nst": nst,
                 "memory": memory,

@@ -747,6 +747,13 @@ def main(argv=None):
     )
     parser.add_argument("--output", default=None)
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="timing rounds (default: 8, or 3 with --quick); more rounds "
+        "steady the medians on a loaded machine",
+    )
+    parser.add_argument(
         "--compare",
         action="store_true",
         help="run nothing: put the committed results of the three backends "
@@ -759,7 +766,11 @@ def main(argv=None):
     if args.memory_child:
         memory_child(args.memory_child, size)
         return 0
-    s = SIZES[size]
+    s = dict(SIZES[size])
+    if args.rounds is not None:
+        if args.rounds < 1:
+            parser.error(f"--rounds must be >= 1; received {args.rounds}")
+        s["rounds"] = args.rounds
     started = datetime.datetime.now(datetime.timezone.utc).strftime(
         "%Y-%m-%d %H:%M"
     )

@@ -84,10 +84,107 @@ SIZES = {
         memory_steps=4,
         nst_repeats=3,
     ),
+    # Issue 10's GPU pair: ResNet-50 teacher -> MobileNetV2 student
+    # (keras.applications, random weights), 224 px, batch 128. For a GPU
+    # machine; see benchmarks/README.md for the command.
+    "imagenet": dict(
+        pair="imagenet",
+        batch=128,
+        image=224,
+        classes=1000,
+        warmup=3,
+        rounds=8,
+        steps_per_round=4,
+        memory_steps=10,
+        nst_repeats=10,
+    ),
+    # The same pair at 64 px, batch 2: a pipeline check that runs on CPU.
+    "imagenet_smoke": dict(
+        pair="imagenet",
+        batch=2,
+        image=64,
+        classes=1000,
+        warmup=1,
+        rounds=1,
+        steps_per_round=1,
+        memory_steps=1,
+        nst_repeats=1,
+    ),
 }
 ADDS = ["stage1_add", "stage2_add", "stage3_add"]
 RELUS = ["stage1_relu", "stage2_relu", "stage3_relu"]
 FEATURE_PAIR = "stage3_add"  # equal shapes in teacher and student
+
+# The layers each pair taps: AB (pre-activations), NST, AT (post-ReLU) as
+# (teacher, student); `skip`: configurations the pair cannot run.
+PAIRS = {
+    "cifar_resnet": dict(
+        ab=(ADDS, ADDS),
+        nst=("stage3_add", "stage3_add"),
+        at=(RELUS, RELUS),
+        skip=(),
+    ),
+    # 14 x 14 and 7 x 7 at 224 px, as in issue 10's table (AB on 2 pairs).
+    # No stage has equal shapes in both networks, so the equal-shape
+    # configurations (keras FeatureDistillation among them) do not run.
+    "imagenet": dict(
+        ab=(
+            ["conv4_block6_add", "conv5_block3_add"],
+            ["block_12_add", "Conv_1_bn"],
+        ),
+        nst=("conv5_block3_out", "out_relu"),
+        at=(
+            ["conv4_block6_out", "conv5_block3_out"],
+            ["block_13_expand_relu", "out_relu"],
+        ),
+        skip=("ab_kd_noconn", "mse", "keras_feature"),
+    ),
+}
+
+
+def model_description(s, role):
+    if s.get("pair") == "imagenet":
+        return (
+            "`keras.applications.ResNet50` (random weights)"
+            if role == "teacher"
+            else "`keras.applications.MobileNetV2` (random weights)"
+        )
+    blocks = s["teacher_blocks" if role == "teacher" else "student_blocks"]
+    return f"`resnet(widths={s['widths']}, blocks={blocks})`"
+
+
+def taps_description(s):
+    pair = pair_of(s)
+    (ab_t, ab_s), (nst_t, nst_s), (at_t, at_s) = (
+        pair["ab"],
+        pair["nst"],
+        pair["at"],
+    )
+    text = (
+        f"- keras_kd feature taps (teacher / student): AB on {ab_t} / "
+        f'{ab_s} (pre-activations, `connector="always"` as the official '
+        f"code, so {len(ab_t)} 1×1 conv + BN connectors); NST on {nst_t} / "
+        f"{nst_s}; AT on {at_t} / {at_s}"
+    )
+    if "mse" not in pair["skip"]:
+        text += (
+            f'; MSE (`FitNetsHint`, `connector="auto"`, no regressor for '
+            f"equal shapes) and keras `FeatureDistillation` on "
+            f"`{FEATURE_PAIR}`"
+        )
+    return text + (
+        ". keras Distillers use their default `student_loss_weight=0.5`."
+    )
+
+
+def pair_of(s):
+    return PAIRS[s.get("pair", "cifar_resnet")]
+
+
+def configs_of(s):
+    """The configurations this size runs, in CONFIGS order."""
+    return [n for n in CONFIGS if n not in pair_of(s)["skip"]]
+
 
 # name -> (family, description)
 CONFIGS = {
@@ -137,6 +234,15 @@ def optimizer():
 def make_models(s):
     keras.utils.set_random_seed(0)
     shape = (s["image"], s["image"], 3)
+    if s.get("pair") == "imagenet":
+        teacher = keras.applications.ResNet50(
+            weights=None,
+            input_shape=shape,
+            classes=s["classes"],
+            classifier_activation=None,
+            name="teacher",
+        )
+        return teacher, shape
     teacher = resnet(
         shape,
         10,
@@ -151,6 +257,14 @@ def new_student(s, shape):
     keras.utils.set_random_seed(
         1
     )  # every configuration starts from the same student
+    if s.get("pair") == "imagenet":
+        return keras.applications.MobileNetV2(
+            weights=None,
+            input_shape=shape,
+            classes=s["classes"],
+            classifier_activation=None,
+            name="student",
+        )
     return resnet(
         shape,
         10,
@@ -160,24 +274,22 @@ def new_student(s, shape):
     )
 
 
-def keras_kd_losses(name):
+def keras_kd_losses(name, s):
+    pair = pair_of(s)
     kd = losses.get("kd", temperature=4.0)
     outputs = dict(teacher_tap="output", student_tap="output")
     return {
         "kd": [kd],
         "ab_kd": [
-            losses.get("ab", ADDS, ADDS, connector="always", **outputs),
+            losses.get("ab", *pair["ab"], connector="always", **outputs),
             kd,
         ],
         "ab_kd_noconn": [
-            losses.get("ab", ADDS, ADDS, connector="auto", **outputs),
+            losses.get("ab", *pair["ab"], connector="auto", **outputs),
             kd,
         ],
-        "nst_kd": [
-            losses.get("nst", "stage3_add", "stage3_add", **outputs),
-            kd,
-        ],
-        "at": [losses.get("at", RELUS, RELUS)],
+        "nst_kd": [losses.get("nst", *pair["nst"], **outputs), kd],
+        "at": [losses.get("at", *pair["at"])],
         "mse": [
             losses.get("fitnets", FEATURE_PAIR, FEATURE_PAIR, connector="auto")
         ],
@@ -192,20 +304,21 @@ class StudentWithConnectors(keras.Model):
     for, not the distiller's overhead.
     """
 
-    def __init__(self, student, taps, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, student, teacher, student_taps, teacher_taps, **kw):
+        super().__init__(**kw)
         self.features = keras.Model(
             student.inputs,
-            [student.outputs[0]] + [student.get_layer(t).output for t in taps],
+            [student.outputs[0]]
+            + [student.get_layer(t).output for t in student_taps],
         )
         self.connectors = [
             keras_kd.connectors.Connector(
-                student.get_layer(t).output.shape,
-                student.get_layer(t).output.shape,
+                student.get_layer(s).output.shape,
+                teacher.get_layer(t).output.shape,
                 kind="projection",
                 name=f"connector_{i}",
             )
-            for i, t in enumerate(taps)
+            for i, (s, t) in enumerate(zip(student_taps, teacher_taps))
         ]
         self.task_loss = cross_entropy()
 
@@ -235,9 +348,12 @@ def build_step(name, s, teacher, shape):
     if name == "student":
         model = student
     elif name == "student_connectors":
-        model = StudentWithConnectors(student, ADDS)
+        teacher_taps, student_taps = pair_of(s)["ab"]
+        model = StudentWithConnectors(
+            student, teacher, student_taps, teacher_taps
+        )
     elif CONFIGS[name][0] == "keras_kd":
-        model = keras_kd.Distiller(teacher, student, keras_kd_losses(name))
+        model = keras_kd.Distiller(teacher, student, keras_kd_losses(name, s))
     elif name == "keras_logits":
         model = keras.distillation.Distiller(
             teacher,
@@ -309,7 +425,9 @@ def batches(s, count=4):
                     (s["batch"], s["image"], s["image"], 3), dtype=np.float32
                 )
             ),
-            keras.ops.convert_to_tensor(rng.integers(0, 10, s["batch"])),
+            keras.ops.convert_to_tensor(
+                rng.integers(0, s.get("classes", 10), s["batch"])
+            ),
         )
         for _ in range(count)
     ]
@@ -575,9 +693,9 @@ def memory_child(name, size):
     )
 
 
-def measure_memory(size):
+def measure_memory(size, s):
     results = {}
-    for name in CONFIGS:
+    for name in configs_of(s):
         out = subprocess.run(
             [
                 sys.executable,
@@ -588,6 +706,8 @@ def measure_memory(size):
                 BACKEND,
                 "--memory-child",
                 name,
+                "--dtype-policy",
+                keras.config.dtype_policy().name,
             ],
             capture_output=True,
             text=True,
@@ -624,7 +744,7 @@ def plot(path, medians, floor):
     except ImportError:
         print("matplotlib not installed: no plot (pip install matplotlib)")
         return
-    names = [n for n in CONFIGS if CONFIGS[n][0] != "floor"]
+    names = [n for n in CONFIGS if CONFIGS[n][0] != "floor" and n in medians]
     colors = ["C0" if CONFIGS[n][0] == "keras_kd" else "C1" for n in names]
     fig, ax = plt.subplots(figsize=(8, 3.6))
     ax.bar(names, [1e3 * medians[n] for n in names], color=colors)
@@ -747,6 +867,12 @@ def main(argv=None):
     )
     parser.add_argument("--output", default=None)
     parser.add_argument(
+        "--dtype-policy",
+        default=None,
+        help="Keras dtype policy for every model, e.g. mixed_bfloat16 "
+        "(default: float32)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=None,
@@ -763,6 +889,8 @@ def main(argv=None):
     size = args.size or ("quick" if args.quick else "default")
     if args.compare:
         return compare_backends(size)
+    if args.dtype_policy:
+        keras.config.set_dtype_policy(args.dtype_policy)
     if args.memory_child:
         memory_child(args.memory_child, size)
         return 0
@@ -777,6 +905,8 @@ def main(argv=None):
     load_at_start = os.getloadavg()
     wall = time.time()
     stem = args.output or _results_stem(size, BACKEND)
+    if args.dtype_policy and not args.output:
+        stem += f"_{args.dtype_policy}"
 
     teacher, shape = make_models(s)
     student_params = new_student(s, shape).count_params()
@@ -787,7 +917,9 @@ def main(argv=None):
         flush=True,
     )
     data = batches(s)
-    built = {name: build_step(name, s, teacher, shape) for name in CONFIGS}
+    built = {
+        name: build_step(name, s, teacher, shape) for name in configs_of(s)
+    }
     steps = {name: b[0] for name, b in built.items()}
     print("timing steps (interleaved)", flush=True)
     times = time_interleaved(steps, data, s)
@@ -795,7 +927,8 @@ def main(argv=None):
     floor = medians["student"] + medians["teacher_inference"]
 
     math, nst = {}, []
-    if BACKEND == "tensorflow":  # these two use tf.GradientTape / tf.function
+    # These two use tf.GradientTape / tf.function and the CIFAR pair's taps.
+    if BACKEND == "tensorflow" and "pair" not in s:
         print("timing the loss math alone", flush=True)
         math = loss_math_times(s, teacher, shape, max(10, s["nst_repeats"]))
         math.update(
@@ -810,7 +943,7 @@ def main(argv=None):
         if args.skip_memory
         else (
             print("peak memory (one subprocess each)", flush=True)
-            or measure_memory(size)
+            or measure_memory(size, s)
         )
     )
     load_at_end = os.getloadavg()
@@ -826,7 +959,8 @@ def main(argv=None):
         "Δ RSS MB",
     ]
     rows = []
-    for name, (family, what) in CONFIGS.items():
+    for name in configs_of(s):
+        family, what = CONFIGS[name]
         v = 1e3 * np.asarray(times[name])
         q1, q3 = np.percentile(v, [25, 75])
         ratio = "—" if family == "floor" else f"{medians[name] / floor:.3f}"
@@ -865,8 +999,12 @@ def main(argv=None):
     common.print_table(conn_header, conn_rows)
 
     vs = [
-        ["KD", medians["kd"], medians["keras_logits"]],
-        ["equal-shape feature MSE", medians["mse"], medians["keras_feature"]],
+        [what, medians[a], medians[b]]
+        for what, a, b in [
+            ("KD", "kd", "keras_logits"),
+            ("equal-shape feature MSE", "mse", "keras_feature"),
+        ]
+        if a in medians and b in medians
     ]
     vs_rows = [
         [w, f"{1e3 * a:.1f}", f"{1e3 * b:.1f}", f"{b / a:.2f}×"]
@@ -928,16 +1066,14 @@ def main(argv=None):
     lines += [
         "## Setup",
         "",
-        f"- Teacher `resnet(widths={s['widths']}, "
-        f"blocks={s['teacher_blocks']})`, "
+        f"- Teacher {model_description(s, 'teacher')}, "
         f"{teacher.count_params():,} parameters; student "
-        f"`resnet(widths={s['widths']}, "
-        f"blocks={s['student_blocks']})`, {student_params:,} parameters; "
+        f"{model_description(s, 'student')}, {student_params:,} parameters; "
         "inputs "
         f"{s['batch']}×{s['image']}×{s['image']}×3 (the same {len(data)} "
         "random batches "
         "for every configuration), SGD with momentum, cross-entropy from "
-        "logits.",
+        f"logits; dtype policy `{keras.config.dtype_policy().name}`.",
         "- Every training configuration runs `model.train_on_batch(x, y)` in a "
         "loop (one "
         "compiled `train_function` each; Keras's default `jit_compile` for the "
@@ -956,14 +1092,7 @@ def main(argv=None):
         "interquartile range.",
         "- Floor = median (a) + median (b): a student step and a teacher "
         "forward pass.",
-        "- keras_kd feature taps: AB on `stage{1,2,3}_add` (pre-activation, "
-        '`connector="always"` as the official code, so three 1×1 conv + BN '
-        "connectors); "
-        "NST on `stage3_add`; AT on `stage{1,2,3}_relu`; MSE (`FitNetsHint`, "
-        f'`connector="auto"`, no regressor for equal shapes) and keras '
-        f"`FeatureDistillation` on `{FEATURE_PAIR}`. keras Distillers use "
-        "their default "
-        "`student_loss_weight=0.5`.",
+        taps_description(s),
         "- Peak RSS: each configuration in its own subprocess (imports, build, "
         "then "
         f"{s['warmup'] + s['memory_steps']} steps including the first, traced "

@@ -806,10 +806,8 @@ def compare_backends(size):
     )
     print()
     common.print_table(header, rows)
-    stem = os.path.join(
-        common.RESULTS_DIR,
-        ("speed" if size == "default" else f"speed_{size}") + "_backends",
-    )
+    # TensorFlow's stem has no backend suffix: speed[_SIZE]_backends.
+    stem = _results_stem(size, "tensorflow") + "_backends"
     lines = [
         f"# Step time against the floor, by Keras backend ({size} sizes)",
         "",

@@ -158,6 +158,9 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
             aggregation="only_first_replica",
         )
         self._guard = _Untracked(bad=None)
+        # The teacher's outputs for the current step, when a backend's
+        # `train_step` ran the teacher before the student (PyTorch).
+        self._teacher_stash = _Untracked(outputs=None)
         self._steps_run = 0
         self._build_extractors()
         for loss in losses:
@@ -307,6 +310,14 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
             teacher = [teacher]
         return [keras.ops.stop_gradient(t) for t in teacher]
 
+    def _teacher_outputs(self, x):
+        """This step's teacher outputs: run now, or taken from the stash."""
+        stash = self._teacher_stash
+        if stash.outputs is not None:
+            outputs, stash.outputs = stash.outputs, None
+            return outputs
+        return self._run_teacher(x)
+
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
@@ -318,7 +329,7 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         """
         ops = keras.ops
         student = self(x, training=training) if y_pred is None else y_pred
-        teacher = self._run_teacher(x)
+        teacher = self._teacher_outputs(x)
         predictions = student[0]
         replicas = backend_lib.get().replicas_in_sync()
         batch = ops.cast(ops.shape(predictions)[0], "float32")

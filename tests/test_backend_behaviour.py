@@ -81,6 +81,50 @@ def test_each_network_runs_once_per_step_eagerly():
     assert (t.count, s.count) == (4, 6)
 
 
+class _OrderRecorder(keras.layers.Layer):
+    """Identity layer appending (name, grad mode) to a shared list."""
+
+    def __init__(self, log, **kwargs):
+        super().__init__(**kwargs)
+        self.record = log.append  # a list attribute would be copied
+
+    def call(self, x):
+        import torch
+
+        self.record((self.name, torch.is_grad_enabled()))
+        return x
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's eager order")
+def test_torch_runs_the_teacher_first_without_autograd():
+    # keras_kd/backend/torch.py: the teacher's pass comes before the
+    # student's, under no_grad, and is still the only one in the step.
+    log = []
+
+    def tagged(width, name):
+        inputs = keras.Input((8, 8, 3))
+        x = _OrderRecorder(log, name=f"{name}_mark")(inputs)
+        x = keras.layers.Conv2D(width, 3, padding="same", name="conv")(x)
+        x = keras.layers.ReLU(name="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(5)(x), name=name)
+
+    teacher, student = tagged(8, "teacher"), tagged(4, "student")
+    distiller = Distiller(
+        teacher,
+        student,
+        [L.LogitsDistillation(), L.ActivationBoundary("relu", "relu")],
+    )
+    distiller.compile(optimizer="sgd", loss=sparse_ce())
+    x, y = data(n=8)
+    distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)  # builds
+    del log[:]
+    distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)  # 2 steps
+    step = [("teacher_mark", False), ("student_mark", True)]
+    assert log == step * 2
+    assert distiller._teacher_stash.outputs is None  # nothing kept
+
+
 def test_each_network_runs_once_per_compiled_step():
     teacher = _counting_cnn(8, "teacher", StepCounter)
     student = _counting_cnn(4, "student", StepCounter, fused=True)

@@ -26,9 +26,9 @@ sizes.
     # or torch, or KERAS_BACKEND=...:
     python benchmarks/speed.py --quick --backend jax
 
-Every backend times the same configurations against its own floor; the
-loss-math and NST-scaling sections use `tf.GradientTape` and run on the
-TensorFlow backend only. Writes `benchmarks/results/speed[_quick][_BACKEND].md`
+Every backend times the same configurations against its own floor, and the
+loss math and NST scaling with its own gradient machinery (`grad_step`).
+Writes `benchmarks/results/speed[_quick][_BACKEND].md`
 (+ `.json`, `.png`; no suffix for TensorFlow).
 """
 
@@ -464,13 +464,68 @@ def time_interleaved(steps, data, s):
 # --- loss math alone ----------------------------------------------------------
 
 
+def grad_step(fn, constants, inputs, variables=()):
+    """A blocking call: forward + backward of `fn(constants, inputs)`.
+
+    Gradients with respect to every tensor in `inputs` (the student side)
+    and every Keras variable in `variables` (e.g. a loss's connectors); the
+    `constants` (the teacher side) take none but are arguments, not values
+    baked into the program, so no compiler folds the teacher's half of the
+    loss away. Compiled as the backend's own train step is: a `tf.function`
+    (TensorFlow), a `jax.jit` of `jax.value_and_grad`, with the variables
+    passed in through a `keras.StatelessScope` (JAX), eager autograd
+    (PyTorch).
+    """
+    variables = list(variables)
+    if BACKEND == "tensorflow":
+        fixed = [tf.Variable(c, trainable=False) for c in constants]
+        tensors = [tf.Variable(x) for x in inputs]
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                value = fn(fixed, tensors)
+            grads = tape.gradient(value, tensors + variables)
+            return value + sum(tf.reduce_sum(g) for g in grads if g is not None)
+
+        return lambda: step().numpy()
+    if BACKEND == "jax":
+        import jax
+
+        def pure(values, fixed, tensors):
+            with keras.StatelessScope(state_mapping=zip(variables, values)):
+                return fn(fixed, tensors)
+
+        step = jax.jit(jax.value_and_grad(pure, argnums=(0, 2)))
+        values = [v.value for v in variables]
+        fixed = [keras.ops.convert_to_tensor(c) for c in constants]
+        tensors = [keras.ops.convert_to_tensor(x) for x in inputs]
+        return lambda: jax.block_until_ready(step(values, fixed, tensors))
+    import torch
+
+    fixed = [keras.ops.convert_to_tensor(c).detach() for c in constants]
+    tensors = [
+        keras.ops.convert_to_tensor(x).detach().requires_grad_(True)
+        for x in inputs
+    ]
+    params = [v.value for v in variables]
+
+    def step():
+        value = fn(fixed, tensors)
+        torch.autograd.grad(value, tensors + params, allow_unused=True)
+        return float(value.detach())
+
+    return step
+
+
 def loss_math_times(s, teacher, shape, repeats):
     """Forward + backward of each configuration's loss functions.
 
-    On fixed teacher and student tensors.
+    On fixed teacher and student tensors of the CIFAR pair's shapes.
     """
     student = new_student(s, shape)
     x = batches(s, 1)[0][0]
+    names = ["logits"] + ADDS + RELUS
     t_model = keras.Model(
         teacher.input,
         [teacher.output] + [teacher.get_layer(n).output for n in ADDS + RELUS],
@@ -479,51 +534,47 @@ def loss_math_times(s, teacher, shape, repeats):
         student.input,
         [student.output] + [student.get_layer(n).output for n in ADDS + RELUS],
     )
-    t_out = [tf.constant(v) for v in t_model(x, training=False)]
-    s_out = [tf.Variable(v) for v in s_model(x, training=False)]
-    t = dict(zip(["logits"] + ADDS + RELUS, t_out))
-    v = dict(zip(["logits"] + ADDS + RELUS, s_out))
+    t_values = list(t_model(x, training=False))
+    s_values = list(s_model(x, training=False))
     from keras_kd.losses import activation_boundary_loss
     from keras_kd.losses import attention_transfer_loss
     from keras_kd.losses import fitnets_hint_loss
     from keras_kd.losses import logits_distillation_loss
     from keras_kd.losses import neuron_selectivity_loss
 
-    def kd():
+    def kd(t, v):
         return logits_distillation_loss(t["logits"], v["logits"], 4.0)
 
     formulas = {
         "kd (loss functions)": kd,
-        "ab_kd (loss functions, no connectors or metrics)": lambda: (
-            kd()
+        "ab_kd (loss functions, no connectors or metrics)": lambda t, v: (
+            kd(t, v)
             + 3e-3
             * sum(
                 w * activation_boundary_loss(t[n], v[n])
                 for w, n in zip((0.25, 0.5, 1.0), ADDS)
             )
         ),
-        "nst_kd (loss functions)": lambda: (
-            kd()
+        "nst_kd (loss functions)": lambda t, v: (
+            kd(t, v)
             + 50 * neuron_selectivity_loss(t["stage3_add"], v["stage3_add"])
         ),
-        "at (loss functions)": lambda: (
+        "at (loss functions)": lambda t, v: (
             1000 * sum(attention_transfer_loss(t[n], v[n]) for n in RELUS) / 3
         ),
-        "mse (loss functions)": lambda: (
+        "mse (loss functions)": lambda t, v: (
             100 * fitnets_hint_loss(t[FEATURE_PAIR], v[FEATURE_PAIR])
         ),
     }
     results = {}
     for name, formula in formulas.items():
 
-        @tf.function
-        def step(formula=formula):
-            with tf.GradientTape() as tape:
-                value = formula()
-            grads = tape.gradient(value, s_out)
-            return value + sum(tf.reduce_sum(g) for g in grads if g is not None)
+        def fn(fixed, tensors, formula=formula):
+            return formula(dict(zip(names, fixed)), dict(zip(names, tensors)))
 
-        results[name] = common.median_seconds(lambda: step().numpy(), repeats)
+        results[name] = common.median_seconds(
+            grad_step(fn, t_values, s_values), repeats
+        )
     return results
 
 
@@ -553,59 +604,55 @@ def distiller_loss_times(built, teacher, batch, repeats):
             values = keras.Model(net.input, outputs)(x, training=False)
             if not isinstance(values, (list, tuple)):
                 values = [values]
-            return [tf.constant(v) for v in values]
+            return list(values)
 
         t_feats = [
             features(teacher, loss.teacher_layer_name)
             for loss in model.distillation_losses
         ]
         s_feats = [
-            [tf.Variable(v) for v in features(student, loss.student_layer_name)]
+            features(student, loss.student_layer_name)
             for loss in model.distillation_losses
         ]
-        s_flat = [v for group in s_feats for v in group]
-        extra = [
+        sizes = [len(group) for group in t_feats]
+        connector_variables = [
             v
             for loss in model.distillation_losses
             for v in loss.trainable_variables
         ]
 
-        @tf.function
-        def step(
-            model=model,
-            t_feats=t_feats,
-            s_feats=s_feats,
-            s_flat=s_flat,
-            extra=extra,
-            weights=weights,
-        ):
-            logged = 0.0
-            with tf.GradientTape() as tape:
-                total = 0.0
-                for loss, t, sv in zip(
-                    model.distillation_losses, t_feats, s_feats
-                ):
-                    pair_losses, metrics = loss.compute(
-                        t, list(sv), training=True
-                    )
-                    value = sum(
-                        w * tf.reduce_mean(v)
-                        for w, v in zip(loss.pair_weights, pair_losses)
-                    )
-                    total = total + weights[loss.name] * value
-                    logged = logged + sum(
-                        tf.reduce_mean(m) for m in metrics.values()
-                    )
-            grads = tape.gradient(total, s_flat + extra)
-            return (
-                total
-                + logged
-                + sum(tf.reduce_sum(g) for g in grads if g is not None)
-            )
+        def fn(fixed, flat, model=model, sizes=sizes):
+            total, logged, start = 0.0, keras.ops.zeros(()), 0
+            for loss, size in zip(model.distillation_losses, sizes):
+                t_group = list(fixed[start : start + size])
+                s_group = list(flat[start : start + size])
+                start += size
+                pair_losses, metrics = loss.compute(
+                    t_group, s_group, training=True
+                )
+                value = sum(
+                    w * keras.ops.mean(v)
+                    for w, v in zip(loss.pair_weights, pair_losses)
+                )
+                total = total + weights[loss.name] * value
+                logged = logged + sum(
+                    keras.ops.mean(m) for m in metrics.values()
+                )
+            # The metrics take no gradient; adding 0 * them keeps them in
+            # the compiled computation.
+            return total + 0.0 * keras.ops.stop_gradient(logged)
 
         results[
             f"{name} (Distiller's losses: connectors + metrics included)"
-        ] = common.median_seconds(lambda: step().numpy(), repeats)
+        ] = common.median_seconds(
+            grad_step(
+                fn,
+                [v for group in t_feats for v in group],
+                [v for group in s_feats for v in group],
+                connector_variables,
+            ),
+            repeats,
+        )
     return results
 
 
@@ -619,21 +666,16 @@ def nst_scaling(batch, repeats):
     for side in (8, 16, 32):
         for channels in (16, 32, 64, 128, 256):
             rng = np.random.default_rng(0)
-            t = tf.constant(
+            t_value, s_value = (
                 rng.standard_normal((batch, side, side, channels), np.float32)
-            )
-            s_var = tf.Variable(
-                rng.standard_normal((batch, side, side, channels), np.float32)
+                for _ in range(2)
             )
 
-            @tf.function
-            def step():
-                with tf.GradientTape() as tape:
-                    value = neuron_selectivity_loss(t, s_var)
-                return value + tf.reduce_sum(tape.gradient(value, s_var))
+            def fn(fixed, tensors):
+                return neuron_selectivity_loss(fixed[0], tensors[0])
 
             seconds = common.median_seconds(
-                lambda: step().numpy(), repeats, warmup=1
+                grad_step(fn, [t_value], [s_value]), repeats, warmup=1
             )
             flops = batch * channels * channels * side * side
             rows.append(
@@ -930,8 +972,8 @@ def main(argv=None):
     floor = medians["student"] + medians["teacher_inference"]
 
     math, nst = {}, []
-    # These two use tf.GradientTape / tf.function and the CIFAR pair's taps.
-    if BACKEND == "tensorflow" and "pair" not in s:
+    # The loss math reads the CIFAR pair's taps.
+    if "pair" not in s:
         print("timing the loss math alone", flush=True)
         math = loss_math_times(s, teacher, shape, max(10, s["nst_repeats"]))
         math.update(
@@ -1133,25 +1175,21 @@ def main(argv=None):
         "",
     ]
     lines += common.markdown_table(vs_header, vs_rows)
-    if BACKEND != "tensorflow":
-        lines += [
-            "",
-            "The loss-math and NST-scaling sections run on the TensorFlow "
-            "backend only (`benchmarks/results/speed_quick.md`).",
-            "",
-        ]
-    else:
+    if math:
+        compiled = {
+            "tensorflow": "one `tf.function`",
+            "jax": "one `jax.jit` of `jax.value_and_grad`",
+            "torch": "eager PyTorch autograd, as the train step runs",
+        }[BACKEND]
         lines += [
             "",
             "## The loss math alone",
             "",
-            "Forward + backward (gradient with respect to the student tensors) "
-            "of "
-            "the loss functions alone, on fixed teacher and student tensors of "
-            "the "
-            "real shapes, in one `tf.function`; compare with each "
-            "configuration's "
-            "step time minus the floor.",
+            "Forward + backward (gradient with respect to the student tensors "
+            "and any connector) of the loss functions alone, on fixed teacher "
+            "and student tensors of the real shapes, in "
+            f"{compiled}; compare with each configuration's step time minus "
+            "the floor.",
             "",
         ]
         lines += common.markdown_table(math_header, math_rows)

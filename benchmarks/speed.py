@@ -34,8 +34,10 @@ Writes `benchmarks/results/speed[_quick][_BACKEND].md`
 
 import argparse
 import datetime
+import glob
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -814,21 +816,55 @@ def _results_stem(size, backend):
     )
 
 
+def _runs_of(size, backend):
+    """A backend's committed runs of one size: the main file, then reruns.
+
+    Reruns are written with `--output benchmarks/results/STEM_runK`.
+    """
+    stem = _results_stem(size, backend)
+    paths = [stem + ".json"] + sorted(
+        glob.glob(stem + "_run*.json"),
+        key=lambda p: int(re.search(r"_run(\d+)\.json$", p).group(1)),
+    )
+    runs = []
+    for path in paths:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                runs.append((os.path.basename(path)[:-5], json.load(f)))
+    return runs
+
+
+def _ratio_cell(values):
+    """One run: its ratio; several: the median and the range."""
+    if not values:
+        return "not run"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return (
+        f"{float(np.median(values)):.3f} ({min(values):.3f}–{max(values):.3f})"
+    )
+
+
 def compare_backends(size):
     """The three backends' results of one size, ratios side by side."""
     runs = {}
     for backend in ("tensorflow", "jax", "torch"):
-        path = _results_stem(size, backend) + ".json"
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                runs[backend] = json.load(f)
+        found = _runs_of(size, backend)
+        if found:
+            runs[backend] = found
     if not runs:
         print(f"no speed results of size {size!r} to compare")
         return 1
-    header = ["config", "what"] + [f"× floor, {b}" for b in runs]
+    header = ["config", "what"] + [
+        f"× floor, {b}" + (f" ({len(r)} runs)" if len(r) > 1 else "")
+        for b, r in runs.items()
+    ]
     rows = [
         ["floor", "(a) + (b), ms"]
-        + [f"{1e3 * r['floor']:.1f}" for r in runs.values()]
+        + [
+            " / ".join(f"{1e3 * r['floor']:.1f}" for _, r in found)
+            for found in runs.values()
+        ]
     ]
     for name, (family, what) in CONFIGS.items():
         if family == "floor":
@@ -836,19 +872,27 @@ def compare_backends(size):
         rows.append(
             [name, what]
             + [
-                f"{r['medians'][name] / r['floor']:.3f}"
-                if name in r["medians"]
-                else "not run"
-                for r in runs.values()
+                _ratio_cell(
+                    [
+                        r["medians"][name] / r["floor"]
+                        for _, r in found
+                        if name in r["medians"]
+                    ]
+                )
+                for found in runs.values()
             ]
         )
     rows.append(
         ["ab_kd", "AB + KD against (a') + (b), the floor with connectors"]
         + [
-            f"{r['medians']['ab_kd'] / r['floor_with_connectors']:.3f}"
-            if "floor_with_connectors" in r
-            else "not run"
-            for r in runs.values()
+            _ratio_cell(
+                [
+                    r["medians"]["ab_kd"] / r["floor_with_connectors"]
+                    for _, r in found
+                    if "floor_with_connectors" in r
+                ]
+            )
+            for found in runs.values()
         ]
     )
     print()
@@ -867,7 +911,10 @@ def compare_backends(size):
         "Read from the results files named below (each holds its command, "
         "machine and versions). Each backend's ratios are to its own floor, "
         "(a) the student's train step plus (b) the teacher's inference, "
-        "timed in the same process; the setup is in those files.",
+        "timed in the same process; the setup is in those files. Where a "
+        "backend has several runs (separate processes, one after another), "
+        "a cell gives the median of their ratios and, in brackets, the "
+        "lowest and highest; the floor row lists each run's floor.",
         "",
     ]
     lines += common.markdown_table(header, rows)
@@ -876,16 +923,18 @@ def compare_backends(size):
         "| backend | file | started (UTC) | load at start, end | note |",
     ]
     lines += ["| --- | --- | --- | --- | --- |"]
-    for backend, r in runs.items():
-        start, end = r.get("load_at_start"), r.get("load_at_end")
-        load = (
-            f"{start[0]:.2f}, {end[0]:.2f}" if start and end else "in the .md"
-        )
-        lines.append(
-            f"| {backend} | `{os.path.basename(_results_stem(size, backend))}"
-            f".md` | {r.get('started', 'in the .md')} | {load} | "
-            f"{r.get('note', '')} |"
-        )
+    for backend, found in runs.items():
+        for name, r in found:
+            start, end = r.get("load_at_start"), r.get("load_at_end")
+            load = (
+                f"{start[0]:.2f}, {end[0]:.2f}"
+                if start and end
+                else "in the .md"
+            )
+            lines.append(
+                f"| {backend} | `{name}.md` | {r.get('started', 'in the .md')}"
+                f" | {load} | {r.get('note', '')} |"
+            )
     common.write_text(stem + ".md", lines)
     print(f"\nwrote {stem}.md")
     return 0

@@ -35,11 +35,15 @@ def attention_map(features, *, p=2, epsilon=1e-12):
 
         Q = vec( mean_c |A_c|^p ) / max( ||vec( mean_c |A_c|^p )||_2, eps )
 
-    (`eps` as in torch `F.normalize`). Computed in float32, on `A` divided
-    by its largest `|A|` per example (the same `Q`, as `Q` does not change
-    when `A` is scaled, but no float32 overflow for large `p` or large
-    activations; `eps` then only matters for an all-zero map, whose `Q` is
-    0).
+    (`eps` as in torch `F.normalize`). Computed in float32. `Q` does not
+    change when `A` or the map is scaled, which keeps float32 in range:
+    for `p = 2` (the default) the map `mean_c A_c^2` is divided by its
+    largest value before the norm (two passes over the feature map, which
+    matters where they are not fused, as in eager PyTorch; float32 holds
+    it for `|A|` from about 1e-18 to 1e18); for other `p`, `A` is first
+    divided by its largest `|A|` per example, so that `|A|^p` cannot
+    overflow. Either way `eps` only matters for an all-zero map, whose `Q`
+    is 0.
 
     Reference:
         Zagoruyko, Komodakis, "Paying More Attention to Attention: Improving
@@ -78,18 +82,23 @@ def attention_map(features, *, p=2, epsilon=1e-12):
         features, (4,), name="features", what=_RANK_WHAT, hint=_RANK_HINT
     )
     # The map is L2-normalised per example, so scaling an example's features
-    # by a constant does not change it: dividing by the example's largest
-    # |A| first keeps |A|^p and its square inside float32 for any p and any
-    # activation size (|A|^16 of 100 is 1e32; squared, inf: the map used to
-    # become 0 or NaN). The map is scale-invariant, so the gradient through
-    # the stop_gradient'ed peak is unchanged.
+    # or its map by a constant does not change it, and the gradient through
+    # a stop_gradient'ed scale is the true one.
+    if p == 2:
+        # Square and channel mean: the only passes over the feature map.
+        # The map's squares in the norm overflow first (|A| ~ 3e9), so the
+        # map, not A, is rescaled.
+        attention = flatten_per_example(ops.mean(ops.square(features), -1))
+        peak = ops.stop_gradient(ops.max(attention, axis=1, keepdims=True))
+        attention = attention / ops.where(ops.greater(peak, 0.0), peak, 1.0)
+        return l2_normalize(attention, axis=1, epsilon=epsilon)
+    # Any p: dividing by the example's largest |A| first keeps |A|^p and its
+    # square inside float32 for any activation size (|A|^16 of 100 is 1e32;
+    # squared, inf: the map used to become 0 or NaN).
     magnitude = ops.abs(features)
     peak = ops.stop_gradient(ops.max(magnitude, axis=(1, 2, 3), keepdims=True))
     magnitude = magnitude / ops.where(ops.greater(peak, 0.0), peak, 1.0)
-    if p == 2:
-        powered = ops.square(magnitude)
-    else:
-        powered = ops.power(magnitude, float(p))
+    powered = ops.power(magnitude, float(p))
     attention = flatten_per_example(ops.mean(powered, axis=-1))  # (B, HW)
     return l2_normalize(attention, axis=1, epsilon=epsilon)
 

@@ -189,12 +189,16 @@ def test_bad_reduction():
         attention_transfer_loss(t, s, reduction="sum")
 
 
-@pytest.mark.parametrize("p,scale", [(8, 100.0), (16, 100.0), (4, 1e6)])
+@pytest.mark.parametrize(
+    "p,scale", [(8, 100.0), (16, 100.0), (4, 1e6), (2, 1e12)]
+)
 def test_large_p_and_large_activations_stay_in_float32(p, scale):
     # |A|^p and its square used to overflow float32 (p=16, |A| ~ 100: a zero
-    # or NaN map, so a loss that silently says nothing). The map does not
-    # change when A is scaled, so it is computed on A / max|A|; the float64
-    # reference works on the raw features (no overflow in float64 here).
+    # or NaN map, so a loss that silently says nothing), and for p = 2 the
+    # squares of the map in its norm overflow from |A| ~ 3e9. The map does
+    # not change when A or the map is scaled, so it is computed on
+    # A / max|A| (p = 2: the map over its max); the float64 reference works
+    # on the raw features (no overflow in float64 here).
     t, s = random_maps(seed=12)
     t, s = (scale * t).astype("float32"), (scale * s).astype("float32")
     q = ops.convert_to_numpy(attention_map(t, p=p))

@@ -10,7 +10,7 @@ student's extraction), then `compute_loss`, `backward()` and the optimizer.
   backward pass, were still alive, and on CPU it ran measurably slower than
   on its own. In `benchmarks/results/speed_backends.md` (batch 128, 3 runs)
   KD costs 1.02x the floor here, `keras.distillation`'s KD, which runs the
-  teacher after the student, 1.19x. Eager order is the only order PyTorch
+  teacher after the student, 1.10x. Eager order is the only order PyTorch
   has; TensorFlow and JAX compile the step and schedule it themselves.
 - The guard checks the weighted terms and the total in `compute_loss` and
   raises there, before the backward pass, so no gradient is computed and no

@@ -311,11 +311,12 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         return [keras.ops.stop_gradient(t) for t in teacher]
 
     def _teacher_outputs(self, x):
-        """This step's teacher outputs: run now, or taken from the stash."""
-        stash = self._teacher_stash
-        if stash.outputs is not None:
-            outputs, stash.outputs = stash.outputs, None
-            return outputs
+        """This step's teacher outputs: from the stash, or run now.
+
+        The backend that fills the stash also empties it after the step.
+        """
+        if self._teacher_stash.outputs is not None:
+            return self._teacher_stash.outputs
         return self._run_teacher(x)
 
     def compute_loss(

@@ -22,13 +22,12 @@ import panel
 from panel import _ab  # noqa: F401
 from panel import _at  # noqa: F401
 from panel import _nst  # noqa: F401
-from panel import _taps  # noqa: F401
 from panel import losses  # noqa: F401
 
 
 def _ab_sum(n):
     # keras_kd 0.1's AB: the official sum over elements (weight 3e-3).
-    return losses.ActivationBoundary(_taps(n), _taps(n), normalize=False)
+    return losses.registry.build("ab", stages=n, normalize=False)
 
 
 def _kd(temperature):
@@ -110,7 +109,7 @@ VARIANTS = {
             "AB schedule (restart), per-element mean, weight 1, then CE"
         ),
         losses=lambda n: [
-            losses.ActivationBoundary(_taps(n), _taps(n), normalize=True)
+            losses.registry.build("ab", stages=n, normalize=True)
         ],
         ab_schedule=True,
         weights=[1.0],
@@ -119,7 +118,7 @@ VARIANTS = {
         description="AB schedule (restart), per-element mean, weight 1, "
         "then CE + KD T=1",
         losses=lambda n: [
-            losses.ActivationBoundary(_taps(n), _taps(n), normalize=True),
+            losses.registry.build("ab", stages=n, normalize=True),
             losses.LogitsDistillation(temperature=1.0),
         ],
         ab_schedule=True,

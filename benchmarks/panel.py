@@ -228,35 +228,16 @@ def part_entries(entries):
 
 
 # ---------------------------------------------------------------------------
-# The method configs. Each is built from the student's stage count; every
-# loss uses the library's defaults unless the row says otherwise. To compare a
-# variant, add a row (e.g. "kd_t1": LogitsDistillation(temperature=1.0), or
+# The method configs. Each is built from the student's stage count with the
+# method registry's default layers (`keras_kd.losses.registry.build`); every
+# loss uses the library's defaults unless the row says otherwise. To compare
+# a variant, add a row (e.g. "kd_t1": a loss built with temperature=1.0, or
 # weights={"logits_distillation": 0.1}) and run it with --configs.
-def _taps(stages):
-    return [f"stage{i}_relu" for i in range(1, stages + 1)]
+def _method(name):
+    return lambda stages: losses.registry.build(name, stages=stages)
 
 
-def _kd(stages):
-    return losses.LogitsDistillation()
-
-
-def _ab(stages):
-    # Default tap: the pre-activation of each stage's last ReLU.
-    return losses.ActivationBoundary(_taps(stages), _taps(stages))
-
-
-def _nst(stages):
-    deepest = f"stage{stages}_relu"
-    return losses.NeuronSelectivityTransfer(
-        deepest,
-        deepest,
-        teacher_tap="preactivation",
-        student_tap="preactivation",
-    )
-
-
-def _at(stages):
-    return losses.AttentionTransfer(_taps(stages), _taps(stages))
+_kd, _ab, _nst, _at = (_method(n) for n in ("kd", "ab", "nst", "at"))
 
 
 CONFIGS = {

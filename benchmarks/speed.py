@@ -9,6 +9,11 @@ on the same batches, this script times
 - keras_kd's `Distiller` with KD, AB on 3 layer pairs + KD, NST + KD,
   attention transfer, and a FitNets-style MSE on one equal-shape pair with no
   regressor (the same math as `keras.distillation.FeatureDistillation`),
+- every other method of the registry (`keras_kd.losses.registry`: FSP, RKD,
+  SP, PKT, CRD, KD with logit standardisation, ..., and any method added
+  later), each alone beside the task loss, with its library defaults and
+  its default layers in keras_kd's ResNets (CRD's memory bank holds
+  `CRD_EXAMPLES` examples, so `K = CRD_EXAMPLES - 1` negatives),
 - `keras.distillation.Distiller` with `LogitsDistillation` and with
   `FeatureDistillation` on the same equal-shape pair,
 
@@ -144,6 +149,30 @@ PAIRS = {
 }
 
 
+# Methods timed by the hand-written configurations above, with their own
+# taps; every other registered method gets a configuration of its own.
+HAND_WRITTEN = {"kd", "ab", "nst", "at", "fitnets"}
+# The memory bank of CRD (and the data size any method may ask for).
+CRD_EXAMPLES = 5000
+FACTS = {"num_examples": CRD_EXAMPLES}
+
+
+def _registry_configs():
+    return {
+        method.name: (
+            "keras_kd",
+            f"Distiller: {method.name} (+ task loss), registry defaults: "
+            f"{method.summary}",
+        )
+        for method in losses.registry.methods()
+        if method.name not in HAND_WRITTEN
+    }
+
+
+REGISTRY_CONFIGS = _registry_configs()
+PAIRS["imagenet"]["skip"] += tuple(REGISTRY_CONFIGS)
+
+
 def model_description(s, role):
     if s.get("pair") == "imagenet":
         return (
@@ -214,6 +243,7 @@ CONFIGS = {
         "keras_kd",
         f"Distiller: MSE on `{FEATURE_PAIR}` (FitNetsHint, no regressor)",
     ),
+    **REGISTRY_CONFIGS,
     "keras_logits": (
         "keras.distillation",
         "keras Distiller: LogitsDistillation (T=4)",
@@ -277,6 +307,8 @@ def new_student(s, shape):
 
 
 def keras_kd_losses(name, s):
+    if name in REGISTRY_CONFIGS:
+        return [losses.registry.build(name, stages=3, facts=FACTS)]
     pair = pair_of(s)
     kd = losses.get("kd", temperature=4.0)
     outputs = dict(teacher_tap="output", student_tap="output")
@@ -360,7 +392,16 @@ def build_step(name, s, teacher, shape):
             student, teacher, student_taps, teacher_taps
         )
     elif CONFIGS[name][0] == "keras_kd":
-        model = keras_kd.Distiller(teacher, student, keras_kd_losses(name, s))
+        kd_losses = keras_kd_losses(name, s)
+        model = keras_kd.Distiller(teacher, student, kd_losses)
+        if any("example_ids" in loss.requires for loss in kd_losses):
+            model.compile(optimizer=optimizer(), loss=cross_entropy())
+            ids = keras.ops.arange(s["batch"], dtype="int32")
+            return (
+                lambda x, y: model.train_on_batch(
+                    {"image": x, "example_id": ids}, y
+                )
+            ), model
     elif name == "keras_logits":
         model = keras.distillation.Distiller(
             teacher,
@@ -592,7 +633,9 @@ def distiller_loss_times(built, teacher, batch, repeats):
     x, _ = batch
     results = {}
     for name, (_, model) in built.items():
-        if CONFIGS[name][0] != "keras_kd":
+        # Registry methods may read labels or example ids: their step times
+        # are measured above, their math is not separated here.
+        if CONFIGS[name][0] != "keras_kd" or name in REGISTRY_CONFIGS:
             continue
         weights = model.configured_loss_weights
         student = model.student

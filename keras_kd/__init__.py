@@ -4,10 +4,14 @@ Public API:
     Distiller: a `keras.Model` that trains a student from a frozen teacher
         (TensorFlow, JAX or PyTorch backend).
     NonFiniteLossError: raised when a loss term becomes NaN or Inf.
-    losses: ActivationBoundary, NeuronSelectivityTransfer, LogitsDistillation,
-        FitNetsHint, AttentionTransfer (and their pure functions);
-        `losses.get("ab", ...)` builds one by name.
-    callbacks: LossWeightSchedule, StagedSchedule, ActivationBoundarySchedule.
+    losses: one module per distillation method (ActivationBoundary,
+        NeuronSelectivityTransfer, LogitsDistillation, ...), a class and its
+        pure function each; `losses.get("ab", ...)` builds one by name from
+        the method registry, and `losses.registry.describe()` lists them.
+    step: StepContext, what one step hands the losses.
+    procedures: Procedure, training that is more than a loss.
+    callbacks: LossWeightSchedule, StagedSchedule, InitializationSchedule,
+        ActivationBoundarySchedule, FlowOfSolutionSchedule, LinearWarmup.
     taps: Tap, build_extractor (tapping layers of functional models).
     backup: AtomicBackupAndRestore (resume after a crash, nothing torn).
     distribute: synchronize_batch_norm and multi-worker helpers.
@@ -22,6 +26,8 @@ from keras_kd import data
 from keras_kd import distribute
 from keras_kd import losses
 from keras_kd import models
+from keras_kd import procedures
+from keras_kd import step
 from keras_kd import taps
 from keras_kd.distiller import Distiller
 from keras_kd.numerics import NonFiniteLossError
@@ -37,6 +43,8 @@ __all__ = [
     "distribute",
     "losses",
     "models",
+    "procedures",
+    "step",
     "taps",
     "__version__",
 ]

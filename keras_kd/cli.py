@@ -21,7 +21,6 @@ import sys
 import time
 import zipfile
 
-METHODS = ("kd", "ab", "nst", "hint", "at")
 USAGE = (
     "%(prog)s [distill] [options]       (the main job; `distill` is optional)\n"
     "       %(prog)s export MODEL.keras OUTPUT [--format FORMAT] [options]"
@@ -91,6 +90,15 @@ def _real(low, high=None, *, low_inclusive=False):
     return parse
 
 
+def _methods_help():
+    """The registry's methods, one line each, for `--help`."""
+    from keras_kd.losses import registry
+
+    return "methods (--methods):\n" + "\n".join(
+        f"  {line}" for line in registry.describe()
+    )
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="keras-kd",
@@ -100,7 +108,7 @@ def _parser():
             "teacher, student\nalone and distilled student on the test split "
             "(the main job), or export a\ndistilled student."
         ),
-        epilog=EPILOG,
+        epilog=EPILOG + "\n\n" + _methods_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -128,10 +136,10 @@ def _parser():
     parser.add_argument(
         "--methods",
         default="kd",
-        help=f"comma-separated distillation methods from {METHODS}, each "
-        "with the library defaults. 'ab' runs the two-stage activation-"
-        "boundary schedule (AB initialisation first, then the other losses). "
-        "Default: kd.",
+        help="comma-separated distillation methods (listed below, from "
+        "keras_kd.losses.registry), each with the library defaults and its "
+        "default layers. 'ab' and 'fsp' train as an initialisation stage "
+        "first (--ab-epochs), then the other losses. Default: kd.",
     )
     parser.add_argument(
         "--epochs",
@@ -148,9 +156,11 @@ def _parser():
     )
     parser.add_argument(
         "--ab-epochs",
+        "--init-epochs",
+        dest="ab_epochs",
         type=_integer(0),
         default=1,
-        help="AB initialisation epochs (>= 0, with 'ab' in "
+        help="initialisation epochs (>= 0, with 'ab' or 'fsp' in "
         "--methods), run before the --epochs of ordinary "
         "training (as RepDistiller runs 30 before its 240). "
         "Default 1.",
@@ -228,26 +238,12 @@ def _parser():
     return parser
 
 
-def _losses(methods, teacher, student, stages):
-    from keras_kd import losses
+def _losses(methods, stages, facts):
+    """The methods' losses, with their default layers in keras_kd's models."""
+    from keras_kd.losses import registry
 
-    deepest = f"stage{stages}_relu"
-    hint = f"stage{stages - 1}_relu"
-    taps = [f"stage{i}_relu" for i in range(1, stages + 1)]
-    # The layers each method reads (the same name in teacher and student).
-    layers = {
-        "kd": (),
-        "ab": (taps, taps),
-        "nst": (deepest, deepest),
-        "hint": (hint, hint),
-        "at": (taps, taps),
-    }
-    options = {
-        "nst": dict(teacher_tap="preactivation", student_tap="preactivation")
-    }
     return [
-        losses.get(method, *layers[method], **options.get(method, {}))
-        for method in methods
+        registry.build(method, stages=stages, facts=facts) for method in methods
     ]
 
 
@@ -264,7 +260,7 @@ def _pipelines(x_train, y_train, x_test, y_test, *, batch_size, augment=None):
 
     mean, std = data.channel_stats(x_train)
 
-    def train_ds(x, y, seed):
+    def train_ds(x, y, seed, example_ids=False):
         return data.make_dataset(
             x,
             y,
@@ -273,6 +269,7 @@ def _pipelines(x_train, y_train, x_test, y_test, *, batch_size, augment=None):
             augment=augment,
             rescale=False,
             seed=seed,
+            example_ids=example_ids,
         )
 
     test_ds = data.make_dataset(x_test, y_test, batch_size=256, rescale=False)
@@ -290,13 +287,16 @@ def _mean_std(values):
 
 def distill(argv=None):
     """Runs the main job; returns the results dict (also printed)."""
+    from keras_kd.losses import registry
+
     args = _parser().parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    known = registry.names()
+    unknown = [m for m in methods if m not in known]
     if unknown or not methods:
         raise SystemExit(
             f"keras-kd: unknown method(s) {unknown or methods}; choose from "
-            f"{METHODS}, e.g. --methods kd,ab,nst"
+            f"{tuple(known)}, e.g. --methods kd,ab,nst"
         )
     if args.quick:
         args.epochs = args.teacher_epochs = 1
@@ -334,6 +334,7 @@ def _run(args, methods):
     from keras_kd import callbacks as kd_callbacks
     from keras_kd import data
     from keras_kd.distiller import Distiller
+    from keras_kd.losses import registry
     from keras_kd.models import conv_net
 
     started = time.time()
@@ -425,12 +426,20 @@ def _run(args, methods):
     teacher_accuracy = accuracy(teacher)
     print(f"  test accuracy {teacher_accuracy:.4f}", flush=True)
 
-    init_epochs = args.ab_epochs if "ab" in methods else 0
+    facts = {"num_examples": len(x_student)}
+    initializing = [
+        m for m in methods if registry.lookup(m).cls.initialization_stage
+    ]
+    needs_ids = any(
+        "example_ids" in registry.lookup(m).cls.requires for m in methods
+    )
+    init_epochs = args.ab_epochs if initializing else 0
     print(
         f"\n[students] conv_net(8, 16, 32), {args.epochs} epochs of "
         f"{student_steps} steps"
         + (
-            f" (+{init_epochs} of AB initialisation first)"
+            f" (+{init_epochs} of {'/'.join(initializing).upper()} "
+            "initialisation first)"
             if init_epochs
             else ""
         )
@@ -458,19 +467,14 @@ def _run(args, methods):
         student = conv_net(
             shape, classes, (8, 16, 32), mean=mean, std=std, name="student"
         )
-        distiller = Distiller(
-            teacher, student, _losses(methods, teacher, student, 3)
-        )
-        schedule = []
-        if init_epochs:
-            # The optimizer restarts after AB initialisation (as in
-            # RepDistiller), so the cosine spans the ordinary epochs.
-            schedule.append(
-                kd_callbacks.ActivationBoundarySchedule(init_epochs)
-            )
+        losses = _losses(methods, 3, facts)
+        distiller = Distiller(teacher, student, losses)
+        # The optimizer restarts after an initialisation stage (as in
+        # RepDistiller), so the cosine spans the ordinary epochs.
+        schedule = kd_callbacks.for_losses(losses, init_epochs)
         compile_fit(
             distiller,
-            train_ds(x_student, y_student, seed),
+            train_ds(x_student, y_student, seed, example_ids=needs_ids),
             init_epochs + args.epochs,
             student_steps,
             schedule,

@@ -211,6 +211,7 @@ def make_dataset(
     shuffle_buffer=None,
     seed=None,
     drop_remainder=False,
+    example_ids=False,
 ):
     """Builds a batched `tf.data.Dataset` of `(image, label)` from arrays.
 
@@ -248,9 +249,15 @@ def make_dataset(
         seed: seed for shuffling and augmentation. Defaults to `None`
             (different every run).
         drop_remainder: drop the last, smaller batch. Defaults to `False`.
+        example_ids: yield `({"image": images, "example_id": ids}, labels)`,
+            `ids` each example's index in `x`, for losses that read them
+            (`keras_kd.losses.ContrastiveRepresentation`'s memory bank). The
+            order, crops and flips are the same as without ids. Defaults to
+            `False`.
 
     Returns:
-        A `tf.data.Dataset` of `(float32 (B, H, W, C), int64 (B,))`.
+        A `tf.data.Dataset` of `(float32 (B, H, W, C), int64 (B,))`, or of
+        `({"image": ..., "example_id": int64 (B,)}, int64 (B,))`.
 
     Example:
 
@@ -305,7 +312,12 @@ def make_dataset(
                 f"{std.tolist()}."
             )
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if example_ids:
+        ds = tf.data.Dataset.from_tensor_slices(
+            (x, y, np.arange(len(x), dtype="int64"))
+        )
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
     if training:
         ds = ds.shuffle(
             shuffle_buffer or len(x), seed=seed, reshuffle_each_iteration=True
@@ -319,21 +331,65 @@ def make_dataset(
             ds = ds.map(
                 lambda example, op_seed: (
                     augment_fn(example[0], op_seed),
-                    example[1],
+                    *example[1:],
                 ),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     scale = 1.0 / 255.0 if rescale and x.dtype == np.uint8 else 1.0
 
-    def to_float(images, labels):
+    from keras_kd.step import EXAMPLE_ID
+
+    def to_float(images, labels, *ids):
         images = tf.cast(images, tf.float32) * scale
         if mean is not None:
             images = (images - mean.astype(np.float32)) / std.astype(np.float32)
+        if ids:
+            return {"image": images, EXAMPLE_ID: ids[0]}, labels
         return images, labels
 
     ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def with_example_ids(dataset, key="image"):
+    """Adds each example's index to an *unbatched* `tf.data` dataset.
+
+    `(x, y)` becomes `({key: x, "example_id": i}, y)` (`(x, y, w)` keeps
+    `w`), `i` the example's position in `dataset`. Apply it before
+    shuffling and batching, so that an example keeps its id whatever order
+    it comes in: losses with a memory bank (CRD) index the bank by it.
+
+    Args:
+        dataset: an unbatched `tf.data.Dataset` of `(x, y)` or `(x, y, w)`.
+        key: the key of the inputs in the dict. The Distiller feeds the
+            value to a one-input model whatever the key. Defaults to
+            `"image"`.
+
+    Returns:
+        A `tf.data.Dataset`.
+
+    Example:
+
+    ```python
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds = keras_kd.data.with_example_ids(ds).shuffle(len(x)).batch(64)
+    ```
+    """
+    tf = _tensorflow("with_example_ids")
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise ValueError(
+            "with_example_ids expects an unbatched dataset of (x, y) or "
+            f"(x, y, sample_weight) tuples; its elements are {spec}. Map "
+            "it to such tuples first."
+        )
+    from keras_kd.step import EXAMPLE_ID
+
+    def add(index, example):
+        return ({key: example[0], EXAMPLE_ID: index}, *example[1:])
+
+    return dataset.enumerate().map(add, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def channel_stats(x, *, chunk_size=1024):

@@ -8,6 +8,7 @@ import keras
 from keras_kd import backend as backend_lib
 from keras_kd import distribute as distribute_lib
 from keras_kd import numerics
+from keras_kd import step as step_lib
 from keras_kd import taps as taps_lib
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.tensors import shapes_compatible
@@ -44,6 +45,36 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
     predictions only; `call()` returns the student's multi-output
     extraction (`[predictions, *tapped features]`, one student pass).
 
+    What a step hands a loss. After each network ran once, every
+    distillation loss gets its tapped features and the step's
+    `keras_kd.step.StepContext`: the labels, one sample weight per example,
+    example ids (from an `"example_id"` entry of the input dict, which the
+    networks never see), the batch sizes and the replica count. A loss
+    names what it needs besides features in `requires` (`"labels"`,
+    `"example_ids"`); a step without it fails at trace time, before any
+    update, saying how to provide it. A per-example loss (`level =
+    "example"`) returns `(B,)` values, which the Distiller weights by
+    `sample_weight` and divides by the global batch size. A batch-level
+    loss (`level = "batch"`: relations between examples, a memory bank)
+    receives the features, labels, weights and ids of the *global* batch,
+    gathered across replicas under `tf.distribute` (differentiably), and
+    returns one scalar for it; `sample_weight` weighs its pairs by
+    `w_i * w_j` (an example of weight 0 takes no part), and a short last
+    batch split unevenly between replicas is gathered whole. A loss may
+    update its own variables in the step (CRD's memory bank, from the
+    global batch so that every replica writes the same values); it never
+    writes the context, the networks or the optimizer.
+
+    What a procedure may do (`procedures=`, `keras_kd.procedures.Procedure`:
+    training that is more than a loss). It reads inputs of its own (entries
+    of the input dict it names in `side_inputs`), owns variables (tracked,
+    trained by the Distiller's optimizer when trainable, saved with the
+    distiller), adds weighted terms computed from the step's context
+    (logged `<term>_loss`, weights set with `set_loss_weights`), and brings
+    the callbacks it needs in `fit` (`keras_kd.callbacks.for_distiller`),
+    e.g. one that steps a model of its own with an optimizer of its own
+    between batches. None of this edits the Distiller.
+
     Backends: the Distiller trains through Keras's own trainer hooks
     (`call`, `compute_loss`, `compute_metrics`, `predict_step`), so `fit`,
     `evaluate` and `predict` work on TensorFlow, JAX and PyTorch; the few
@@ -72,6 +103,8 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
             Defaults to each loss's `default_weight` (the value of the
             paper's official code, e.g. 50 for `NeuronSelectivityTransfer`).
         student_loss_weight: weight of the task loss. Defaults to `1.0`.
+        procedures: `keras_kd.procedures.Procedure`s hooked into the step
+            (see above). Defaults to `None`.
         check_finite: stop training, before the update is applied, when a
             weighted loss term or the weighted total becomes NaN or Inf,
             raising `keras_kd.NonFiniteLossError` that names the term.
@@ -118,6 +151,7 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         distillation_loss_weights=None,
         student_loss_weight=1.0,
         *,
+        procedures=None,
         check_finite=True,
         name="distiller",
         **kwargs,
@@ -125,6 +159,7 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         super().__init__(name=name, **kwargs)
         _check_models(teacher, student)
         losses = _check_losses(distillation_losses)
+        procedures = _check_procedures(procedures, losses)
         weights = _check_weights(losses, distillation_loss_weights)
         student_loss_weight = _check_weight(
             student_loss_weight,
@@ -140,6 +175,17 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         self._configured_weights.update(
             {loss.name: w for loss, w in zip(losses, weights)}
         )
+        self.procedures = procedures
+        for procedure in procedures:
+            term_weights = procedure.default_term_weights()
+            self._configured_weights.update(
+                {
+                    term: _check_weight(
+                        term_weights[term], f"the weight of term '{term}'"
+                    )
+                    for term in procedure.term_names
+                }
+            )
         self._distillation_loss_weights_arg = distillation_loss_weights
         self.loss_weight_variables = [
             keras.Variable(
@@ -167,10 +213,13 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
             check_models = getattr(loss, "check_models", None)
             if check_models is not None:
                 check_models(self.teacher, self.student)
+        for procedure in procedures:
+            procedure.configure(self)
+        self._side_input_keys = _side_input_keys(losses + procedures)
         names = self._term_names()
         for loss in losses:
-            if loss.num_pairs > 1:
-                names += [loss.pair_log_name(i) for i in range(loss.num_pairs)]
+            if loss.num_terms > 1:
+                names += [loss.term_log_name(i) for i in range(loss.num_terms)]
             names += loss.metric_names()
         self.term_trackers = [keras.metrics.Mean(name=n) for n in names]
         self._trackers = {m.name: m for m in self.term_trackers}
@@ -237,10 +286,17 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
                     distribute_lib.synchronize_batch_norm(connector)
 
     def _term_names(self):
-        """Log names of the weighted terms: task loss, then each loss."""
-        return ["student_loss"] + [
-            f"{loss.name}_loss" for loss in self.distillation_losses
-        ]
+        """Log names of the weighted terms: task loss, each loss, then each
+        procedure's terms."""
+        return (
+            ["student_loss"]
+            + [f"{loss.name}_loss" for loss in self.distillation_losses]
+            + [
+                f"{term}_loss"
+                for procedure in self.procedures
+                for term in procedure.term_names
+            ]
+        )
 
     def _guard_names(self):
         """Names of what the guard checks: inputs, weighted terms, total."""
@@ -285,6 +341,38 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         for name, value in checked.items():
             variables[name].assign(value)
 
+    # --- variables a procedure trains with an optimizer of its own ----------
+
+    def _own_state(self, variables):
+        """`variables` without those of the procedures' separately trained
+        layers: the Distiller's optimizer and its JAX state leave them to
+        the procedure's own optimizer."""
+        excluded = {
+            id(v)
+            for procedure in getattr(self, "procedures", ())
+            for layer in procedure.separately_trained()
+            for v in layer.variables
+        }
+        if not excluded:
+            return variables
+        return [v for v in variables if id(v) not in excluded]
+
+    @property
+    def trainable_variables(self):
+        return self._own_state(super().trainable_variables)
+
+    @property
+    def trainable_weights(self):
+        return self._own_state(super().trainable_weights)
+
+    @property
+    def non_trainable_variables(self):
+        return self._own_state(super().non_trainable_variables)
+
+    @property
+    def non_trainable_weights(self):
+        return self._own_state(super().non_trainable_weights)
+
     def get_loss(self, name):
         """The distillation loss called `name`."""
         for loss in self.distillation_losses:
@@ -299,12 +387,14 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
 
     def call(self, inputs, training=None):
         """The student's single pass: `[predictions, *tapped features]`."""
+        inputs, _ = step_lib.split_side_inputs(inputs, self._side_input_keys)
         student = self._extractors.student(inputs, training=training)
         if not self._extractors.student_multi:
             return [student]
         return list(student)
 
     def _run_teacher(self, x):
+        x, _ = step_lib.split_side_inputs(x, self._side_input_keys)
         teacher = self._extractors.teacher(x, training=False)
         if not self._extractors.teacher_multi:
             teacher = [teacher]
@@ -325,20 +415,24 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         """Runs the frozen teacher once and returns the weighted total.
 
         `y_pred` is the output of `call`: the student's predictions and
-        features. Updates the per-term trackers and, when training, the
-        non-finite guard.
+        features. Builds the step's `StepContext`, adds up the weighted
+        terms, updates the per-term trackers and, when training, the
+        non-finite guard. (The operations are created in the order of
+        keras_kd 0.1's step: TensorFlow's results depend on the graph's
+        order, and this keeps earlier runs reproducible to the digit.)
         """
         ops = keras.ops
         student = self(x, training=training) if y_pred is None else y_pred
         teacher = self._teacher_outputs(x)
+        inputs, side_inputs = step_lib.split_side_inputs(
+            x, self._side_input_keys
+        )
         predictions = student[0]
         replicas = backend_lib.get().replicas_in_sync()
-        batch = ops.cast(ops.shape(predictions)[0], "float32")
-        global_batch = batch * replicas
+        batch_size = ops.shape(predictions)[0]
+        batch = ops.cast(batch_size, "float32")
+        global_batch = batch * replicas if replicas == 1 else None
         example_weight = _example_weights(sample_weight)
-        weights = self.loss_weight_variables
-        term_names = self._term_names()
-        terms = []
         input_checks = [_negative_check(sample_weight)]
 
         if self._compile_loss is not None and y is not None:
@@ -351,35 +445,31 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         else:
             task = ops.zeros((), "float32")
         # Keras's loss is already divided by the replicas (tf.distribute).
-        terms.append(task)
+        terms = [task]
+        term_names = self._term_names()
         self._trackers[term_names[0]].update_state(
             task * replicas, sample_weight=batch
         )
-
+        context = step_lib.StepContext(
+            inputs=inputs,
+            labels=y,
+            sample_weight=example_weight,
+            side_inputs=side_inputs,
+            teacher=teacher,
+            student=student,
+            training=training,
+            replicas=replicas,
+            batch_size=batch_size,
+            global_batch_size=global_batch,
+        )
         for i, loss in enumerate(self.distillation_losses):
-            pairs = self._feature_index[i]
-            pair_losses, metrics = loss.compute(
-                [teacher[t] for t, _ in pairs],
-                [student[s] for _, s in pairs],
-                training=training,
+            terms.append(
+                self._distillation_term(
+                    loss, self._feature_index[i], context, term_names[i + 1]
+                )
             )
-            per_example = 0.0
-            for pw, value in zip(loss.pair_weights, pair_losses):
-                per_example = per_example + pw * value
-            if example_weight is not None:
-                per_example = per_example * example_weight
-            value = ops.sum(per_example) / global_batch
-            terms.append(value)
-            self._trackers[term_names[i + 1]].update_state(
-                value * replicas, sample_weight=batch
-            )
-            if loss.num_pairs > 1:
-                for j, pair_value in enumerate(pair_losses):
-                    self._trackers[loss.pair_log_name(j)].update_state(
-                        pair_value
-                    )
-            for name, value in metrics.items():
-                self._trackers[name].update_state(value)
+        for procedure in self.procedures:
+            terms += self._procedure_terms(procedure, context, term_names)
 
         regularization = ops.zeros((), "float32")
         for value in self._regularization_losses():
@@ -388,7 +478,10 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
             )
         regularization = regularization / replicas
 
-        weighted = [weight * value for weight, value in zip(weights, terms)]
+        weighted = [
+            weight * value
+            for weight, value in zip(self.loss_weight_variables, terms)
+        ]
         total = regularization
         for value in weighted:
             total = total + value
@@ -401,6 +494,90 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
                 numerics.first_non_finite(input_checks + weighted + [total]),
             )
         return total
+
+    def _distillation_term(self, loss, pairs, context, log_name):
+        """One loss's weighted sum of terms, this replica's share of it.
+
+        Per-example losses: the sum over this replica's examples (weighted
+        by `sample_weight`) divided by the global batch size. Batch-level
+        losses see the global batch (features gathered across replicas)
+        and return the global value; each replica holds `1 / replicas` of
+        it, as the replicas' gradients are summed. The trackers (summed
+        over replicas) get each replica's own mean, weighted by its
+        examples, so they log the global value even when a short batch is
+        split unevenly.
+        """
+        ops = keras.ops
+        teacher = [context.teacher[t] for t, _ in pairs]
+        student = [context.student[s] for _, s in pairs]
+        _check_requirements(loss, context)
+        replicas = context.replicas
+        batch = ops.cast(context.batch_size, "float32")
+        batch_level = loss.level == "batch"
+        if batch_level:
+            view = context.global_view()
+            teacher = [context.gather(t) for t in teacher]
+            student = [context.gather(s) for s in student]
+        else:
+            view = context
+        term_losses, metrics = loss.compute(
+            teacher, student, training=context.training, context=view
+        )
+        value = 0.0
+        for weight, term in zip(loss.pair_weights, term_losses):
+            value = value + weight * term
+        if batch_level:
+            value = ops.cast(value, "float32") / replicas
+            logged = value * replicas
+        else:
+            if context.sample_weight is not None:
+                value = value * context.sample_weight
+            value = ops.sum(value) / context.global_batch_size
+            logged = (
+                value * replicas
+                if replicas == 1
+                else value * context.global_batch_size / batch
+            )
+        self._trackers[log_name].update_state(logged, sample_weight=batch)
+        if loss.num_terms > 1:
+            for j, term in enumerate(term_losses):
+                self._trackers[loss.term_log_name(j)].update_state(term)
+        for name, metric in metrics.items():
+            self._trackers[name].update_state(metric)
+        return value
+
+    def _procedure_terms(self, procedure, context, term_names):
+        """A procedure's terms, in the order it declares them, logged."""
+        values = procedure.terms(context)
+        missing = [t for t in procedure.term_names if t not in values]
+        if missing:
+            raise ValueError(
+                f"{type(procedure).__name__} '{procedure.name}' declares "
+                f"the terms {list(procedure.term_names)} but its `terms()` "
+                f"returned no {missing}."
+            )
+        batch = keras.ops.cast(context.batch_size, "float32")
+        terms = []
+        for term in procedure.term_names:
+            value = keras.ops.cast(values[term], "float32")
+            self._trackers[f"{term}_loss"].update_state(
+                value * context.replicas, sample_weight=batch
+            )
+            terms.append(value)
+        return terms
+
+    def _check_step_data(self, x, y, training=True):
+        """Fails before any network runs when a loss lacks its inputs.
+
+        The eager PyTorch step calls this first, so that not even the
+        student's BatchNormalization statistics move; compiled steps fail
+        while tracing (`_check_requirements`), before anything runs.
+        """
+        _, side = step_lib.split_side_inputs(x, self._side_input_keys)
+        for loss in self.distillation_losses:
+            _check_present(
+                loss, y is not None, step_lib.EXAMPLE_ID in side, training
+            )
 
     def _regularization_losses(self):
         """The student's and connectors' regularisation losses.
@@ -559,6 +736,7 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
             "distillation_loss_weights": self._distillation_loss_weights_arg,
             "student_loss_weight": self._configured_weights["student"],
             "check_finite": self.check_finite,
+            "procedures": [serialize(p) for p in self.procedures] or None,
         }
 
     @classmethod
@@ -572,6 +750,10 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         config["distillation_losses"] = [
             deserialize(loss, custom_objects=custom_objects)
             for loss in config["distillation_losses"]
+        ]
+        config["procedures"] = [
+            deserialize(p, custom_objects=custom_objects)
+            for p in config.get("procedures") or []
         ]
         return cls(**config)
 
@@ -642,6 +824,33 @@ def _check_losses(distillation_losses):
     return losses
 
 
+def _check_procedures(procedures, losses):
+    from keras_kd.procedures import Procedure
+
+    if procedures is None:
+        return []
+    if isinstance(procedures, Procedure):
+        procedures = [procedures]
+    procedures = list(procedures)
+    for procedure in procedures:
+        if not isinstance(procedure, Procedure):
+            raise TypeError(
+                "Each procedure must be a `keras_kd.procedures.Procedure`; "
+                f"received {procedure!r} of type {type(procedure).__name__}."
+            )
+    names = ["student"] + [loss.name for loss in losses]
+    for procedure in procedures:
+        for term in procedure.term_names:
+            if term in names:
+                raise ValueError(
+                    f"{type(procedure).__name__} '{procedure.name}' adds a "
+                    f"term named '{term}', which another term already has; "
+                    f"the Distiller's terms are {names}. Rename one."
+                )
+            names.append(term)
+    return procedures
+
+
 def _check_weights(losses, weights):
     if weights is None:
         return [float(loss.default_weight) for loss in losses]
@@ -705,6 +914,53 @@ def _portable_optimizers(config):
 
 
 _INPUT_CHECKS = ("sample_weight", "labels")
+
+
+def _side_input_keys(losses):
+    """The input-dict keys the networks never see: example ids, and what a
+    loss declares in `side_inputs`."""
+    keys = {step_lib.EXAMPLE_ID}
+    for loss in losses:
+        keys.update(getattr(loss, "side_inputs", ()))
+    return frozenset(keys)
+
+
+_REQUIREMENT_HELP = {
+    "labels": (
+        "the labels: pass `y` to `fit` and compile the Distiller with a "
+        "task loss (`compile(loss=...)`; `student_loss_weight=0` switches "
+        "the task term off)"
+    ),
+    "example_ids": (
+        "example ids: pass the inputs as a dict with an 'example_id' "
+        "entry, the index of each example in the training set, e.g. "
+        "`fit({'image': x, 'example_id': np.arange(len(x))}, y)`, or "
+        "`keras_kd.data.with_example_ids(dataset)` for a tf.data pipeline"
+    ),
+}
+
+
+def _check_requirements(loss, context):
+    """Fails at trace time when the step lacks what `loss` reads."""
+    _check_present(
+        loss,
+        context.labels is not None,
+        context.example_ids is not None,
+        context.training,
+    )
+
+
+def _check_present(loss, has_labels, has_ids, training):
+    present = {"labels": has_labels, "example_ids": has_ids}
+    for need in loss.requires:
+        if present.get(need, True):
+            continue
+        if need == "example_ids" and not training:
+            continue  # evaluation data need no ids (see the loss)
+        raise ValueError(
+            f"{type(loss).__name__} '{loss.name}' reads "
+            f"{_REQUIREMENT_HELP[need]}. This step has none."
+        )
 
 
 def _negative_check(sample_weight):

@@ -7,6 +7,12 @@ so these runs cannot share the pytest process.
         One step of every loss on 1 device and on 2 logical CPU devices
         (MirroredStrategy) with the same global batch; writes the largest
         weight and loss differences per loss.
+    python distribute_script.py registry OUT.json
+        Every method of the registry (`registry.build` on keras_kd's
+        models), alone and with the task loss off, on 1 device and on 2
+        logical CPU devices with the same global batches: 16 examples, then
+        a short last batch of 15 that the replicas split 8 / 7. Writes the
+        largest weight and logged-loss differences per method.
     python distribute_script.py worker OUT.npz
         `fit` + `evaluate` under MultiWorkerMirroredStrategy when TF_CONFIG
         is set (one process per worker), else on one device; writes the
@@ -24,7 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 MODE, OUT = sys.argv[1], sys.argv[2]
-if MODE == "mirrored":
+if MODE in ("mirrored", "registry"):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
@@ -117,6 +123,62 @@ def mirrored():
         json.dump(report, f, indent=1)
 
 
+def registry_step(name, strategy):
+    from keras_kd.losses import registry
+    from keras_kd.models import conv_net
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, size=(31, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 5, size=(31,))
+    stats = dict(mean=[0.5] * 3, std=[0.29] * 3)
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        teacher = conv_net((8, 8, 3), 5, (8, 16), name="teacher", **stats)
+        student = conv_net((8, 8, 3), 5, (4, 8), name="student", **stats)
+        synchronize_batch_norm(student)
+        loss = registry.build(name, stages=2, facts={"num_examples": 31})
+        # The task loss off: Keras's own compiled loss divides the local
+        # mean by the replicas, which is not the global mean on 8 / 7.
+        distiller = Distiller(teacher, student, [loss], student_loss_weight=0)
+        distiller.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss="sparse_categorical_crossentropy",
+        )
+    inputs = x
+    if "example_ids" in loss.requires:
+        inputs = {"image": x, "example_id": np.arange(31)}
+    logs = distiller.fit(
+        inputs, y, batch_size=16, epochs=1, verbose=0, shuffle=False
+    ).history
+    return [to_numpy(v) for v in distiller.weights], logs
+
+
+def registry_run():
+    from keras_kd.losses import registry
+
+    assert STRATEGY.num_replicas_in_sync == 2
+    report = {}
+    for name in registry.names():
+        one, one_logs = registry_step(name, tf.distribute.get_strategy())
+        two, two_logs = registry_step(name, STRATEGY)
+        report[name] = {
+            # Relative above 1: CRD's normalising constants are ~1e4.
+            "weight_diff": max(
+                float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(a))))
+                for a, b in zip(one, two)
+            ),
+            # The logged task loss is Keras's (see above); its weight is 0.
+            "loss_rel_diff": max(
+                abs(two_logs[k][0] - v[0]) / max(abs(v[0]), 1e-12)
+                for k, v in one_logs.items()
+                if k != "student_loss"
+            ),
+            "logs": {k: v[0] for k, v in two_logs.items()},
+        }
+    with open(OUT, "w") as f:
+        json.dump(report, f, indent=1)
+
+
 def worker():
     x, y = data(n=32)
     with STRATEGY.scope():
@@ -139,4 +201,4 @@ def worker():
 
 
 if __name__ == "__main__":
-    {"mirrored": mirrored, "worker": worker}[MODE]()
+    {"mirrored": mirrored, "worker": worker, "registry": registry_run}[MODE]()

@@ -45,12 +45,16 @@ SUITES = {
         "tests/test_taps.py",
         "tests/test_backend_behaviour.py",
         "tests/test_numpy_warnings.py",
+        "tests/test_methods.py",
+        "tests/test_procedures.py",
     ],
     "torch": [
         "tests/losses",
         "tests/test_taps.py",
         "tests/test_backend_behaviour.py",
         "tests/test_numpy_warnings.py",
+        "tests/test_methods.py",
+        "tests/test_procedures.py",
     ],
 }
 # Run with them: the docstring examples of the loss modules.

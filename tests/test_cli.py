@@ -11,6 +11,7 @@ import pytest
 
 from keras_kd import cli
 from keras_kd import data
+from keras_kd.losses import registry
 from keras_kd.models import conv_net
 from keras_kd.models import resnet
 
@@ -46,7 +47,9 @@ def test_main_job_quick_on_an_npz(tmp_path):
             "--batch-size",
             "16",
             "--methods",
-            "kd,ab,nst,hint,at",
+            # Every method of the registry, with its default layers, in
+            # one distiller (AB and FSP as the initialisation stage).
+            ",".join(registry.names()),
             "--output",
             str(out),
         ]
@@ -192,6 +195,9 @@ def test_help_shows_both_commands_and_every_flag_has_help(capsys):
     assert "usage: keras-kd distill" not in text
     for action in cli._parser()._actions:
         assert action.help, f"{action.option_strings} has no help text"
+    # --methods lists what the registry holds.
+    for line in registry.describe():
+        assert line.split(" ")[0] in text
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,25 @@ def test_two_replicas_step_equals_one_device_step(tmp_path):
     assert report["activation_boundary_per_replica_bn"]["weight_diff"] > 1e-4
 
 
+@pytest.mark.slow
+def test_every_registered_method_two_replicas_equal_one_device(tmp_path):
+    """Every method of the registry (batch-level ones on the gathered
+    global batch), over a full batch of 16 and a short last batch of 15
+    that the two replicas split 8 / 7: the same weights and logged losses
+    as one device. (The task loss is off: Keras's compiled loss takes the
+    mean of the replicas' means, which differs on an uneven split.)"""
+    from keras_kd.losses import registry
+
+    out, log = tmp_path / "registry.json", tmp_path / "registry.log"
+    _wait_all([_start(["registry", str(out)], log)], [log], timeout=600)
+    report = json.loads(out.read_text())
+    assert sorted(report) == sorted(registry.names())
+    for name, result in report.items():
+        assert result["weight_diff"] < WEIGHT_ATOL, (name, result)
+        assert result["loss_rel_diff"] < LOSS_RTOL, (name, result)
+        assert all(np.isfinite(v) for v in result["logs"].values()), name
+
+
 def _free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:

@@ -13,7 +13,8 @@ little that differs lives in one module per backend, chosen once from
 - `torch.py`: the non-finite guard as a check before the backward pass.
 
 Each module exports `TrainerMixin` (mixed into `Distiller` ahead of
-`keras.Model`), `replicas_in_sync()` and `record_non_finite(distiller, bad)`.
+`keras.Model`), `replicas_in_sync()`, `all_gather(value)` (the global batch
+for batch-level losses) and `record_non_finite(distiller, bad)`.
 Importing this package imports only the active backend's module, so
 `import keras_kd` never imports TensorFlow under JAX or PyTorch.
 """

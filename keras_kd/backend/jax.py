@@ -31,6 +31,11 @@ def replicas_in_sync():
     return 1
 
 
+def all_gather(value):
+    """The identity: the step sees the whole batch."""
+    return value
+
+
 def record_non_finite(distiller, bad):
     """Stores the step's first bad term index in the guard's flag variable."""
     flag = distiller._non_finite_flag
@@ -43,6 +48,45 @@ def _flag_index(distiller):
         if variable is flag:
             return index
     raise RuntimeError("keras_kd: the non-finite guard's flag is not tracked.")
+
+
+_STATE_KEYS = {
+    4: (
+        "trainable_variables",
+        "non_trainable_variables",
+        "optimizer_variables",
+        "metrics_variables",
+    ),
+    3: ("trainable_variables", "non_trainable_variables", "metrics_variables"),
+}
+
+
+def _restoring(distiller, function, parts):
+    """Wraps a JAX train / test function: if a step raises (e.g. a clear
+    error while tracing, for data without the labels or example ids a loss
+    reads), the model's variables get the step's input state back.
+
+    Keras's JAX `fit` and `evaluate` detach every variable's value before
+    the first step and reattach the state after the epoch, so an exception
+    in a step would otherwise leave the student's variables empty.
+    """
+
+    def restoring(state, iterator):
+        try:
+            return function(state, iterator)
+        except numerics.NonFiniteLossError:
+            raise  # the guard has put back the last finite state
+        except Exception:
+            try:
+                distiller._jax_state = dict(zip(_STATE_KEYS[parts], state))
+                distiller._jax_state_synced = False
+                distiller.jax_state_sync()
+            except Exception:  # noqa: BLE001 - the state was donated
+                pass
+            raise
+
+    restoring.keras_kd_restores = True
+    return restoring
 
 
 class TrainerMixin:
@@ -75,6 +119,8 @@ class TrainerMixin:
 
     def make_train_function(self, force=False):
         super().make_train_function(force=force)
+        if not getattr(self.train_function, "keras_kd_restores", False):
+            self.train_function = _restoring(self, self.train_function, 4)
         function = self.train_function
         if not self.check_finite or getattr(
             function, "keras_kd_guarded", False
@@ -112,8 +158,15 @@ class TrainerMixin:
             return logs, state
 
         guarded.keras_kd_guarded = True
+        guarded.keras_kd_restores = True
         self.train_function = guarded
         return guarded
+
+    def make_test_function(self, force=False):
+        super().make_test_function(force=force)
+        if not getattr(self.test_function, "keras_kd_restores", False):
+            self.test_function = _restoring(self, self.test_function, 3)
+        return self.test_function
 
     def jax_state_sync(self):
         super().jax_state_sync()

@@ -56,6 +56,19 @@ def replicas_in_sync():
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def all_gather(value):
+    """`value` concatenated over the replicas (batch axis), differentiably.
+
+    `ReplicaContext.all_gather` accepts parts of different lengths (a short
+    last batch) and its gradient hands each replica the slice of its own
+    examples.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_gather(value, axis=0)
+
+
 def is_multi_worker(strategy):
     """Whether `strategy` is a `MultiWorkerMirroredStrategy` with >1 worker.
 
@@ -179,6 +192,23 @@ def raise_on_non_finite(function, flag, names):
     return guarded
 
 
+def _replica_mean(loss, batch, loss_module):
+    """What a replica logs so that the summed logs give the global total.
+
+    Each replica's `loss` is its share of the global total; the tracker
+    needs the replica's own mean (weighted by its examples): `loss *
+    global batch / local batch`. Keras multiplies by the replica count
+    instead, which is the same only when the batch splits evenly (a short
+    last batch of 15 splits 8 / 7).
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return loss_module.unscale_loss_for_distribution(loss)
+    local = tf.cast(batch, loss.dtype)
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, local)
+    return loss * total / local
+
+
 class TrainerMixin:
     """TensorFlow pieces of `Distiller` (see the module docstring)."""
 
@@ -203,7 +233,7 @@ class TrainerMixin:
                 next(i for i in keras.tree.flatten(x) if i is not None)
             )[0]
             self._loss_tracker.update_state(
-                loss_module.unscale_loss_for_distribution(loss),
+                _replica_mean(loss, batch, loss_module),
                 sample_weight=batch,
             )
             scaled = self.optimizer.scale_loss(loss)

@@ -27,6 +27,11 @@ def replicas_in_sync():
     return 1
 
 
+def all_gather(value):
+    """The identity: the step sees the whole batch."""
+    return value
+
+
 def record_non_finite(distiller, bad):
     index = int(bad)
     if index >= 0:
@@ -37,7 +42,8 @@ class TrainerMixin:
     """PyTorch pieces of `Distiller` (see the module docstring)."""
 
     def train_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        self._check_step_data(x, y)
         with torch.no_grad():
             self._teacher_stash.outputs = self._run_teacher(x)
         try:

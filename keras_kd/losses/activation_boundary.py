@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from keras_kd.connectors import Connector
+from keras_kd.losses import registry
 from keras_kd.losses.base import CONNECTOR_CHOICES
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.tap_check import describe_boundary_problem
@@ -18,6 +19,12 @@ from keras_kd.losses.tensors import validate_reduction
 from keras_kd.losses.tensors import validate_same_shape
 from keras_kd.losses.validation import check_real
 from keras_kd.losses.validation import is_graph_value
+
+__all__ = [
+    "ActivationBoundary",
+    "activation_boundary_loss",
+    "boundary_agreement",
+]
 
 _RANK_HINT = (
     "Pass a dense pre-activation (B, C) or a feature map (B, H, W, C); map "
@@ -185,6 +192,15 @@ def boundary_agreement(
     return reduce_per_example(per_example, reduction)
 
 
+def _keras_kd_taps(stages):
+    """Every stage's last ReLU, in teacher and student."""
+    relus = [f"stage{i}_relu" for i in range(1, stages + 1)]
+    return dict(teacher_layer_name=relus, student_layer_name=relus)
+
+
+@registry.register(
+    "ab", "activation_boundary", taps={"keras_kd": _keras_kd_taps}
+)
 @keras.saving.register_keras_serializable(package="keras_kd")
 class ActivationBoundary(DistillationLoss):
     """Activation boundary transfer over one or several layer pairs.
@@ -270,6 +286,7 @@ class ActivationBoundary(DistillationLoss):
     default_weight = 1.0
     paper_weight = 3e-3
     default_tap = "preactivation"
+    initialization_stage = True
     pair_metric_names = ("boundary_agreement",)
 
     def __init__(

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_kd.losses import registry
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.spatial import SpatialAlignment
 from keras_kd.losses.tensors import flatten_per_example
@@ -12,6 +13,12 @@ from keras_kd.losses.tensors import to_float32
 from keras_kd.losses.tensors import validate_rank
 from keras_kd.losses.tensors import validate_reduction
 from keras_kd.losses.validation import check_real
+
+__all__ = [
+    "AttentionTransfer",
+    "attention_map",
+    "attention_transfer_loss",
+]
 
 _RANK_WHAT = "Attention transfer needs spatial feature maps (B, H, W, C)"
 _RANK_HINT = "Tap a convolutional layer's output, not a pooled or dense one."
@@ -187,6 +194,15 @@ def attention_transfer_loss(
     return reduce_per_example(per_example, reduction)
 
 
+def _keras_kd_taps(stages):
+    """Every stage's last ReLU, in teacher and student."""
+    relus = [f"stage{i}_relu" for i in range(1, stages + 1)]
+    return dict(teacher_layer_name=relus, student_layer_name=relus)
+
+
+@registry.register(
+    "at", "attention_transfer", taps={"keras_kd": _keras_kd_taps}
+)
 @keras.saving.register_keras_serializable(package="keras_kd")
 class AttentionTransfer(SpatialAlignment, DistillationLoss):
     """Attention transfer over one or several layer pairs.

@@ -3,9 +3,20 @@
 A distillation loss names the tensors it reads (`pair_taps`: one
 `(teacher Tap, student Tap)` per layer pair, `None` for a model's logits), is
 configured once by the Distiller with the shapes of those tensors (building
-any connector it needs and rejecting shapes it cannot reconcile), and then
-returns *per-example* values so the Distiller can weight them by
-`sample_weight` and reduce them over the global batch.
+any connector it needs and rejecting shapes it cannot reconcile), and then,
+each step, returns its values in one of two forms (`level`):
+
+- `"example"` (the default): one `(B,)` tensor of per-example values per
+  term, which the Distiller weights by `sample_weight` and reduces over the
+  global batch;
+- `"batch"`: one scalar per term for the whole *global* batch (relations
+  between examples, a memory bank). The Distiller hands such a loss the
+  features gathered across replicas (`keras_kd.step.StepContext`), so the
+  value is the one device's value; the loss applies the sample weights
+  itself (`keras_kd.losses.pairwise`: each pair weighted by `w_i * w_j`).
+
+What else a loss reads in the step (the labels, the example ids) it names in
+`requires`; the Distiller checks it is there.
 
 Losses are Keras layers so that their connectors and variables (a
 temperature a callback may change) are tracked, trained and saved with the
@@ -46,11 +57,17 @@ def _as_list(value, what):
 
 
 class DistillationLoss(keras.layers.Layer):
-    """Base class: layer pairs, their taps, per-pair weights, per-example math.
+    """Base class: layer pairs, their taps, per-term weights, the loss math.
 
     Subclasses implement `configure_pair` (build a connector / validate
-    shapes) and `pair_loss` (per-example float32 values of shape `(B,)`), and
-    may implement `pair_metrics`.
+    shapes) and `pair_loss` (per-example float32 values of shape `(B,)`; for
+    `level = "batch"`, `pair_loss(index, teacher, student, sample_weight)`
+    returning one scalar), and may implement `pair_metrics`, or override
+    `compute` to read the step's labels or example ids (`context`).
+
+    A loss usually has one term per layer pair; a loss whose terms combine
+    pairs (FSP's Gram matrices between consecutive taps) overrides
+    `num_terms_of(num_pairs)`; `pair_weights` then hold one weight per term.
 
     Args:
         teacher_layer_name: a layer name, a list of names (one per pair), or
@@ -78,6 +95,19 @@ class DistillationLoss(keras.layers.Layer):
     default_tap = "output"
     #: Whether the loss reads hidden layers (and so needs layer names).
     reads_hidden_layers = True
+    #: `"example"`: `compute` returns per-example `(B,)` values; `"batch"`:
+    #: one scalar per term over the global batch (see the module docstring).
+    level = "example"
+    #: What the loss reads from the step besides the features: any of
+    #: `"labels"` and `"example_ids"` (`keras_kd.step.StepContext`).
+    requires = ()
+    #: Whether the method trains as an initialisation stage before the task
+    #: (`keras_kd.callbacks.InitializationSchedule`: AB, FSP).
+    initialization_stage = False
+    #: Whether the loss compares the student with a target that training
+    #: moves (CRD's memory bank), so that its value need not fall from one
+    #: step to the next even on a fixed batch.
+    moving_target = False
 
     def __init__(
         self,
@@ -129,7 +159,7 @@ class DistillationLoss(keras.layers.Layer):
         self.student_layer_name = student_layer_name
         self.teacher_tap = teacher_tap or self.default_tap
         self.student_tap = student_tap or self.default_tap
-        n = len(teachers)
+        n = self.num_terms_of(len(teachers))
         if pair_weights is None:
             weights = self.default_pair_weights(n)
         else:
@@ -159,6 +189,20 @@ class DistillationLoss(keras.layers.Layer):
     def num_pairs(self):
         return len(self.pair_taps)
 
+    @classmethod
+    def num_terms_of(cls, num_pairs):
+        """How many weighted terms `num_pairs` layer pairs give (one each)."""
+        return num_pairs
+
+    @property
+    def num_terms(self):
+        """The number of weighted terms (and of `pair_weights`)."""
+        return self.num_terms_of(self.num_pairs)
+
+    def term_log_name(self, index):
+        """The log name of one term's value (`<loss>_<student layer>`)."""
+        return self.pair_log_name(index)
+
     #: Deprecated attribute names a subclass still answers to:
     #: `{old name: (message, function of the loss returning the value)}`.
     _deprecated_attributes = {
@@ -182,6 +226,11 @@ class DistillationLoss(keras.layers.Layer):
         # every attribute `dir()` lists, which would warn on every save.
         deprecated = type(self)._deprecated_attributes.get(name)
         if deprecated is None:
+            # PyTorch's `Module.__getattr__` finds sublayers set as
+            # attributes (they live in `_modules`, not `__dict__`).
+            parent = getattr(super(), "__getattr__", None)
+            if parent is not None:
+                return parent(name)
             raise AttributeError(
                 f"'{type(self).__name__}' object has no attribute '{name}'"
             )
@@ -259,20 +308,39 @@ class DistillationLoss(keras.layers.Layer):
 
     # --- math ---------------------------------------------------------------
 
-    def compute(self, teacher_features, student_features, training=False):
-        """Per-example float32 values for every layer pair.
+    def compute(
+        self, teacher_features, student_features, training=False, context=None
+    ):
+        """Float32 values for every term: per example, or for the batch.
+
+        Args:
+            teacher_features, student_features: the tapped tensors, one per
+                layer pair (for `level = "batch"`, gathered over the global
+                batch).
+            training: whether the step trains (connectors' BatchNorm).
+            context: the step's `keras_kd.step.StepContext` (labels, sample
+                weights, example ids; global for `level = "batch"`), or
+                `None` when the loss is called outside a Distiller.
 
         Returns:
-            `(pair_losses, metrics)`: a list with one `(B,)` tensor per pair,
-            and a dict of extra per-example metrics (`(B,)` tensors), named
-            as `metric_names()` lists them.
+            `(term_losses, metrics)`: a list with one value per term (a
+            `(B,)` tensor, or a scalar for `level = "batch"`), and a dict of
+            extra metrics of the same kind, named as `metric_names()` lists
+            them.
         """
+        batch = self.level == "batch"
+        weights = None
+        if batch and context is not None:
+            weights = context.sample_weight
         pair_losses = []
         metrics = {}
         per_pair_metrics = []
         for index, (t, s) in enumerate(zip(teacher_features, student_features)):
             t, s = self.prepare_pair(index, t, s, training)
-            pair_losses.append(self.pair_loss(index, t, s))
+            if batch:
+                pair_losses.append(self.pair_loss(index, t, s, weights))
+            else:
+                pair_losses.append(self.pair_loss(index, t, s))
             per_pair_metrics.append(self.pair_metrics(index, t, s))
         for base in self.pair_metric_names:
             values = [m[base] for m in per_pair_metrics]
@@ -291,8 +359,12 @@ class DistillationLoss(keras.layers.Layer):
             student, "float32"
         )
 
-    def pair_loss(self, index, teacher, student):
-        """Per-example loss `(B,)` of one pair (float32 inputs)."""
+    def pair_loss(self, index, teacher, student, *sample_weight):
+        """One pair's loss: `(B,)` per example, or a scalar for the batch.
+
+        `level = "batch"` losses receive the global batch's sample weights
+        (`(B,)` or `None`) as a fourth argument.
+        """
         raise NotImplementedError
 
     #: Names of the extra per-example metrics `pair_metrics` returns.

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_kd.connectors import Connector
+from keras_kd.losses import registry
 from keras_kd.losses.base import CONNECTOR_CHOICES
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.tensors import flatten_per_example
@@ -13,6 +14,11 @@ from keras_kd.losses.tensors import reduce_per_example
 from keras_kd.losses.tensors import to_float32
 from keras_kd.losses.tensors import validate_reduction
 from keras_kd.losses.tensors import validate_same_shape
+
+__all__ = [
+    "FitNetsHint",
+    "fitnets_hint_loss",
+]
 
 _RANK_WHAT = "fitnets_hint_loss needs batched tensors (B, ...)"
 
@@ -85,6 +91,15 @@ def fitnets_hint_loss(teacher_hint, student_guided, *, reduction="mean"):
     return reduce_per_example(per_example, reduction)
 
 
+def _keras_kd_taps(stages):
+    """The ReLU ending the stage before the last, in both networks."""
+    hint = f"stage{max(stages - 1, 1)}_relu"
+    return dict(teacher_layer_name=hint, student_layer_name=hint)
+
+
+@registry.register(
+    "fitnets", "hint", "fitnets_hint", taps={"keras_kd": _keras_kd_taps}
+)
 @keras.saving.register_keras_serializable(package="keras_kd")
 class FitNetsHint(DistillationLoss):
     """FitNets hint learning: a regressor maps the student onto the teacher.

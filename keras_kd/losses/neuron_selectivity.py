@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_kd.losses import registry
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.spatial import SpatialAlignment
 from keras_kd.losses.tensors import l2_normalize
@@ -13,6 +14,11 @@ from keras_kd.losses.tensors import validate_reduction
 from keras_kd.losses.validation import check_real
 from keras_kd.losses.validation import is_graph_value
 from keras_kd.losses.validation import is_integer
+
+__all__ = [
+    "NeuronSelectivityTransfer",
+    "neuron_selectivity_loss",
+]
 
 KERNELS = ("linear", "polynomial", "gaussian")
 
@@ -252,6 +258,20 @@ def neuron_selectivity_loss(
     return reduce_per_example(per_example, reduction)
 
 
+def _keras_kd_taps(stages):
+    """The pre-activation of the last stage's ReLU, in both networks."""
+    deepest = f"stage{stages}_relu"
+    return dict(
+        teacher_layer_name=deepest,
+        student_layer_name=deepest,
+        teacher_tap="preactivation",
+        student_tap="preactivation",
+    )
+
+
+@registry.register(
+    "nst", "neuron_selectivity", taps={"keras_kd": _keras_kd_taps}
+)
 @keras.saving.register_keras_serializable(package="keras_kd")
 class NeuronSelectivityTransfer(SpatialAlignment, DistillationLoss):
     """Neuron selectivity transfer over one or several layer pairs.

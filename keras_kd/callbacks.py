@@ -144,7 +144,8 @@ class InitializationSchedule(StagedSchedule):
         init_epochs: epochs of stage 1 (RepDistiller: 30 of 240).
         losses: the names of the initialisation losses. Defaults to every
             loss of the Distiller whose class says it is one
-            (`initialization_stage = True`, e.g. `ActivationBoundary`).
+            (`initialization_stage = True`: `ActivationBoundary`,
+            `FlowOfSolution`).
         restart_optimizer: restart the optimizer (step count and moments to
             zero; learning-rate variable and loss scale kept) when stage 2
             begins. Defaults to `True`; `False` keeps one optimizer state
@@ -155,7 +156,7 @@ class InitializationSchedule(StagedSchedule):
     #: The loss classes this schedule initialises with (`None`: any class
     #: with `initialization_stage = True`), and the name used in errors.
     loss_class = None
-    method = "an initialisation loss (e.g. ActivationBoundary)"
+    method = "an initialisation loss (ActivationBoundary, FlowOfSolution)"
 
     def __init__(
         self, init_epochs, losses=None, restart_optimizer=True, verbose=0
@@ -259,6 +260,36 @@ class ActivationBoundarySchedule(InitializationSchedule):
         from keras_kd.losses.activation_boundary import ActivationBoundary
 
         self.loss_class = ActivationBoundary
+        super().__init__(
+            init_epochs, restart_optimizer=restart_optimizer, verbose=verbose
+        )
+
+
+class FlowOfSolutionSchedule(InitializationSchedule):
+    """FSP's two stages (Yim et al.): FSP alone first, then the task.
+
+    `InitializationSchedule` with the Distiller's `FlowOfSolution` losses:
+    stage 1 (`init_epochs` epochs) trains the student (and any connectors)
+    on the FSP matrices alone; stage 2 trains on the task loss and the other
+    losses, without FSP. RepDistiller: 30 initialisation epochs, then 240 of
+    cross-entropy (its `-b` weight multiplies a zero FSP term there).
+
+    Reference:
+        Yim, Joo, Bae, Kim, "A Gift from Knowledge Distillation", CVPR 2017.
+
+    Args:
+        init_epochs: epochs of stage 1.
+        restart_optimizer: restart the optimizer when stage 2 begins.
+            Defaults to `True`.
+        verbose: print the weights when the stage changes. Defaults to `0`.
+    """
+
+    method = "a FlowOfSolution loss"
+
+    def __init__(self, init_epochs, restart_optimizer=True, verbose=0):
+        from keras_kd.losses.flow_of_solution import FlowOfSolution
+
+        self.loss_class = FlowOfSolution
         super().__init__(
             init_epochs, restart_optimizer=restart_optimizer, verbose=verbose
         )
@@ -370,7 +401,8 @@ def for_losses(losses, init_epochs=0):
     """The callbacks a set of losses asks for, to pass to `fit`.
 
     - `InitializationSchedule(init_epochs)` when `init_epochs > 0` and a
-      loss is an initialisation stage (e.g. `ActivationBoundary`);
+      loss is an initialisation stage (`ActivationBoundary`,
+      `FlowOfSolution`);
     - `LinearWarmup` for the losses with a `warmup` fraction.
 
     Args:

@@ -46,7 +46,9 @@ SUITES = {
         "tests/test_backend_behaviour.py",
         "tests/test_numpy_warnings.py",
         "tests/test_methods.py",
+        "tests/test_schedules.py",
         "tests/test_procedures.py",
+        "tests/test_contrastive_bank.py",
     ],
     "torch": [
         "tests/losses",
@@ -54,7 +56,9 @@ SUITES = {
         "tests/test_backend_behaviour.py",
         "tests/test_numpy_warnings.py",
         "tests/test_methods.py",
+        "tests/test_schedules.py",
         "tests/test_procedures.py",
+        "tests/test_contrastive_bank.py",
     ],
 }
 # Run with them: the docstring examples of the loss modules.

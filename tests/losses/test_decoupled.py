@@ -277,3 +277,23 @@ def test_compiled_matches_eager():
         rtol=RTOL,
         atol=ATOL,
     )
+
+
+def test_distiller_without_labels_fails_before_training_and_says_how():
+    import keras
+
+    from keras_kd import Distiller
+    from keras_kd.losses import DecoupledKnowledgeDistillation
+    from keras_kd.models import conv_net
+
+    keras.utils.set_random_seed(0)
+    teacher = conv_net((8, 8, 3), 5, (8, 16), name="teacher")
+    student = conv_net((8, 8, 3), 5, (4, 8), name="student")
+    distiller = Distiller(teacher, student, [DecoupledKnowledgeDistillation()])
+    distiller.compile(optimizer="sgd")
+    before = [to_numpy(w) for w in student.weights]
+    x = np.random.default_rng(0).uniform(0, 255, (8, 8, 8, 3))
+    with pytest.raises(ValueError, match="reads the labels: pass `y`"):
+        distiller.fit(x.astype("float32"), epochs=1, verbose=0)
+    for a, b in zip(before, student.weights):
+        np.testing.assert_array_equal(a, to_numpy(b))

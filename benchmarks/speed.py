@@ -30,6 +30,9 @@ sizes.
     python benchmarks/speed.py --quick  # small sizes, ~1.5 min
     # or torch, or KERAS_BACKEND=...:
     python benchmarks/speed.py --quick --backend jax
+    # the registry's methods beyond the hand-written configurations, with
+    # KD and the floors (no loss-math sections) -> speed_methods[_BACKEND]:
+    python benchmarks/speed.py --configs methods --backend jax
 
 Every backend times the same configurations against its own floor, and the
 loss math and NST scaling with its own gradient machinery (`grad_step`).
@@ -785,9 +788,9 @@ def memory_child(name, size):
     )
 
 
-def measure_memory(size, s):
+def measure_memory(size, s, names):
     results = {}
-    for name in configs_of(s):
+    for name in names:
         out = subprocess.run(
             [
                 sys.executable,
@@ -1017,6 +1020,14 @@ def main(argv=None):
         "steady the medians on a loaded machine",
     )
     parser.add_argument(
+        "--configs",
+        default=None,
+        help="run only these configurations (comma-separated; the floors "
+        "always run), or 'methods' for every registry method beyond the "
+        "hand-written ones, with KD beside them; skips the loss-math and NST "
+        "sections and writes results/speed_methods[_SIZE][_BACKEND]",
+    )
+    parser.add_argument(
         "--compare",
         action="store_true",
         help="run nothing: put the committed results of the three backends "
@@ -1041,7 +1052,28 @@ def main(argv=None):
     )
     load_at_start = os.getloadavg()
     wall = time.time()
+    selected = configs_of(s)
+    if args.configs:
+        wanted = (
+            ["kd", *REGISTRY_CONFIGS]
+            if args.configs == "methods"
+            else [c for c in args.configs.split(",") if c]
+        )
+        unknown = [c for c in wanted if c not in selected]
+        if unknown:
+            parser.error(
+                f"unknown configurations {unknown}; this size runs {selected}"
+            )
+        floors = ["student", "teacher_inference"]
+        if "ab_kd" in wanted:
+            floors.append("student_connectors")
+        selected = [c for c in selected if c in floors or c in wanted]
     stem = args.output or _results_stem(size, BACKEND)
+    if args.configs and not args.output:
+        stem = os.path.join(
+            os.path.dirname(stem),
+            os.path.basename(stem).replace("speed", "speed_methods", 1),
+        )
     if args.dtype_policy and not args.output:
         stem += f"_{args.dtype_policy}"
 
@@ -1054,9 +1086,7 @@ def main(argv=None):
         flush=True,
     )
     data = batches(s)
-    built = {
-        name: build_step(name, s, teacher, shape) for name in configs_of(s)
-    }
+    built = {name: build_step(name, s, teacher, shape) for name in selected}
     steps = {name: b[0] for name, b in built.items()}
     print("timing steps (interleaved)", flush=True)
     times = time_interleaved(steps, data, s)
@@ -1065,7 +1095,7 @@ def main(argv=None):
 
     math, nst = {}, []
     # The loss math reads the CIFAR pair's taps.
-    if "pair" not in s:
+    if "pair" not in s and not args.configs:
         print("timing the loss math alone", flush=True)
         math = loss_math_times(s, teacher, shape, max(10, s["nst_repeats"]))
         math.update(
@@ -1080,7 +1110,7 @@ def main(argv=None):
         if args.skip_memory
         else (
             print("peak memory (one subprocess each)", flush=True)
-            or measure_memory(size, s)
+            or measure_memory(size, s, selected)
         )
     )
     load_at_end = os.getloadavg()
@@ -1096,7 +1126,7 @@ def main(argv=None):
         "Δ RSS MB",
     ]
     rows = []
-    for name in configs_of(s):
+    for name in selected:
         family, what = CONFIGS[name]
         v = 1e3 * np.asarray(times[name])
         q1, q3 = np.percentile(v, [25, 75])
@@ -1122,16 +1152,22 @@ def main(argv=None):
 
     floor_connectors = (
         medians["student_connectors"] + medians["teacher_inference"]
+        if "student_connectors" in medians
+        else None
     )
     conn_header = ["config", "median ms", "floor with connectors ms", "×"]
-    conn_rows = [
+    conn_rows = (
         [
-            "ab_kd",
-            f"{1e3 * medians['ab_kd']:.1f}",
-            f"{1e3 * floor_connectors:.1f}",
-            f"{medians['ab_kd'] / floor_connectors:.3f}",
+            [
+                "ab_kd",
+                f"{1e3 * medians['ab_kd']:.1f}",
+                f"{1e3 * floor_connectors:.1f}",
+                f"{medians['ab_kd'] / floor_connectors:.3f}",
+            ]
         ]
-    ]
+        if floor_connectors and "ab_kd" in medians
+        else []
+    )
     print()
     common.print_table(conn_header, conn_rows)
 
@@ -1248,25 +1284,27 @@ def main(argv=None):
         "",
     ]
     lines += common.markdown_table(header, rows)
-    lines += [
-        "",
-        "![step time](" + os.path.basename(stem) + ".png)",
-        "",
-        "## AB + KD against the floor with its connectors",
-        "",
-        'AB\'s connectors (`connector="always"`, as the official code) '
-        "are three trainable 1×1 conv + BN layers: compute the user asked "
-        "for, which the plain floor leaves out. Their floor is (a') + (b).",
-        "",
-    ]
-    lines += common.markdown_table(conn_header, conn_rows)
-    lines += [
-        "",
-        "## keras_kd against keras.distillation (same student, teacher, "
-        "batches)",
-        "",
-    ]
-    lines += common.markdown_table(vs_header, vs_rows)
+    lines += ["", "![step time](" + os.path.basename(stem) + ".png)"]
+    if conn_rows:
+        lines += [
+            "",
+            "## AB + KD against the floor with its connectors",
+            "",
+            'AB\'s connectors (`connector="always"`, as the official code) '
+            "are three trainable 1×1 conv + BN layers: compute the user "
+            "asked for, which the plain floor leaves out. Their floor is "
+            "(a') + (b).",
+            "",
+        ]
+        lines += common.markdown_table(conn_header, conn_rows)
+    if vs_rows:
+        lines += [
+            "",
+            "## keras_kd against keras.distillation (same student, teacher, "
+            "batches)",
+            "",
+        ]
+        lines += common.markdown_table(vs_header, vs_rows)
     if math:
         compiled = {
             "tensorflow": "one `tf.function`",

@@ -156,8 +156,6 @@ def _parser():
     )
     parser.add_argument(
         "--ab-epochs",
-        "--init-epochs",
-        dest="ab_epochs",
         type=_integer(0),
         default=1,
         help="initialisation epochs (>= 0, with 'ab' or 'fsp' in "

@@ -10,6 +10,7 @@ without editing this file.
 import keras
 import numpy as np
 import pytest
+from backend_utils import BACKEND
 from backend_utils import to_numpy
 
 from keras_kd import Distiller
@@ -120,7 +121,7 @@ def test_zero_weight_example_changes_nothing_in_a_batch_level_loss(name):
             ys,
             sample_weight=weights,
             batch_size=N,
-            epochs=2,
+            epochs=1,
             verbose=0,
             shuffle=False,
         )
@@ -135,7 +136,17 @@ def test_zero_weight_example_changes_nothing_in_a_batch_level_loss(name):
     )
 
 
-@pytest.mark.parametrize("name", METHODS)
+# Saving is backend-neutral Keras code: every method on TensorFlow; on JAX
+# and PyTorch the methods whose state is more than weights and connectors
+# (CRD's memory banks, FSP's connectors per tap).
+ROUND_TRIP = (
+    METHODS
+    if BACKEND == "tensorflow"
+    else [m for m in METHODS if m in ("crd", "fsp")]
+)
+
+
+@pytest.mark.parametrize("name", ROUND_TRIP)
 def test_keras_file_round_trip(name, tmp_path):
     """A trained distiller saves and loads with every variable (CRD's banks
     and constants, temperatures, connectors) and predicts the same."""

@@ -854,20 +854,21 @@ def plot(path, medians, floor):
     plt.close(fig)
 
 
-def _results_stem(size, backend):
+def _results_stem(size, backend, methods=False):
     suffix = "" if backend == "tensorflow" else f"_{backend}"
+    base = "speed_methods" if methods else "speed"
     return os.path.join(
         common.RESULTS_DIR,
-        ("speed" if size == "default" else f"speed_{size}") + suffix,
+        (base if size == "default" else f"{base}_{size}") + suffix,
     )
 
 
-def _runs_of(size, backend):
+def _runs_of(size, backend, methods=False):
     """A backend's committed runs of one size: the main file, then reruns.
 
     Reruns are written with `--output benchmarks/results/STEM_runK`.
     """
-    stem = _results_stem(size, backend)
+    stem = _results_stem(size, backend, methods)
     paths = [stem + ".json"] + sorted(
         glob.glob(stem + "_run*.json"),
         key=lambda p: int(re.search(r"_run(\d+)\.json$", p).group(1)),
@@ -891,11 +892,12 @@ def _ratio_cell(values):
     )
 
 
-def compare_backends(size):
-    """The three backends' results of one size, ratios side by side."""
+def compare_backends(size, methods=False):
+    """The three backends' results of one size, ratios side by side
+    (`methods`: the runs of `--configs methods`)."""
     runs = {}
     for backend in ("tensorflow", "jax", "torch"):
-        found = _runs_of(size, backend)
+        found = _runs_of(size, backend, methods)
         if found:
             runs[backend] = found
     if not runs:
@@ -913,7 +915,9 @@ def compare_backends(size):
         ]
     ]
     for name, (family, what) in CONFIGS.items():
-        if family == "floor":
+        if family == "floor" or not any(
+            name in r["medians"] for found in runs.values() for _, r in found
+        ):
             continue
         rows.append(
             [name, what]
@@ -928,23 +932,28 @@ def compare_backends(size):
                 for found in runs.values()
             ]
         )
-    rows.append(
-        ["ab_kd", "AB + KD against (a') + (b), the floor with connectors"]
-        + [
-            _ratio_cell(
-                [
-                    r["medians"]["ab_kd"] / r["floor_with_connectors"]
-                    for _, r in found
-                    if "floor_with_connectors" in r
-                ]
-            )
-            for found in runs.values()
-        ]
-    )
+    if any(
+        r.get("floor_with_connectors")
+        for found in runs.values()
+        for _, r in found
+    ):
+        rows.append(
+            ["ab_kd", "AB + KD against (a') + (b), the floor with connectors"]
+            + [
+                _ratio_cell(
+                    [
+                        r["medians"]["ab_kd"] / r["floor_with_connectors"]
+                        for _, r in found
+                        if r.get("floor_with_connectors")
+                    ]
+                )
+                for found in runs.values()
+            ]
+        )
     print()
     common.print_table(header, rows)
     # TensorFlow's stem has no backend suffix: speed[_SIZE]_backends.
-    stem = _results_stem(size, "tensorflow") + "_backends"
+    stem = _results_stem(size, "tensorflow", methods) + "_backends"
     lines = [
         f"# Step time against the floor, by Keras backend ({size} sizes)",
         "",
@@ -1031,12 +1040,13 @@ def main(argv=None):
         "--compare",
         action="store_true",
         help="run nothing: put the committed results of the three backends "
-        "(this size) side by side in results/speed[_SIZE]_backends.md",
+        "(this size) side by side in results/speed[_SIZE]_backends.md (with "
+        "--configs methods: results/speed_methods[_SIZE]_backends.md)",
     )
     args = parser.parse_args(argv)
     size = args.size or ("quick" if args.quick else "default")
     if args.compare:
-        return compare_backends(size)
+        return compare_backends(size, methods=args.configs == "methods")
     if args.dtype_policy:
         keras.config.set_dtype_policy(args.dtype_policy)
     if args.memory_child:
@@ -1068,12 +1078,9 @@ def main(argv=None):
         if "ab_kd" in wanted:
             floors.append("student_connectors")
         selected = [c for c in selected if c in floors or c in wanted]
-    stem = args.output or _results_stem(size, BACKEND)
-    if args.configs and not args.output:
-        stem = os.path.join(
-            os.path.dirname(stem),
-            os.path.basename(stem).replace("speed", "speed_methods", 1),
-        )
+    stem = args.output or _results_stem(
+        size, BACKEND, methods=bool(args.configs)
+    )
     if args.dtype_policy and not args.output:
         stem += f"_{args.dtype_policy}"
 

@@ -13,6 +13,7 @@ These tests start other backends, so they run only from the TensorFlow run
 (`python -m pytest tests`); under another backend they are skipped.
 """
 
+import atexit
 import importlib.util
 import json
 import os
@@ -20,6 +21,8 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -90,10 +93,28 @@ def _env(backend, **extra):
     return env
 
 
-@pytest.mark.parametrize(
-    "backend", [pytest.param(b, marks=_needs(b)) for b in SUITES]
-)
-def test_backend_neutral_suite_passes(backend):
+# The child suites, started as soon as the tests are collected (conftest's
+# `pytest_collection_modifyitems` calls `start_suite`), so that they run
+# beside the rest of the TensorFlow run instead of after it: much of each
+# run is single-threaded Python, and two cores then stay busy.
+_CHILDREN = {}
+_SUITE_TIMEOUT = 2400
+
+
+@atexit.register
+def _stop_children():
+    """An interrupted run leaves no child suite running."""
+    for _, process, _, _ in _CHILDREN.values():
+        if process.poll() is None:
+            process.kill()
+
+
+def start_suite(backend):
+    """Starts `backend`'s child suite in the background, once."""
+    if backend in _CHILDREN or BACKEND != "tensorflow":
+        return
+    if not _installed({"jax": "jax", "torch": "torch"}[backend]):
+        return
     command = [
         sys.executable,
         "-m",
@@ -107,20 +128,37 @@ def test_backend_neutral_suite_passes(backend):
         *SUITES[backend],
         *DOCTESTS,
     ]
-    out = subprocess.run(
+    log = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen(
         command,
         env=_env(backend),
         cwd=REPO_ROOT,
-        capture_output=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=1500,
-        check=False,
     )
-    output = out.stdout + out.stderr
+    _CHILDREN[backend] = (command, process, log, time.monotonic())
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param(b, marks=_needs(b)) for b in SUITES]
+)
+def test_backend_neutral_suite_passes(backend):
+    start_suite(backend)  # a no-op when collection already started it
+    command, process, log, started = _CHILDREN[backend]
+    try:
+        process.wait(
+            timeout=max(1.0, _SUITE_TIMEOUT - (time.monotonic() - started))
+        )
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.seek(0)
+    output = log.read()
     summary = output.strip().splitlines()[-1] if output.strip() else ""
-    assert out.returncode == 0, (
+    assert process.returncode == 0, (
         f"KERAS_BACKEND={backend} {' '.join(command[1:])} exited with "
-        f"{out.returncode}:\n{output[-12000:]}"
+        f"{process.returncode}:\n{output[-12000:]}"
     )
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) >= 50, summary

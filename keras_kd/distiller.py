@@ -251,6 +251,14 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
                 for t, s in loss.pair_taps
             ]
             self._feature_index.append(pairs)
+        # Procedures that read logits (adversarial samples) get them from
+        # the same single pass, after every loss's taps.
+        self._logits_index = None
+        if any(p.needs_logits for p in self.procedures):
+            self._logits_index = (
+                index_of(None, self._teacher_logits, teacher_taps),
+                index_of(None, self._student_logits, student_taps),
+            )
         teacher_extractor = taps_lib.build_extractor(
             self.teacher, teacher_taps, role="teacher"
         )
@@ -461,6 +469,14 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
             replicas=replicas,
             batch_size=batch_size,
             global_batch_size=global_batch,
+            logits=(
+                (None, None)
+                if self._logits_index is None
+                else (
+                    teacher[self._logits_index[0]],
+                    student[self._logits_index[1]],
+                )
+            ),
         )
         for i, loss in enumerate(self.distillation_losses):
             terms.append(
@@ -548,6 +564,7 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
 
     def _procedure_terms(self, procedure, context, term_names):
         """A procedure's terms, in the order it declares them, logged."""
+        _check_requirements(procedure, context)
         values = procedure.terms(context)
         missing = [t for t in procedure.term_names if t not in values]
         if missing:
@@ -574,7 +591,7 @@ class Distiller(backend_lib.trainer_mixin(), keras.Model):
         while tracing (`_check_requirements`), before anything runs.
         """
         _, side = step_lib.split_side_inputs(x, self._side_input_keys)
-        for loss in self.distillation_losses:
+        for loss in self.distillation_losses + self.procedures:
             _check_present(
                 loss, y is not None, step_lib.EXAMPLE_ID in side, training
             )

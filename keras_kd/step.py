@@ -12,6 +12,9 @@ from the Distiller's arguments and anything else from the context:
   what a procedure declares), by name;
 - `inputs`: the networks' inputs (the input dict without its side inputs);
 - `teacher`, `student`: each network's outputs, `[predictions, *taps]`;
+- `teacher_logits`, `student_logits`: each network's logits (the
+  pre-softmax of a softmax head), when a procedure asks for them
+  (`Procedure.needs_logits`; `None` otherwise);
 - `training`, `batch_size` (this replica's), `replicas`,
   `global_batch_size`.
 
@@ -58,6 +61,7 @@ class StepContext:
         replicas,
         batch_size=None,
         global_batch_size=None,
+        logits=(None, None),
     ):
         self.inputs = inputs
         self.labels = labels
@@ -66,6 +70,7 @@ class StepContext:
         self.example_ids = self.side_inputs.get(EXAMPLE_ID)
         self.teacher = teacher
         self.student = student
+        self.teacher_logits, self.student_logits = logits
         self.training = training
         self.replicas = int(replicas)
         self.batch_size = (

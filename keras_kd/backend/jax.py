@@ -42,6 +42,29 @@ def record_non_finite(distiller, bad):
     flag.assign(numerics.sticky(flag.value, bad))
 
 
+def input_gradient(function, x):
+    """`(d sum / dx, aux)` of `function(x) -> (sum, aux)`: `jax.grad` in x.
+
+    Inside the trainer's stateless step the networks' variables are values
+    of the outer trace, constants of this derivative.
+    """
+    return jax.grad(function, has_aux=True)(x)
+
+
+def sync_variables(model):
+    """Puts the state Keras's JAX trainer holds during `fit` back into the
+    variables and makes the trainer read them again before its next step.
+
+    Called by a callback that changes variables in the middle of `fit`
+    (`RouteConstrainedOptimization` loads a teacher anchor): Keras's trainer
+    keeps its own copy of every variable during an epoch, and an assignment
+    to a variable would otherwise never reach the step.
+    """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()
+
+
 def _flag_index(distiller):
     flag = distiller._non_finite_flag
     for index, variable in enumerate(distiller.non_trainable_variables):

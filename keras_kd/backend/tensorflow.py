@@ -69,6 +69,23 @@ def all_gather(value):
     return context.all_gather(value, axis=0)
 
 
+def input_gradient(function, x):
+    """`(d sum / dx, aux)` of `function(x) -> (sum, aux)`, inside the step.
+
+    A tape of its own, watching `x` only: the networks' variables are not
+    differentiated (the caller stops the result's gradient).
+    """
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(x)
+        value, aux = function(x)
+    return tape.gradient(value, x), aux
+
+
+def sync_variables(model):
+    """Nothing: TensorFlow's step reads the variables themselves."""
+    return None
+
+
 def is_multi_worker(strategy):
     """Whether `strategy` is a `MultiWorkerMirroredStrategy` with >1 worker.
 

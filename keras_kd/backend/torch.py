@@ -32,6 +32,22 @@ def all_gather(value):
     return value
 
 
+def input_gradient(function, x):
+    """`(d sum / dx, aux)` of `function(x) -> (sum, aux)`, with
+    `torch.autograd.grad` on a detached copy of `x` (grad mode on, also
+    inside `torch.no_grad()`)."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        value, aux = function(x)
+        (gradient,) = torch.autograd.grad(value, x)
+    return gradient, aux
+
+
+def sync_variables(model):
+    """Nothing: PyTorch's eager step reads the variables themselves."""
+    return None
+
+
 def record_non_finite(distiller, bad):
     index = int(bad)
     if index >= 0:

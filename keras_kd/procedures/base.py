@@ -43,6 +43,12 @@ class Procedure(keras.layers.Layer):
     side_inputs = ()
     #: Names of the weighted terms `terms` returns.
     term_names = ()
+    #: What the step must carry besides the inputs (`"labels"`,
+    #: `"example_ids"`); a step without it fails before any update.
+    requires = ()
+    #: Whether `terms` reads `context.teacher_logits` and
+    #: `context.student_logits` (taken from each network's single pass).
+    needs_logits = False
 
     def configure(self, distiller):
         """Builds what the procedure needs; called once by the Distiller."""

@@ -13,6 +13,11 @@ so these runs cannot share the pytest process.
         logical CPU devices with the same global batches: 16 examples, then
         a short last batch of 15 that the replicas split 8 / 7. Writes the
         largest weight and logged-loss differences per method.
+    python distribute_script.py procedures OUT.json
+        Boundary-supporting samples on 2 logical CPU devices (each replica
+        picks its own base samples) and on 1 device for each half of the
+        batch; route-constrained optimisation on 2 devices (the anchor each
+        stage's step reads). Writes the logged terms.
     python distribute_script.py worker OUT.npz
         `fit` + `evaluate` under MultiWorkerMirroredStrategy when TF_CONFIG
         is set (one process per worker), else on one device; writes the
@@ -30,7 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 MODE, OUT = sys.argv[1], sys.argv[2]
-if MODE in ("mirrored", "registry"):
+if MODE in ("mirrored", "registry", "procedures"):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
@@ -200,5 +205,122 @@ def worker():
     )
 
 
+def bss_first_step(strategy, x, y, max_samples):
+    from keras_kd.procedures import BoundarySupportingSamples
+
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        teacher = cnn(8, "teacher", softmax=True)
+        student = cnn(8, "student", softmax=True)
+        student.set_weights(
+            [w + 0.01 * np.sign(w) for w in teacher.get_weights()]
+        )
+        distiller = Distiller(
+            teacher,
+            student,
+            L.LogitsDistillation(temperature=3.0),
+            procedures=BoundarySupportingSamples(
+                max_samples=max_samples, seed=3, schedule=None
+            ),
+        )
+        distiller.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss="sparse_categorical_crossentropy",
+        )
+    before = [to_numpy(w) for w in teacher.weights]
+    logs = distiller.fit(
+        x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False
+    ).history
+    unchanged = all(
+        np.array_equal(a, to_numpy(w)) for a, w in zip(before, teacher.weights)
+    )
+    return logs["bss_loss"][0], unchanged
+
+
+def rco_probe(strategy, directory):
+    from keras_kd.callbacks import for_distiller
+    from keras_kd.procedures import Procedure
+    from keras_kd.procedures import RouteConstrainedOptimization
+
+    class Probe(Procedure):
+        term_names = ("probe",)
+
+        def default_term_weights(self):
+            return {"probe": 0.0}
+
+        def terms(self, context):
+            value = keras.ops.cast(context.teacher[0], "float32")[:, 0]
+            return {"probe": keras.ops.mean(value) / context.replicas}
+
+    def dense(name):
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(8, name="hidden")(inputs)
+        return keras.Model(
+            inputs, keras.layers.Dense(3, name="out")(hidden), name=name
+        )
+
+    paths = []
+    teacher = dense("teacher")
+    for k in range(4):
+        weights = [np.zeros_like(w) for w in teacher.get_weights()]
+        weights[-1][:] = k + 1.0
+        teacher.set_weights(weights)
+        paths.append(os.path.join(directory, f"anchor{k}.weights.h5"))
+        teacher.save_weights(paths[-1])
+    with strategy.scope():
+        distiller = Distiller(
+            dense("teacher"),
+            dense("student"),
+            L.LogitsDistillation(),
+            procedures=[
+                RouteConstrainedOptimization(paths, stages=2, verbose=0),
+                Probe(),
+            ],
+        )
+        distiller.compile(
+            optimizer=keras.optimizers.SGD(0.01),
+            loss="sparse_categorical_crossentropy",
+        )
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    history = distiller.fit(
+        x,
+        np.zeros(16, "int32"),
+        batch_size=8,
+        epochs=4,
+        verbose=0,
+        callbacks=for_distiller(distiller),
+    ).history
+    return history["probe_loss"]
+
+
+def procedures():
+    import tempfile
+
+    assert STRATEGY.num_replicas_in_sync == 2
+    x, _ = data(n=16)
+    keras.utils.set_random_seed(0)
+    y = np.argmax(to_numpy(cnn(8, "teacher", softmax=True)(x)), axis=-1)
+    default = tf.distribute.get_strategy()
+    two, two_unchanged = bss_first_step(STRATEGY, x, y, 8)
+    halves = [
+        bss_first_step(default, x[i : i + 8], y[i : i + 8], 4) for i in (0, 8)
+    ]
+    with tempfile.TemporaryDirectory() as directory:
+        probe = rco_probe(STRATEGY, directory)
+    report = {
+        "bss_two_replicas": two,
+        "bss_halves": [h[0] for h in halves],
+        "teacher_unchanged": two_unchanged and all(h[1] for h in halves),
+        "rco_probe": probe,
+    }
+    with open(OUT, "w") as f:
+        json.dump(report, f, indent=1)
+
+
 if __name__ == "__main__":
-    {"mirrored": mirrored, "worker": worker, "registry": registry_run}[MODE]()
+    {
+        "mirrored": mirrored,
+        "worker": worker,
+        "registry": registry_run,
+        "procedures": procedures,
+    }[MODE]()

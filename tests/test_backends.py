@@ -52,6 +52,9 @@ SUITES = {
         "tests/test_schedules.py",
         "tests/test_procedures.py",
         "tests/test_contrastive_bank.py",
+        "tests/test_boundary.py",
+        "tests/test_boundary_reference.py",
+        "tests/test_route.py",
     ],
     "torch": [
         "tests/losses",
@@ -62,6 +65,9 @@ SUITES = {
         "tests/test_schedules.py",
         "tests/test_procedures.py",
         "tests/test_contrastive_bank.py",
+        "tests/test_boundary.py",
+        "tests/test_boundary_reference.py",
+        "tests/test_route.py",
     ],
 }
 # Run with them: the docstring examples of the loss modules.

@@ -105,6 +105,28 @@ def test_every_registered_method_two_replicas_equal_one_device(tmp_path):
         assert all(np.isfinite(v) for v in result["logs"].values()), name
 
 
+@pytest.mark.slow
+def test_procedures_on_two_replicas(tmp_path):
+    """What replaces "2 replicas = 1 device" for the procedures.
+
+    Boundary-supporting samples: each replica picks its own base samples
+    (`ceil(max_samples / 2)` of its half), so the 2-replica term is the
+    mean of two 1-device terms, one per half with half the base samples.
+    Route-constrained optimisation: the step on 2 replicas reads each
+    stage's anchor (the teacher's mirrored variables are reloaded).
+    """
+    out, log = tmp_path / "procedures.json", tmp_path / "procedures.log"
+    _wait_all([_start(["procedures", str(out)], log)], [log])
+    report = json.loads(out.read_text())
+    halves = report["bss_halves"]
+    assert min(halves) > 0
+    np.testing.assert_allclose(
+        report["bss_two_replicas"], np.mean(halves), rtol=1e-4
+    )
+    assert report["teacher_unchanged"]
+    np.testing.assert_allclose(report["rco_probe"], [2, 2, 4, 4], rtol=1e-6)
+
+
 def _free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:

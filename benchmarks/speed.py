@@ -14,6 +14,10 @@ on the same batches, this script times
   later), each alone beside the task loss, with its library defaults and
   its default layers in keras_kd's ResNets (CRD's memory bank holds
   `CRD_EXAMPLES` examples, so `K = CRD_EXAMPLES - 1` negatives),
+- procedures: boundary-supporting samples (`bss_kd`: 64 base samples, 10
+  attack steps, KD at T = 3) and route-constrained optimisation (`rco_kd`:
+  KD over a route of the teacher's anchors; the step is KD's, the stage
+  change and the route's recording are timed apart),
 - `keras.distillation.Distiller` with `LogitsDistillation` and with
   `FeatureDistillation` on the same equal-shape pair,
 
@@ -33,6 +37,8 @@ sizes.
     # the registry's methods beyond the hand-written configurations, with
     # KD and the floors (no loss-math sections) -> speed_methods[_BACKEND]:
     python benchmarks/speed.py --configs methods --backend jax
+    # the training procedures (BSS, RCO) beside KD -> speed_procedures[...]:
+    python benchmarks/speed.py --configs procedures --backend jax
 
 Every backend times the same configurations against its own floor, and the
 loss math and NST scaling with its own gradient machinery (`grad_step`).
@@ -173,7 +179,18 @@ def _registry_configs():
 
 
 REGISTRY_CONFIGS = _registry_configs()
-PAIRS["imagenet"]["skip"] += tuple(REGISTRY_CONFIGS)
+PROCEDURE_CONFIGS = {
+    "bss_kd": (
+        "keras_kd",
+        "Distiller: boundary-supporting samples (64 base samples, 10 attack "
+        "steps) + KD (T=3)",
+    ),
+    "rco_kd": (
+        "keras_kd",
+        "Distiller: route-constrained optimisation (2 anchors) + KD (T=4)",
+    ),
+}
+PAIRS["imagenet"]["skip"] += tuple(REGISTRY_CONFIGS) + tuple(PROCEDURE_CONFIGS)
 
 
 def model_description(s, role):
@@ -247,6 +264,7 @@ CONFIGS = {
         f"Distiller: MSE on `{FEATURE_PAIR}` (FitNetsHint, no regressor)",
     ),
     **REGISTRY_CONFIGS,
+    **PROCEDURE_CONFIGS,
     "keras_logits": (
         "keras.distillation",
         "keras Distiller: LogitsDistillation (T=4)",
@@ -330,7 +348,63 @@ def keras_kd_losses(name, s):
         "mse": [
             losses.get("fitnets", FEATURE_PAIR, FEATURE_PAIR, connector="auto")
         ],
+        "bss_kd": [losses.get("kd", temperature=3.0)],
+        "rco_kd": [kd],
     }[name]
+
+
+def _route(teacher, anchors=2):
+    """A route of `anchors` files of the teacher's weights (a temp dir)."""
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="keras_kd_route_")
+    paths = []
+    for k in range(anchors):
+        paths.append(os.path.join(directory, f"anchor{k}.weights.h5"))
+        teacher.save_weights(paths[-1])
+    return paths
+
+
+def keras_kd_procedures(name, teacher):
+    from keras_kd import procedures
+
+    if name == "bss_kd":
+        return [procedures.BoundarySupportingSamples(seed=0, schedule=None)]
+    if name == "rco_kd":
+        return [
+            procedures.RouteConstrainedOptimization(
+                _route(teacher), stages=2, verbose=0
+            )
+        ]
+    return []
+
+
+def route_costs(teacher, repeats=5):
+    """Milliseconds to record one anchor (atomic write + manifest) and to
+    load one anchor into the teacher (a stage change)."""
+    import tempfile
+
+    from keras_kd import procedures
+
+    directory = tempfile.mkdtemp(prefix="keras_kd_route_")
+    recorder = procedures.RouteRecorder(directory)
+    recorder.set_model(teacher)
+    record, load = [], []
+    for k in range(repeats):
+        start = time.perf_counter()
+        recorder._write_anchor(k + 1, None)
+        record.append(time.perf_counter() - start)
+    route = procedures.Route.from_directory(directory)
+    for k in range(repeats):
+        start = time.perf_counter()
+        route.load(k % len(route), teacher)
+        load.append(time.perf_counter() - start)
+    size = os.path.getsize(route.paths[0])
+    return {
+        "record_ms": 1e3 * float(np.median(record)),
+        "load_ms": 1e3 * float(np.median(load)),
+        "anchor_mb": size / 2**20,
+    }
 
 
 class StudentWithConnectors(keras.Model):
@@ -396,7 +470,12 @@ def build_step(name, s, teacher, shape):
         )
     elif CONFIGS[name][0] == "keras_kd":
         kd_losses = keras_kd_losses(name, s)
-        model = keras_kd.Distiller(teacher, student, kd_losses)
+        model = keras_kd.Distiller(
+            teacher,
+            student,
+            kd_losses,
+            procedures=keras_kd_procedures(name, teacher),
+        )
         if any("example_ids" in loss.requires for loss in kd_losses):
             model.compile(optimizer=optimizer(), loss=cross_entropy())
             ids = keras.ops.arange(s["batch"], dtype="int32")
@@ -856,7 +935,9 @@ def plot(path, medians, floor):
 
 def _results_stem(size, backend, methods=False):
     suffix = "" if backend == "tensorflow" else f"_{backend}"
-    base = "speed_methods" if methods else "speed"
+    base = {"procedures": "speed_procedures", True: "speed_methods"}.get(
+        methods, "speed"
+    )
     return os.path.join(
         common.RESULTS_DIR,
         (base if size == "default" else f"{base}_{size}") + suffix,
@@ -1033,8 +1114,9 @@ def main(argv=None):
         default=None,
         help="run only these configurations (comma-separated; the floors "
         "always run), or 'methods' for every registry method beyond the "
-        "hand-written ones, with KD beside them; skips the loss-math and NST "
-        "sections and writes results/speed_methods[_SIZE][_BACKEND]",
+        "hand-written ones, with KD beside them, or 'procedures' (BSS, RCO "
+        "and KD); skips the loss-math and NST sections and writes "
+        "results/speed_methods[_SIZE][_BACKEND] (speed_procedures...)",
     )
     parser.add_argument(
         "--compare",
@@ -1046,7 +1128,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     size = args.size or ("quick" if args.quick else "default")
     if args.compare:
-        return compare_backends(size, methods=args.configs == "methods")
+        return compare_backends(
+            size,
+            methods="procedures"
+            if args.configs == "procedures"
+            else args.configs == "methods",
+        )
     if args.dtype_policy:
         keras.config.set_dtype_policy(args.dtype_policy)
     if args.memory_child:
@@ -1064,11 +1151,10 @@ def main(argv=None):
     wall = time.time()
     selected = configs_of(s)
     if args.configs:
-        wanted = (
-            ["kd", *REGISTRY_CONFIGS]
-            if args.configs == "methods"
-            else [c for c in args.configs.split(",") if c]
-        )
+        wanted = {
+            "methods": ["kd", *REGISTRY_CONFIGS],
+            "procedures": ["kd", *PROCEDURE_CONFIGS],
+        }.get(args.configs) or [c for c in args.configs.split(",") if c]
         unknown = [c for c in wanted if c not in selected]
         if unknown:
             parser.error(
@@ -1079,7 +1165,11 @@ def main(argv=None):
             floors.append("student_connectors")
         selected = [c for c in selected if c in floors or c in wanted]
     stem = args.output or _results_stem(
-        size, BACKEND, methods=bool(args.configs)
+        size,
+        BACKEND,
+        methods="procedures"
+        if args.configs == "procedures"
+        else bool(args.configs),
     )
     if args.dtype_policy and not args.output:
         stem += f"_{args.dtype_policy}"
@@ -1120,6 +1210,13 @@ def main(argv=None):
             or measure_memory(size, s, selected)
         )
     )
+    routes = route_costs(teacher) if "rco_kd" in selected else None
+    if routes:
+        print(
+            f"route: record an anchor {routes['record_ms']:.1f} ms, load one "
+            f"{routes['load_ms']:.1f} ms ({routes['anchor_mb']:.2f} MiB)",
+            flush=True,
+        )
     load_at_end = os.getloadavg()
 
     header = [
@@ -1304,6 +1401,36 @@ def main(argv=None):
             "",
         ]
         lines += common.markdown_table(conn_header, conn_rows)
+    if routes:
+        kd_ms = 1e3 * medians["kd"]
+        lines += [
+            "",
+            "## The route's own costs (route-constrained optimisation)",
+            "",
+            "Recording an anchor (`RouteRecorder`: the teacher's weights to a "
+            "temporary file, fsync, rename, then the manifest replaced "
+            "atomically) and loading one into the teacher (a stage change), "
+            "medians of 5; an anchor is "
+            f"{routes['anchor_mb']:.2f} MiB. Once per recorded epoch and "
+            "once per stage, against a KD step of "
+            f"{kd_ms:.1f} ms.",
+            "",
+        ]
+        lines += common.markdown_table(
+            ["what", "median ms", "× KD step"],
+            [
+                [
+                    "record one anchor",
+                    f"{routes['record_ms']:.1f}",
+                    f"{routes['record_ms'] / kd_ms:.2f}",
+                ],
+                [
+                    "load one anchor (stage change)",
+                    f"{routes['load_ms']:.1f}",
+                    f"{routes['load_ms'] / kd_ms:.2f}",
+                ],
+            ],
+        )
     if vs_rows:
         lines += [
             "",
@@ -1362,6 +1489,7 @@ def main(argv=None):
                 "loss_math": math,
                 "nst": nst,
                 "memory": memory,
+                "route": routes,
             },
             f,
             indent=1,

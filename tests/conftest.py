@@ -38,6 +38,7 @@ SUBPROCESS_SCRIPTS = [
     "distribute_script.py",
     "jax_data_parallel_script.py",
     "resume_script.py",
+    "route_script.py",
 ]
 
 collect_ignore = SUBPROCESS_SCRIPTS + (
@@ -127,12 +128,17 @@ def _torch_skip_reason(item):
 def pytest_collection_modifyitems(config, items):
     if BACKEND == "tensorflow":
         # Start the other backends' suites now, beside this run
-        # (tests/test_backends.py waits for them).
-        for item in items:
-            if getattr(item, "originalname", "") == (
-                "test_backend_neutral_suite_passes"
-            ):
-                item.module.start_suite(item.callspec.params["backend"])
+        # (tests/test_backends.py waits for them), and wait for them last:
+        # the rest of this run keeps a core busy meanwhile.
+        waits = [
+            item
+            for item in items
+            if getattr(item, "originalname", "")
+            == "test_backend_neutral_suite_passes"
+        ]
+        for item in waits:
+            item.module.start_suite(item.callspec.params["backend"])
+        items[:] = [item for item in items if item not in waits] + waits
         return
     for item in items:
         reason = _tensorflow_only_reason(item)

@@ -400,3 +400,88 @@ def test_killed_teacher_and_killed_distillation_resume_on_the_route(tmp_path):
         probe.load_weights(route / anchors[row["anchor"]]["file"])
         bias = to_numpy(probe.get_layer("out").bias)[0]
         assert row["teacher_bias"] == pytest.approx(float(bias), abs=0)
+
+
+def test_every_stage_is_reached_and_short_fits_fail(tmp_path):
+    paths = _anchor_files(tmp_path, [1.0, 2.0, 3.0, 4.0])
+    procedure = RouteConstrainedOptimization(paths, stages=4, verbose=0)
+    assert [procedure.stage_of(e, 6) for e in range(6)] == [0, 0, 1, 2, 2, 3]
+    assert [procedure.stage_of(e, 5) for e in range(5)] == [0, 0, 1, 2, 3]
+    with pytest.raises(ValueError, match="need at least 4 epochs"):
+        procedure.check_epochs(3)
+    fixed = RouteConstrainedOptimization(
+        paths, stages=4, stage_epochs=2, verbose=0
+    )
+    with pytest.raises(ValueError, match="need at least 7 epochs"):
+        _distil(fixed, epochs=6)
+
+
+def test_search_data_that_gives_no_batches_fails(tmp_path):
+    paths = _anchor_files(tmp_path, [1.0, 2.0, 3.0])
+    procedure = RouteConstrainedOptimization(
+        paths,
+        stages=3,
+        strategy="greedy",
+        search_data=np.zeros((0, 4), "float32"),
+        verbose=0,
+    )
+    Distiller(
+        _model("teacher"),
+        _model("student"),
+        L.LogitsDistillation(),
+        procedures=procedure,
+    )
+    with pytest.raises(ValueError, match="gave no batches"):
+        procedure.divergences(0)
+
+
+def test_recorder_catches_up_an_anchor_lost_to_a_crash(tmp_path):
+    # The checkpoint of epoch 2 is written, then the process dies before
+    # the recorder's anchor of epoch 2 (callbacks in that order); a torn
+    # earlier write left a pending file too. The resumed run writes both.
+    from keras_kd.backup import AtomicBackupAndRestore
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("crash")
+
+    x, _ = _data()
+    route, backup = tmp_path / "route", tmp_path / "backup"
+    teacher = _model("teacher")
+    teacher.compile("sgd", "mse")
+    with pytest.raises(RuntimeError, match="crash"):
+        teacher.fit(
+            x,
+            np.zeros((32, 3)),
+            epochs=4,
+            batch_size=8,
+            verbose=0,
+            callbacks=[
+                AtomicBackupAndRestore(backup),
+                Crash(),
+                RouteRecorder(route),
+            ],
+        )
+    manifest = json.loads((route / "route.json").read_text())
+    assert [a["epoch"] for a in manifest["anchors"]] == [1]
+    # A write killed after its rename: the file exists, listed as pending.
+    manifest["pending"] = ["anchor-epoch-00003.weights.h5"]
+    (route / "route.json").write_text(json.dumps(manifest))
+    (route / "anchor-epoch-00003.weights.h5").write_bytes(b"torn")
+    (route / ".tmp-1-anchor-epoch-00003.weights.h5").write_bytes(b"torn")
+    teacher = _model("teacher")
+    teacher.compile("sgd", "mse")
+    teacher.fit(
+        x,
+        np.zeros((32, 3)),
+        epochs=4,
+        batch_size=8,
+        verbose=0,
+        callbacks=[AtomicBackupAndRestore(backup), RouteRecorder(route)],
+    )
+    manifest = json.loads((route / "route.json").read_text())
+    assert [a["epoch"] for a in manifest["anchors"]] == [1, 2, 3, 4]
+    assert manifest["pending"] == []
+    assert not [n for n in os.listdir(route) if n.startswith(".tmp-")]
+    Route.from_directory(route).check(_model("teacher"))  # all load

@@ -78,7 +78,10 @@ def input_gradient(function, x):
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(x)
         value, aux = function(x)
-    return tape.gradient(value, x), aux
+    gradient = tape.gradient(
+        value, x, unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    return gradient, aux
 
 
 def sync_variables(model):

@@ -237,15 +237,18 @@ def boundary_attack(
 def input_scale_of(model):
     """The scale of the normalisation a model applies to its raw inputs.
 
-    Reads the layers right after the input: a `Rescaling(scale)` divides
-    the scale by `scale`, a `Normalization` multiplies it by its standard
-    deviation. `1.0` when the model starts with neither (its inputs are
-    already normalised). Returns a float or a NumPy array over channels.
+    Reads the layers right after the input (inside a leading nested model
+    too, past random augmentation layers, which are the identity at
+    inference): a `Rescaling(scale)` divides the scale by `scale`, a
+    `Normalization` multiplies it by its standard deviation. `1.0` when the
+    model starts with neither (its inputs are already normalised; pass
+    `input_scale=` otherwise). Returns a float or a NumPy array over
+    channels.
     """
     scale = 1.0
-    for layer in getattr(model, "layers", []):
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
+    for layer in _leading_layers(model):
+        if type(layer).__name__.startswith("Random"):
+            continue  # augmentation: the identity at inference
         if isinstance(layer, keras.layers.Rescaling):
             scale = scale / np.asarray(
                 keras.ops.convert_to_numpy(layer.scale), "float64"
@@ -261,6 +264,17 @@ def input_scale_of(model):
             break
     scale = np.asarray(scale, "float32")
     return float(scale) if scale.size == 1 else scale
+
+
+def _leading_layers(model):
+    """The layers of `model` in order, nested models opened in place."""
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            yield from _leading_layers(layer)
+        else:
+            yield layer
 
 
 class _Untracked:
@@ -292,16 +306,21 @@ class BoundarySupportingSamples(Procedure):
     `steps + 1` more times per step (the attack, then its outputs on the
     adversarial samples) and the student once more, in training mode on the
     adversarial batch (as the official code does; BatchNormalization
-    statistics see that batch too); the teacher stays frozen (the attack
-    differentiates with respect to the inputs only). Under `tf.distribute`
+    statistics see that batch too, and, since the batch has a fixed size,
+    the masked-out examples that pad it when fewer than `max_samples`
+    qualify: the official code passes only the qualifying ones); the
+    teacher stays frozen (the attack differentiates with respect to the
+    inputs only). While the schedule weighs the term 0 (from 75 % of
+    training on), the step is rebuilt without the attack and the extra
+    passes, as the official code skips them. Under `tf.distribute`
     each replica chooses its base samples among its own examples,
     `ceil(max_samples / replicas)` of them, so N replicas differ from one
     device by that choice; the term is each replica's mean over its
     adversarial samples, averaged over replicas.
 
     Guards against the failure a reimplementation reports ("may
-    occasionally destroy the training"): a sample with a zero or non-finite
-    input gradient does not move (the official code divides by its norm and
+    occasionally destroy the training"), tested in tests/test_boundary.py:
+    a sample with a zero or non-finite input gradient does not move (the official code divides by its norm and
     feeds NaN inputs to both networks); adversarial samples are clipped to
     the raw input range; base samples are only examples both networks get
     right; and the official schedule switches the term off at 75 % of
@@ -381,6 +400,19 @@ class BoundarySupportingSamples(Procedure):
         self.steps = _positive_int(steps, "steps", minimum=0)
         self.step_size = _positive_float(step_size, "step_size")
         self.temperature = _positive_float(temperature, "temperature")
+        if input_scale is not None:
+            scale = np.asarray(input_scale, "float64")
+            if (
+                scale.ndim > 1
+                or not np.all(np.isfinite(scale))
+                or np.any(scale <= 0)
+            ):
+                raise ValueError(
+                    "BoundarySupportingSamples: `input_scale` must be a "
+                    "number > 0 or one per input channel; received "
+                    f"{input_scale!r}. It is the scale the teacher divides "
+                    "its raw inputs by (e.g. 255 for `Rescaling(1 / 255)`)."
+                )
         if input_range is not None:
             input_range = tuple(float(v) for v in input_range)
             if len(input_range) != 2 or input_range[0] >= input_range[1]:
@@ -402,6 +434,9 @@ class BoundarySupportingSamples(Procedure):
         self.kd_loss = kd_loss
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # False while the schedule weighs the term 0: the step then runs no
+        # attack (the schedule rebuilds the compiled step when it flips).
+        self.attacking = True
         self._models = _Untracked(teacher=None, student=None, scale=None)
 
     def configure(self, distiller):
@@ -439,7 +474,7 @@ class BoundarySupportingSamples(Procedure):
 
     def terms(self, context):
         ops = keras.ops
-        if not context.training or self.steps == 0:
+        if not context.training or self.steps == 0 or not self.attacking:
             return {"bss": ops.zeros((), "float32")}
         teacher_logits = ops.stop_gradient(
             ops.cast(context.teacher_logits, "float32")
@@ -448,9 +483,15 @@ class BoundarySupportingSamples(Procedure):
             ops.cast(context.student_logits, "float32")
         )
         labels = context.labels
-        if len(labels.shape) == len(teacher_logits.shape):
+        classes = teacher_logits.shape[-1]
+        if (
+            len(labels.shape) == len(teacher_logits.shape)
+            and classes is not None
+            and classes > 1
+            and labels.shape[-1] == classes
+        ):
             labels = ops.argmax(labels, axis=-1)  # one-hot labels
-        labels = ops.reshape(labels, (-1,))
+        labels = ops.reshape(labels, (-1,))  # (B,) or (B, 1) class ids
         x = context.inputs
         if isinstance(x, (dict, list, tuple)):
             raise ValueError(
@@ -482,7 +523,10 @@ class BoundarySupportingSamples(Procedure):
             clip=clip,
             active=mask,
         )
-        adversarial = ops.cast(adversarial, x.dtype)
+        if keras.backend.is_float_dtype(
+            keras.backend.standardize_dtype(x.dtype)
+        ):
+            adversarial = ops.cast(adversarial, x.dtype)
         t_adv = ops.stop_gradient(
             self._models.teacher(adversarial, training=False)
         )
@@ -573,6 +617,16 @@ class BoundarySupportingSchedule(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         epochs = self.epochs or self.params.get("epochs")
         kd, bss = self.weights_at(epoch + 1, epochs)
+        # With weight 0 the official code skips the attack and the
+        # student's pass on adversarial samples (no cost, and no
+        # BatchNormalization update from them): the step is rebuilt without
+        # them, and again if the weight comes back.
+        for procedure in self.distiller.procedures:
+            if isinstance(procedure, BoundarySupportingSamples):
+                attacking = bss > 0
+                if procedure.attacking != attacking:
+                    procedure.attacking = attacking
+                    self.distiller.make_train_function(force=True)
         weights = {self.term: bss}
         if self.kd_loss is not None:
             loss = self.distiller.get_loss(self.kd_loss)

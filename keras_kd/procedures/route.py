@@ -128,13 +128,22 @@ class RouteRecorder(keras.callbacks.Callback):
         key = f"epoch-{epoch:05d}" if step is None else f"step-{step:09d}"
         name = f"{_PREFIX}{key}.weights.h5"
         path = os.path.join(self.directory, name)
-        listed = {a["file"] for a in manifest["anchors"]}
+        pending = set(manifest.get("pending", []))
+        listed = {a["file"] for a in manifest["anchors"]} | pending
         if os.path.exists(path) and name not in listed:
             raise FileExistsError(
                 f"RouteRecorder: '{path}' exists but is not an anchor of "
                 f"the route in '{self.directory}' (its {MANIFEST} does not "
                 "list it); the recorder does not write over files it did "
                 "not write. Move it, or record into another directory."
+            )
+        if name not in listed:
+            # Named as pending before the file appears: a crash between the
+            # rename and the commit below leaves a file the next run may
+            # replace (and never a file the recorder would refuse).
+            manifest["pending"] = sorted(pending | {name})
+            backup_lib.write_atomically(
+                self._manifest_path(), json.dumps(manifest, indent=1)
             )
         temp = os.path.join(self.directory, f"{_TEMP}{os.getpid()}-{name}")
         self.model.save_weights(temp, overwrite=True)
@@ -153,6 +162,7 @@ class RouteRecorder(keras.callbacks.Callback):
             "format": _FORMAT,
             "model": self.model.name,
             "anchors": anchors,
+            "pending": sorted(pending - {name}),
         }
         backup_lib.write_atomically(
             self._manifest_path(), json.dumps(manifest, indent=1)
@@ -160,30 +170,53 @@ class RouteRecorder(keras.callbacks.Callback):
 
     # --- callback hooks ----------------------------------------------------
 
+    def _due(self, epoch):
+        if self.every_steps is not None:
+            return False
+        if self.at_epochs is not None:
+            return epoch in self.at_epochs
+        return epoch % self.every_epochs == 0
+
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
         self._last_epoch = done
-        if self.every_steps is not None:
-            return
-        if self.at_epochs is not None:
-            due = done in self.at_epochs
-        else:
-            due = done % self.every_epochs == 0
-        if due:
+        if self._due(done):
             self._write_anchor(done, None)
 
     def on_train_begin(self, logs=None):
-        # Optimizer steps so far (a resumed run continues the count); then
-        # counted here, so that JAX's trainer is synced only to write.
+        self._step = None
+        # Temporary files of an interrupted write (never a user's file:
+        # the recorder's own prefix and name pattern).
+        if os.path.isdir(self.directory):
+            for entry in os.listdir(self.directory):
+                if entry.startswith(_TEMP) and f"-{_PREFIX}" in entry:
+                    os.remove(os.path.join(self.directory, entry))
+
+    def _start(self):
+        """At the first epoch, after every callback's `on_train_begin` (a
+        checkpoint restored): the optimizer's step count, then counted
+        here so that JAX's trainer is synced only to write."""
         self._step = 0
         if getattr(self.model, "optimizer", None) is not None:
             self._step = int(
                 keras.ops.convert_to_numpy(self.model.optimizer.iterations)
             )
 
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._step is not None:
+            return
+        self._start()
+        # Resumed after epoch `epoch`: its anchor is written now if the
+        # process died after the checkpoint and before the anchor.
+        listed = {a.get("epoch") for a in self._read()["anchors"]}
+        if epoch > 0 and self._due(epoch) and epoch not in listed:
+            self._write_anchor(epoch, None)
+
     def on_train_batch_end(self, batch, logs=None):
         if self.every_steps is None:
             return
+        if self._step is None:
+            self._start()
         self._step += 1
         if self._step % self.every_steps == 0:
             backend_lib.get().sync_variables(self.model)
@@ -272,7 +305,7 @@ class Route:
                 "save_weights_only=True)` write them) or `.keras` files of "
                 f"the teacher; received {bad[:3]}."
             )
-        self.paths = paths
+        self.paths = [os.path.abspath(p) for p in paths]
         self.positions = (
             list(range(len(paths))) if positions is None else list(positions)
         )
@@ -322,8 +355,9 @@ class Route:
                 model.load_weights(path)
         except Exception as error:  # noqa: BLE001 - re-raised with context
             raise ValueError(
-                f"Anchor {index} of the route, '{path}', does not fit the "
-                f"teacher '{model.name}': {error}. Every anchor must hold "
+                f"Anchor {index} of the route, '{path}', could not be loaded "
+                f"into the teacher '{model.name}' ({type(error).__name__}: "
+                f"{error}). Every anchor must hold "
                 "the weights of the teacher's architecture (same layers, "
                 "same shapes)."
             ) from error
@@ -431,8 +465,13 @@ class RouteConstrainedOptimization(Procedure):
     distillation killed mid-route resumes at the same stage and anchor. The
     teacher stays frozen: its weights change only between stages, by this
     procedure's callback (`callbacks()`, which
-    `keras_kd.callbacks.for_distiller` adds). On JAX the callback writes
-    the trainer's copy of the variables back and makes it read them again.
+    `keras_kd.callbacks.for_distiller` adds; without it the teacher keeps
+    the weights it was given and training is plain distillation). On JAX
+    the callback writes the trainer's copy of the variables back and makes
+    it read them again. What this relaxes of the Distiller's invariants:
+    the teacher's weights change during `fit` (between stages only); each
+    network still runs once per step, and 2 replicas still take the
+    1-device step.
 
     Args:
         route: a `Route`, a directory written by `RouteRecorder`, or a list
@@ -553,6 +592,15 @@ class RouteConstrainedOptimization(Procedure):
                 "RouteConstrainedOptimization: `stage_epochs` must be an int "
                 f">= 1; received {stage_epochs!r}."
             )
+        if (
+            isinstance(search_batches, bool)
+            or not isinstance(search_batches, int)
+            or search_batches < 1
+        ):
+            raise ValueError(
+                "RouteConstrainedOptimization: `search_batches` must be an "
+                f"int >= 1; received {search_batches!r}."
+            )
         if not relaxation > 0:
             raise ValueError(
                 "RouteConstrainedOptimization: `relaxation` (delta) must be "
@@ -568,6 +616,9 @@ class RouteConstrainedOptimization(Procedure):
         self.check = bool(check)
         self.verbose = int(verbose)
         self._data = _Untracked(search=search_data, distiller=None)
+        # Loaded from a saved distiller: the anchors are read when a stage
+        # starts, not checked at load time (they may have moved since).
+        self._restored = restored
         # -1: no stage started yet.
         self.stage = self.add_weight(
             shape=(),
@@ -588,15 +639,37 @@ class RouteConstrainedOptimization(Procedure):
 
     def configure(self, distiller):
         self._data.distiller = distiller
-        if self.check:
+        if self.check and not self._restored:
             self.route.check(distiller.teacher)
 
     # --- the stage plan ------------------------------------------------------
 
     def stage_of(self, epoch, epochs):
-        """The stage (from 0) of epoch `epoch` (from 0) of `epochs`."""
-        length = self.stage_epochs or max(1, math.ceil(epochs / self.stages))
-        return min(epoch // length, self.stages - 1)
+        """The stage (from 0) of epoch `epoch` (from 0) of `epochs`.
+
+        Without `stage_epochs`, stage `k` holds epochs `[k E / S, (k + 1)
+        E / S)` (rounded down), so every stage is reached; with it, stages
+        of `stage_epochs` epochs, the last one running to the end.
+        """
+        if self.stage_epochs:
+            return min(epoch // self.stage_epochs, self.stages - 1)
+        return min(epoch * self.stages // epochs, self.stages - 1)
+
+    def check_epochs(self, epochs):
+        """Fails unless `epochs` epochs reach every stage."""
+        if self.stage_epochs:
+            needed = self.stage_epochs * (self.stages - 1) + 1
+            how = f"stages of {self.stage_epochs} epochs"
+        else:
+            needed, how = self.stages, "at least one epoch per stage"
+        if epochs < needed:
+            raise ValueError(
+                f"RouteConstrainedOptimization: {self.stages} stages with "
+                f"{how} need at least {needed} epochs, so that the last "
+                f"stage distils from the converged teacher; `fit` runs "
+                f"{epochs}. Train longer, or pass fewer `stages` (or a "
+                "smaller `stage_epochs`)."
+            )
 
     def anchor_of(self, stage, previous):
         """The anchor of `stage`, given the previous stage's anchor."""
@@ -661,18 +734,23 @@ class RouteConstrainedOptimization(Procedure):
     def callbacks(self):
         return [_RouteCallback(self)]
 
-    def enter_stage(self, epoch, epochs):
-        """Loads the anchor of `epoch`'s stage into the teacher if needed."""
+    def enter_stage(self, epoch, epochs, first=False):
+        """Loads the anchor of `epoch`'s stage into the teacher if needed.
+
+        `first`: the first epoch of this `fit` (a resumed run reloads the
+        stage's anchor, in case the teacher was rebuilt).
+        """
         distiller = self._data.distiller
         backend_lib.get().sync_variables(distiller)
         stage = self.stage_of(epoch, epochs)
         current_stage = int(keras.ops.convert_to_numpy(self.stage))
         current_anchor = int(keras.ops.convert_to_numpy(self.anchor))
         if stage == current_stage and current_anchor >= 0:
-            # Same stage (e.g. resumed from a checkpoint): the teacher
-            # holds this anchor; loaded again in case it was rebuilt.
-            self.route.load(current_anchor, distiller.teacher)
+            if first:
+                self.route.load(current_anchor, distiller.teacher)
             return current_anchor
+        if stage < current_stage:  # a new `fit` from an earlier epoch
+            current_stage, current_anchor = -1, -1
         anchor = current_anchor
         for s in range(max(current_stage + 1, 0), stage + 1):
             anchor = self.anchor_of(s, anchor)
@@ -719,15 +797,41 @@ class _RouteCallback(keras.callbacks.Callback):
         super().__init__()
         self.procedure = procedure
 
+    def on_train_begin(self, logs=None):
+        self.procedure.check_epochs(self.params.get("epochs") or 1)
+        self._first = True
+
     def on_epoch_begin(self, epoch, logs=None):
-        self.procedure.enter_stage(epoch, self.params.get("epochs") or 1)
+        self.procedure.enter_stage(
+            epoch, self.params.get("epochs") or 1, first=self._first
+        )
+        self._first = False
 
 
 def _batches(data, limit):
-    """Up to `limit` input batches of `data` (arrays, `(x, y)`, iterable)."""
-    if isinstance(data, tuple):
-        data = data[0]
-    if isinstance(data, np.ndarray) or hasattr(data, "shape"):
+    """Up to `limit` input batches of `data`: an array of inputs, `(x, y)`
+    or `[x, y]`, or an iterable of batches (each `x`, `(x, y)` or
+    `(x, y, w)`). Raises when there are none."""
+    batches = list(_iterate_batches(data, limit))
+    if not batches:
+        raise ValueError(
+            "RouteConstrainedOptimization: `search_data` gave no batches "
+            f"(received {type(data).__name__}; `search_batches={limit}`). "
+            "Pass held-out training inputs, e.g. `x_train[-1000:]`, or an "
+            "iterable of batches, and `search_batches >= 1`."
+        )
+    return batches
+
+
+def _iterate_batches(data, limit):
+    if isinstance(data, (tuple, list)) and data and hasattr(data[0], "shape"):
+        data = data[0]  # (x, y)
+    if isinstance(data, dict):
+        raise TypeError(
+            "RouteConstrainedOptimization: `search_data` is a dict; pass "
+            "the networks' input array (or batches of it)."
+        )
+    if hasattr(data, "shape") and not hasattr(data, "element_spec"):
         size = 256
         for start in range(0, min(len(data), size * limit), size):
             yield data[start : start + size]

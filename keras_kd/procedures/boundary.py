@@ -320,8 +320,9 @@ class BoundarySupportingSamples(Procedure):
 
     Guards against the failure a reimplementation reports ("may
     occasionally destroy the training"), tested in tests/test_boundary.py:
-    a sample with a zero or non-finite input gradient does not move (the official code divides by its norm and
-    feeds NaN inputs to both networks); adversarial samples are clipped to
+    a sample with a zero or non-finite input gradient does not move (the
+    official code divides by its norm and feeds NaN inputs to both
+    networks); adversarial samples are clipped to
     the raw input range; base samples are only examples both networks get
     right; and the official schedule switches the term off at 75 % of
     training.

@@ -88,7 +88,8 @@ def test_two_replicas_step_equals_one_device_step(tmp_path):
 
 @pytest.mark.slow
 def test_every_registered_method_two_replicas_equal_one_device(tmp_path):
-    """Every method of the registry (batch-level ones on the gathered
+    """Every method of the registry but AB, AT, FitNets and NST, which the
+    test above checks on 2 replicas (batch-level ones on the gathered
     global batch), over a full batch of 16 and a short last batch of 15
     that the two replicas split 8 / 7: the same weights and logged losses
     as one device. (The task loss is off: Keras's compiled loss takes the
@@ -98,7 +99,10 @@ def test_every_registered_method_two_replicas_equal_one_device(tmp_path):
     out, log = tmp_path / "registry.json", tmp_path / "registry.log"
     _wait_all([_start(["registry", str(out)], log)], [log], timeout=600)
     report = json.loads(out.read_text())
-    assert sorted(report) == sorted(registry.names())
+    covered = ("ab", "at", "fitnets", "nst")  # checked by the test above
+    assert sorted(report) == sorted(
+        n for n in registry.names() if n not in covered
+    )
     for name, result in report.items():
         assert result["weight_diff"] < WEIGHT_ATOL, (name, result)
         assert result["loss_rel_diff"] < LOSS_RTOL, (name, result)

@@ -8,17 +8,17 @@ optimizer of its own between batches). See `Procedure`.
 """
 
 from keras_kd.procedures.base import Procedure
-from keras_kd.procedures.boundary import BoundarySupportingSamples
-from keras_kd.procedures.boundary import BoundarySupportingSchedule
 from keras_kd.procedures.boundary import boundary_attack
 from keras_kd.procedures.boundary import input_scale_of
 from keras_kd.procedures.boundary import sample_target_classes
 from keras_kd.procedures.boundary import select_base_samples
+from keras_kd.procedures.boundary_samples import BoundarySupportingSamples
+from keras_kd.procedures.boundary_samples import BoundarySupportingSchedule
 from keras_kd.procedures.route import Route
-from keras_kd.procedures.route import RouteConstrainedOptimization
 from keras_kd.procedures.route import RouteRecorder
-from keras_kd.procedures.route import equal_interval_anchors
-from keras_kd.procedures.route import greedy_next_anchor
+from keras_kd.procedures.route_constrained import RouteConstrainedOptimization
+from keras_kd.procedures.route_constrained import equal_interval_anchors
+from keras_kd.procedures.route_constrained import greedy_next_anchor
 
 __all__ = [
     "BoundarySupportingSamples",

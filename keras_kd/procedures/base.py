@@ -70,3 +70,14 @@ class Procedure(keras.layers.Layer):
         """Layers the procedure trains with an optimizer of its own (the
         Distiller's optimizer never touches them). None by default."""
         return []
+
+
+def check_int(owner, what, value, minimum=1):
+    """`value` if it is an int >= `minimum` (not a bool); else a
+    `ValueError` naming `owner`'s argument `what`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"{owner}: `{what}` must be an int >= {minimum}; received "
+            f"{value!r}."
+        )
+    return value

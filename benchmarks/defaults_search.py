@@ -1,14 +1,14 @@
 """Search for library defaults: variants of each method on panel cells.
 
-Issue 9, point 2. Runs the panel's machinery (`panel.py`: same cells, seeds,
-initial weights, optimizer, schedule and data order) on *variants* of the
-methods' weights, temperatures and schedules, and writes their gains over the
-student alone to `benchmarks/results/defaults_search.{md,json,jsonl,png}`.
+Runs the panel's machinery (`panel.py`: same cells, seeds, initial weights,
+optimizer, schedule and data order) on *variants* of the methods' weights,
+temperatures and schedules, and writes their gains over the student alone to
+`benchmarks/results/defaults_search.{md,json,jsonl,png}`.
 The panel itself (`panel.py`) then measures the defaults chosen here on every
 cell; this file is the evidence for the choice.
 
     python benchmarks/defaults_search.py --cells fm_red_adam_short_tiny \\
-        --configs alone,kd_t1,kd_t2 --data-dir ../shared/data
+        --configs alone,kd_t1,kd_t2 --data-dir path/to/data
     python benchmarks/defaults_search.py --report
 
 Arguments are those of `panel.py`; `--output` defaults to
@@ -159,7 +159,7 @@ for _name, _spec in VARIANTS.items():
 
 HEADER = """# Defaults search: variants of each method on panel cells
 
-Evidence for the library defaults (issue 9): the panel's machinery
+Evidence for the library defaults: the panel's machinery
 (`benchmarks/panel.py`: same cells, seeds, initial weights, optimizer,
 schedule and data order) run on *variants* of weights, temperatures and
 schedules, each named in the configs table below. It is not the panel of the

@@ -1,12 +1,12 @@
 """Panel benchmark: does distillation beat the student trained alone, regime
 by regime?
 
-Issue 9, point 1. For each *cell* of a panel of training regimes (data set, full
-or reduced training set, optimizer, short or long schedule, small or tiny
-student), trains the student alone and distilled with each method, for 3 seeds,
-with the *same* optimizer, schedule, seed, initial weights and data order, and
-reports each method's test-accuracy gain over the student alone (paired by
-seed: mean +- sample std), marking gains that lie inside the noise.
+For each *cell* of a panel of training regimes (data set, full or reduced
+training set, optimizer, short or long schedule, small or tiny student), trains
+the student alone and distilled with each method, for 3 seeds, with the *same*
+optimizer, schedule, seed, initial weights and data order, and reports each
+method's test-accuracy gain over the student alone (paired by seed: mean +-
+sample std), marking gains that lie inside the noise.
 
 The 8 cells form a 2^(5-2) fractional factorial design: every level of every
 factor appears in 4 cells, and no two factors always move together. Methods use
@@ -31,8 +31,8 @@ run and by `--report`.
                                            # from panel.jsonl
 
 Data: `fashion_mnist.npz` and `cifar10.npz` (`x_train, y_train, x_test, y_test`,
-as read by `keras_kd.data.load_arrays`) in `--data-dir` (default
-`../shared/data`, relative to the repository root). The benchmark only reads
+as read by `keras_kd.data.load_arrays`) in `--data-dir` (default `data`, in
+the directory the script runs from). The benchmark only reads
 them; keras_kd never depends on them. Teachers are trained once per data set
 and cached in `benchmarks/results/cache/` (not committed).
 """
@@ -63,7 +63,7 @@ from keras_kd.models import conv_net  # noqa: E402
 from keras_kd.models import resnet  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(REPO), "shared", "data")
+DEFAULT_DATA_DIR = "data"  # relative to the working directory
 
 # ---------------------------------------------------------------------------
 # Data sets, teachers and students.
@@ -882,7 +882,7 @@ def build_report(paths, records, teachers, smoke=False):
     )
     lines += [
         "",
-        "### Issue 9, point 2 (on the cells measured so far)",
+        "### The rule the defaults must meet (on the cells measured so far)",
         "",
         "Rule: KD, AB + KD and NST + KD each beat the student alone (higher "
         "mean) in every cell where the teacher beats the student alone by 3 "
@@ -1349,8 +1349,7 @@ def main(argv=None):
     parser.add_argument(
         "--data-dir",
         default=DEFAULT_DATA_DIR,
-        help="folder with fashion_mnist.npz and cifar10.npz "
-        "(default: ../shared/data next to the repository)",
+        help="folder with fashion_mnist.npz and cifar10.npz (default: ./data)",
     )
     parser.add_argument(
         "--smoke",

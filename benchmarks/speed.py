@@ -100,7 +100,7 @@ SIZES = {
         memory_steps=4,
         nst_repeats=3,
     ),
-    # Issue 10's GPU pair: ResNet-50 teacher -> MobileNetV2 student
+    # The GPU pair: ResNet-50 teacher -> MobileNetV2 student
     # (keras.applications, random weights), 224 px, batch 128. For a GPU
     # machine; see benchmarks/README.md for the command.
     "imagenet": dict(
@@ -140,7 +140,7 @@ PAIRS = {
         at=(RELUS, RELUS),
         skip=(),
     ),
-    # 14 x 14 and 7 x 7 at 224 px, as in issue 10's table (AB on 2 pairs).
+    # The 14 x 14 and 7 x 7 stages at 224 px (AB on 2 pairs).
     # No stage has equal shapes in both networks, so the equal-shape
     # configurations (keras FeatureDistillation among them) do not run.
     "imagenet": dict(

@@ -109,7 +109,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     ```python
     from keras_kd.backup import AtomicBackupAndRestore
 
-    backup = AtomicBackupAndRestore("/tmp/run1/backup")
+    backup = AtomicBackupAndRestore("runs/run1/backup")
     distiller.fit(x, y, epochs=30, shuffle=False, callbacks=[
         backup, keras_kd.callbacks.ActivationBoundarySchedule(5)])
     # Killed? Run the same command again: it resumes at the last epoch.

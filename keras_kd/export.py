@@ -293,7 +293,7 @@ def export_student(
                                 keras.layers.Dense(10)])
     images = np.random.randint(0, 256, (64, 16, 16, 3)).astype("float32")
     data = tf.data.Dataset.from_tensor_slices(images).batch(16)
-    result = export_student(student, "/tmp/student_int8.tflite",
+    result = export_student(student, "student_int8.tflite",
                             format="tflite_int8", representative_data=data,
                             num_calibration_batches=3, overwrite=True)
     interpreter = load_interpreter(result.path)

@@ -1,4 +1,4 @@
-"""AtomicBackupAndRestore: one writer per backup directory (issue 11).
+"""AtomicBackupAndRestore: one writer per backup directory.
 
 Two trainings sharing a backup_dir used to delete each other's files; now the
 second one is refused at the start of `fit`, naming the holder, and a killed

@@ -1,4 +1,4 @@
-"""Values that slip through (issue 11): loss weights, non-finite totals,
+"""Values that slip through: loss weights, non-finite totals,
 sample weights, labels, empty data, and the losses' own model checks."""
 
 import math

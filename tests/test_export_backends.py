@@ -1,4 +1,4 @@
-"""Export from any backend (issue 10): the `.keras` route, and no TensorFlow
+"""Export from any backend: the `.keras` route, and no TensorFlow
 needed to import `keras_kd.export`.
 
 A subprocess with KERAS_BACKEND=jax (and one with torch) trains a small

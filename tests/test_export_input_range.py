@@ -1,6 +1,6 @@
 """export warns when calibration/check data look unlike the training inputs.
 
-The issue-11 case: a student trained on inputs normalised outside the model,
+The case to catch: a student trained on inputs normalised outside the model,
 exported with raw 0..255 pixels as calibration and check data. The only
 record of the training inputs in the model is BatchNormalization's moving
 statistics, which `input_range_warning` compares with what its first

@@ -1,4 +1,4 @@
-"""export_student's overwrite rule and crash safety (issue 11, "Data loss").
+"""export_student's overwrite rule and crash safety (no user data lost).
 
 `overwrite=True` replaces only what an export writes (a TFLite flatbuffer for
 TFLite formats, a SavedModel directory for "saved_model"); everything else is
@@ -110,7 +110,7 @@ def test_cli_overwrite_refuses_current_directory(
 
 @pytest.mark.slow
 def test_keras_kd_command_in_a_subprocess_keeps_the_directory(model, tmp_path):
-    """The issue's command line, run as the user ran it."""
+    """`keras-kd export student.keras . --overwrite`, run as a user would."""
     _user_files(tmp_path)
     model.save(tmp_path / "student.keras")
     before = _tree(tmp_path)
@@ -320,7 +320,7 @@ def test_sigkill_between_renames_then_next_export_restores(
     (target / "saved_model.pb").write_bytes(b"the user's only copy")
     old = _tree(target)
     _export_killed_by_sigkill(KILL_BETWEEN_RENAMES, target)
-    # The window the issue describes: no target, the old copy in a leftover.
+    # The crash window: no target, the old copy in a leftover.
     assert not target.exists()
     (leftover,) = [p for p in tmp_path.iterdir() if p.name.startswith(".sm.")]
     assert _tree(leftover / "previous") == old

@@ -1,4 +1,4 @@
-"""NumPy 2's `copy` keyword warning is an error in this project (issue 11).
+"""NumPy 2's `copy` keyword warning is an error in keras_kd's code and tests.
 
 Keras 3.15's `Variable.__array__` lacks NumPy 2's `copy` argument, so
 `np.array(variable)` warns on every call. The suite once printed 600+ of

@@ -207,7 +207,7 @@ def test_bad_reduction():
         logits_distillation_loss(z_t, z_s, reduction="batch")
 
 
-# --- temperature range and float32 precision (issue 11) --------------------
+# --- temperature range and float32 precision --------------------------------
 
 
 def decimal_kd_per_example(z_t, z_s, temperature, digits=50):

@@ -1,4 +1,4 @@
-"""Loss hyperparameters are checked where they are set (issue 11).
+"""Loss hyperparameters are checked where they are set.
 
 NaN, Inf, negative values and bools used to pass the constructors and
 functions and only show up as NaN gradients or a loss of the wrong sign.

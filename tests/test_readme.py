@@ -1,11 +1,12 @@
-"""The README stays true: every Python snippet runs as pasted, the set-up
-commands exist, and the extras install one TensorFlow wheel.
+"""The README and the guides in docs/ stay true: every Python snippet runs
+as pasted, the set-up commands are CI's, the generated tables are current,
+and the extras install one TensorFlow wheel.
 
-Each ```python block runs in a fresh interpreter in an empty directory, as a
-user pasting it would. Tiny settings: the only change is that
-`keras_kd.data.load_arrays` returns a small class-balanced share of what it
-loads, so every snippet trains on a few hundred images. A block that cannot
-run here must say why in a comment right before it:
+Each ```python block (README.md, docs/*.md) runs in a fresh interpreter in
+an empty directory, as a user pasting it would. Tiny settings: the only
+change is that `keras_kd.data.load_arrays` returns a small class-balanced
+share of what it loads, so every snippet trains on a few hundred images. A
+block that cannot run here must say why in a comment right before it:
 `<!-- not-run: the reason -->`; the test lists those.
 """
 
@@ -20,6 +21,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 SETUP = ROOT / "setup.py"
 
 BLOCK = re.compile(
@@ -46,9 +48,10 @@ def _tiny_load_arrays(*args, **kwargs):  # test_readme: tiny settings
 keras_kd.data.load_arrays = _tiny_load_arrays
 """
 
-# Extra checks run after a section's block, in the same interpreter.
+# Extra checks run after a section's block, in the same interpreter, by
+# "file: section" ("top" before a file's first "## " title).
 CHECKS = {
-    "Quickstart": """
+    "README.md: Quickstart": """
 assert student is distiller.student
 assert isinstance(student, keras.Model)
 assert isinstance(student.layers[1], keras.layers.Normalization)
@@ -60,7 +63,7 @@ for key in ("activation_boundary_loss", "boundary_agreement",
             "student_loss", "val_loss"):
     assert key in history, key
 """,
-    "Ship the student": """
+    "docs/export.md: top": """
 import os
 assert os.path.isfile("student.tflite")
 assert result.format == "tflite_int8"
@@ -75,45 +78,77 @@ def _section_titles(text):
 
 
 def readme_blocks():
-    """`(id, section, not_run_reason or None, code)` of every ```python
-    block."""
-    text = README.read_text(encoding="utf-8")
-    titles = _section_titles(text)
-    blocks, counts = [], {}
-    for match in BLOCK.finditer(text):
-        section = next(
-            (t for start, t in reversed(titles) if start < match.start()), "top"
-        )
-        counts[section] = counts.get(section, 0) + 1
-        blocks.append(
-            (
-                f"{section} #{counts[section]}",
-                section,
-                match.group("reason"),
-                match.group("code"),
+    """`(id, "file: section", not_run_reason or None, code)` of every
+    ```python block of the README and docs/."""
+    blocks = []
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(ROOT).as_posix()
+        titles = _section_titles(text)
+        counts = {}
+        for match in BLOCK.finditer(text):
+            section = next(
+                (t for start, t in reversed(titles) if start < match.start()),
+                "top",
             )
-        )
+            key = f"{name}: {section}"
+            counts[key] = counts.get(key, 0) + 1
+            blocks.append(
+                (
+                    f"{key} #{counts[key]}",
+                    key,
+                    match.group("reason"),
+                    match.group("code"),
+                )
+            )
     return blocks
 
 
 def test_readme_has_the_snippets_this_file_runs():
     sections = [section for _, section, _, _ in readme_blocks()]
-    for section in ("Quickstart", "Scale out", "Ship the student"):
-        assert section in sections, f"no ```python block in '## {section}'"
+    for section in (
+        "README.md: Quickstart",
+        "docs/scale_out.md: top",
+        "docs/backends.md: top",
+        "docs/export.md: top",
+    ):
+        assert section in sections, f"no ```python block in {section}"
     # Every ```python fence is found (none hides in another fence style).
+    fences = sum(p.read_text(encoding="utf-8").count("```python") for p in DOCS)
+    assert fences == len(sections)
+
+
+def test_readme_is_short_and_starts_with_what_it_is():
     text = README.read_text(encoding="utf-8")
-    assert text.count("```python") == len(sections)
+    assert len(text.splitlines()) <= 300
+    titles = [title for _, title in _section_titles(text)]
+    assert titles[:3] == ["Install", "The main job", "Quickstart"], titles
 
 
-def test_not_run_snippets_give_a_reason():
-    skipped = [
-        (name, reason)
-        for name, _, reason, _ in readme_blocks()
-        if reason is not None
-    ]
-    for name, reason in skipped:
-        assert len(reason) >= 10, f"{name}: not-run needs a reason"
-    print("README snippets not run:", skipped or "none")
+def test_links_point_at_files_of_the_repository():
+    for path in DOCS + [ROOT / "examples" / "README.md"]:
+        if not path.exists():
+            continue
+        text = path.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # a web address
+            assert (path.parent / target).exists(), f"{path.name}: {target}"
+
+
+def test_generated_tables_are_current():
+    """The README's tables and printout are what benchmarks/readme_tables.py
+    writes from the results files."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import readme_tables
+    finally:
+        sys.path.pop(0)
+    text = README.read_text(encoding="utf-8")
+    assert readme_tables.render(text) == text, (
+        "README.md's generated tables are stale: run "
+        "python benchmarks/readme_tables.py"
+    )
 
 
 @pytest.mark.slow
@@ -167,12 +202,14 @@ def _section(title):
 
 
 def test_setup_commands_match_ci():
-    commands = re.findall(r"^pip install .*$", _section("Set up"), re.M)
+    commands = re.findall(r"^pip install .*$", _section("Install"), re.M)
     assert commands == [
         'pip install -e ".[cpu]" && keras-kd',
         "pip install torch==2.13.0 && pip install -e "
         '".[cpu,jax,torch,test,examples]" && '
         "python -m pytest --doctest-modules tests keras_kd -q",
+        'pip install -e ".[cpu,jax,test]" && '
+        "python -m pytest -m quick tests -q",
     ]
     ci = (README.parent / ".ci" / "run").read_text()
     assert 'pip install "torch==2.13.0"' in ci

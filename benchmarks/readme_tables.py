@@ -1,0 +1,371 @@
+"""Writes the README's generated tables from the method registry and the
+results files in benchmarks/results/.
+
+Three blocks of README.md are generated, each between a `<!-- begin NAME -->`
+and an `<!-- end NAME -->` line:
+
+- `methods`: "which method?": one row per registered method (the registry
+  in `keras_kd.losses.registry`, so a new method adds its row) and one per
+  training procedure, with what it reads, its step time against each
+  backend's floor (`speed.py`'s results) and its gain on the panel
+  (`panel.py`'s results; "not measured" until the panel runs it);
+- `results`: one row per result, each read from its results file, which
+  the row names;
+- `main_job`: what `keras-kd` printed, from `main_job.py`'s record.
+
+    python benchmarks/readme_tables.py           # rewrite README.md
+    python benchmarks/readme_tables.py --check   # exit 1 if it is stale
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+
+import common
+
+common.quiet_tensorflow()
+
+from keras_kd import procedures  # noqa: E402
+from keras_kd.losses import registry  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+RESULTS = common.RESULTS_DIR
+BACKENDS = (("tensorflow", ""), ("jax", "_jax"), ("torch", "_torch"))
+
+# The configuration of speed.py that times each method, and the floor it
+# is divided by (AB's connectors are compute the method asks for).
+SPEED = {
+    "kd": ("speed", "kd", "floor"),
+    "ab": ("speed", "ab_kd", "floor_with_connectors"),
+    "nst": ("speed", "nst_kd", "floor"),
+    "at": ("speed", "at", "floor"),
+    "fitnets": ("speed", "mse", "floor"),
+}
+# What a speed configuration runs besides the method, when not alone.
+SPEED_WITH = {"ab": "with KD", "nst": "with KD"}
+# Panel configurations by method: (config, label).
+PANEL = {
+    "kd": [("kd", "")],
+    "ab": [("ab_kd", "with KD"), ("ab", "alone")],
+    "nst": [("nst_kd", "with KD"), ("nst", "alone")],
+    "at": [("at", "")],
+}
+# Training procedures (keras_kd.procedures): (name, class, what it does,
+# speed configuration).
+PROCEDURES = [
+    (
+        "BoundarySupportingSamples",
+        "adversarial samples near the teacher's decision boundary, "
+        "distilled too",
+        "bss_kd",
+    ),
+    (
+        "RouteConstrainedOptimization",
+        "the teacher's training route, easiest anchor first",
+        "rco_kd",
+    ),
+]
+
+
+def _json(name):
+    path = os.path.join(RESULTS, name + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _runs(stem, suffix):
+    """The results of a speed benchmark on one backend: every run's file
+    (`speed_torch.json`, `speed_torch_run2.json`, ...)."""
+    name = stem + suffix
+    paths = sorted(glob.glob(os.path.join(RESULTS, name + ".json")))
+    paths += sorted(glob.glob(os.path.join(RESULTS, name + "_run*.json")))
+    runs = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            runs.append(json.load(f))
+    return runs
+
+
+def speed_ratio(stem, config, floor="floor"):
+    """`{backend: median ratio over runs}` of one speed configuration."""
+    ratios = {}
+    for backend, suffix in BACKENDS:
+        values = [
+            run["medians"][config] / (run.get(floor) or run["floor"])
+            for run in _runs(stem, suffix)
+            if config in run.get("medians", {})
+        ]
+        if values:
+            ratios[backend] = statistics.median(values)
+    return ratios
+
+
+def _ratios_text(ratios):
+    if not ratios:
+        return "not measured"
+    return " / ".join(
+        f"{ratios[b]:.2f}" if b in ratios else "–" for b, _ in BACKENDS
+    )
+
+
+def _method_speed(name):
+    if name in SPEED:
+        stem, config, floor = SPEED[name]
+        text = _ratios_text(speed_ratio(stem, config, floor))
+        return f"{text} ({SPEED_WITH[name]})" if name in SPEED_WITH else text
+    return _ratios_text(speed_ratio("speed_methods", name))
+
+
+def panel_gain(config, panel):
+    """'+2.2 (6/8)': the mean gain in points over the cells that ran
+    `config`, and in how many of them it lies beyond the noise."""
+    cells = [
+        s["gains"][config]
+        for s in panel["summary"]
+        if config in s.get("gains", {})
+    ]
+    if not cells:
+        return None
+    mean = sum(c["gain"] for c in cells) / len(cells)
+    better = sum(c["verdict"] == "better" for c in cells)
+    worse = sum(c["verdict"] == "worse" for c in cells)
+    text = f"{mean:+.1f} ({better}/{len(cells)} better"
+    return text + (f", {worse} worse)" if worse else ")")
+
+
+def _reads(method):
+    taps = registry.default_taps(method.name)
+    level = getattr(method.cls, "level", "example")
+    if not taps:
+        what = "logits"
+    elif level == "batch":
+        what = "features, across the batch"
+    else:
+        what = "features"
+    requires = [r.replace("_", " ") for r in method.cls.requires]
+    return ", ".join([what, *requires])
+
+
+def methods_table():
+    panel = _json("panel")
+    lines = [
+        "| method | name | what it transfers | reads | step × floor, "
+        "TF / JAX / PyTorch | panel gain, points (cells better) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for method in registry.methods():
+        gains = [
+            (panel_gain(config, panel), label)
+            for config, label in PANEL.get(method.name, [])
+        ]
+        gain = (
+            "; ".join(f"{g} {label}".strip() for g, label in gains if g)
+            or "not on the panel yet"
+        )
+        summary = (
+            method.summary.split(": ", 1)[-1]
+            if method.fixed
+            else (method.summary)
+        )
+        title = method.cls.__name__
+        if method.fixed:
+            title += (
+                "("
+                + ", ".join(f"{k}={v!r}" for k, v in method.fixed.items())
+                + ")"
+            )
+        lines.append(
+            f"| `{title}` | `{method.name}` | {summary} | "
+            f"{_reads(method)} | {_method_speed(method.name)} | {gain} |"
+        )
+    for name, what, config in PROCEDURES:
+        cls = getattr(procedures, name)
+        reads = ["logits"] if cls.needs_logits else []
+        reads += [r.replace("_", " ") for r in cls.requires]
+        if name == "RouteConstrainedOptimization":
+            reads.append("the teacher's checkpoints")
+        lines.append(
+            f"| `procedures.{name}` | procedure | {what} | "
+            f"{', '.join(reads) or '—'} | "
+            f"{_ratios_text(speed_ratio('speed_procedures', config))} "
+            "(with KD) | not on the panel yet |"
+        )
+    return lines
+
+
+def _main_job_text():
+    with open(os.path.join(RESULTS, "main_job.md"), encoding="utf-8") as f:
+        return f.read()
+
+
+def main_job_printout():
+    """What `keras-kd` printed, as recorded by main_job.py."""
+    text = _main_job_text()
+    printout = re.search(r"^```\n(keras-kd:.*?)^```", text, re.S | re.M)
+    return ["```", *printout.group(1).rstrip().splitlines(), "```"]
+
+
+def _main_job():
+    text = _main_job_text()
+
+    def line(label):
+        match = re.search(rf"^\s*{label}\s+(.+)$", text, re.M)
+        return match.group(1).strip() if match else "?"
+
+    alone = line("student alone").split("  ")[0]
+    distilled = line("student distilled").split("  ")[0]
+    gain = line("gain").split(" (")[0]
+    wall = re.search(r"Wall time (\d+) s", text).group(1)
+    return (
+        "the main job (`keras-kd`: Fashion-MNIST subset, KD, 3 seeds)",
+        f"student alone {alone}, distilled {distilled}: gain {gain}, "
+        f"beyond the noise; {wall} s on 2 CPU cores, start-up included",
+        "main_job.md",
+    )
+
+
+def _panel():
+    panel = _json("panel")
+    gains = {c: panel_gain(c, panel) for c in ("kd", "ab_kd", "nst_kd")}
+    below = sum(
+        g["verdict"] == "worse"
+        for s in panel["summary"]
+        for g in s["gains"].values()
+    )
+    runs = sum(len(s["gains"]) for s in panel["summary"])
+    return (
+        f"the panel: {len(panel['summary'])} training regimes, 3 seeds, "
+        "library defaults",
+        f"mean gain KD {gains['kd']}, AB + KD {gains['ab_kd']}, NST + KD "
+        f"{gains['nst_kd']}; {below} of {runs} method-regime pairs worse "
+        "than the student alone",
+        "panel.md",
+    )
+
+
+def _speed():
+    kd = speed_ratio("speed", "kd")
+    keras_feature = speed_ratio("speed", "keras_feature")
+    ours = speed_ratio("speed", "mse")
+    return (
+        "step time, ResNet-32 → ResNet-8, batch 128, TF / JAX / PyTorch",
+        f"KD {_ratios_text(kd)} × the floor; a FitNets-style MSE on one "
+        f"feature pair {_ratios_text(ours)}, `keras.distillation`'s "
+        f"FeatureDistillation on the same pair {_ratios_text(keras_feature)}",
+        "speed_backends.md",
+    )
+
+
+def _export():
+    path = os.path.join(RESULTS, "export.md")
+    with open(path, encoding="utf-8") as f:
+        rows = {
+            cells[1].strip(): [c.strip() for c in cells[2:-1]]
+            for cells in (
+                line.split("|") for line in f if line.startswith("| tflite")
+            )
+        }
+    size, diff, agreement = rows["tflite_int8"]
+    f32 = rows["tflite_float32"]
+    return (
+        "export of a small student",
+        f"TFLite float32 within {f32[1]} of Keras; int8 {size}, top-1 "
+        f"agreement {agreement}",
+        "export.md",
+    )
+
+
+#: The results block: one function per row, each reading its own file.
+RESULT_ROWS = [_main_job, _panel, _speed, _export]
+
+
+def results_table():
+    lines = ["| result | measured | source |", "| --- | --- | --- |"]
+    for row in RESULT_ROWS:
+        what, measured, source = row()
+        lines.append(
+            f"| {what} | {measured} | "
+            f"[`{source}`](benchmarks/results/{source}) |"
+        )
+    return lines
+
+
+def test_commands_table():
+    """The README's test commands as fast_check.py measured them."""
+    lines = [
+        "| command | backends | environment | install | tests | result |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, label in (("fast_check", "fast check"), ("full", "full")):
+        name = "full_suite" if name == "full" else name
+        path = os.path.join(RESULTS, name + ".md")
+        if not os.path.exists(path):
+            lines.append(f"| {label} | not measured yet | | | | |")
+            continue
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        install = re.search(r"^\| install \|.*\| (\d+) s", text, re.M)
+        tests = re.search(r"^\| tests \|.*\| (\d+) s \|", text, re.M)
+        result = re.search(r"^Tests: `(.*)`", text, re.M)
+        backends = re.search(r"^Backends installed: (.*?)\. ", text, re.M)
+        size = re.search(r"environment: (\d+) MiB", text)
+        lines.append(
+            f"| {label} | {backends.group(1)} | "
+            f"{int(size.group(1)) / 1024:.1f} GiB | {install.group(1)} s "
+            f"(cached) | {int(tests.group(1)) / 60:.1f} min | "
+            f"{result.group(1)} ([`{name}.md`](benchmarks/results/{name}.md)) |"
+        )
+    return lines
+
+
+BLOCKS = {
+    "test_commands": test_commands_table,
+    "main_job": main_job_printout,
+    "methods": methods_table,
+    "results": results_table,
+}
+
+
+def render(text):
+    """`text` with every generated block rewritten."""
+    for name, table in BLOCKS.items():
+        pattern = re.compile(
+            rf"(<!-- begin {name} [^\n]*-->\n).*?(<!-- end {name} -->)", re.S
+        )
+        if not pattern.search(text):
+            raise ValueError(f"README.md has no '<!-- begin {name} ...' block")
+        body = "\n".join(table()) + "\n"
+        text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+    return text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    new = render(text)
+    if args.check:
+        if new != text:
+            print(
+                "README.md's generated tables are stale: run "
+                "python benchmarks/readme_tables.py"
+            )
+            return 1
+        return 0
+    if new != text:
+        common.write_text(README, new.rstrip("\n").splitlines())
+        print("rewrote README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,7 @@
 import importlib.util
 import inspect
 import os
+import pathlib
 import re
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -81,9 +82,25 @@ def pytest_configure(config):
     )
     config.addinivalue_line(
         "markers",
+        "quick: the fast check (`pytest -m quick tests`): the float64 checks "
+        "of every loss (tests/losses), one fit per installed backend and an "
+        "export with its parity check (tests/test_quick.py).",
+    )
+    config.addinivalue_line(
+        "markers",
         "tensorflow_only(reason): needs the TensorFlow backend; skipped "
         "under KERAS_BACKEND=jax / torch.",
     )
+
+
+# What the fast check runs (see the `quick` marker): these folders and files.
+QUICK = ("losses", "test_quick.py")
+
+
+def pytest_itemcollected(item):
+    parts = pathlib.Path(str(item.fspath)).parts
+    if parts[-2] in QUICK or parts[-1] in QUICK:
+        item.add_marker(pytest.mark.quick)
 
 
 def _tensorflow_only_reason(item):

@@ -127,6 +127,9 @@ def main(argv=None):
         f"The README's {name.replace('_', ' ')} in a fresh environment",
         started.strftime("%Y-%m-%d %H:%M"),
         [
+            "(The package table above is the environment that ran this "
+            "script; the fresh environment's backends are named below.)",
+            "",
             "| part | command | wall time |",
             "| --- | --- | --- |",
             f"| install | `{install_text}` | {install_s:.0f} s "

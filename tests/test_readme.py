@@ -133,7 +133,9 @@ def test_links_point_at_files_of_the_repository():
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
             if re.match(r"[a-z]+:", target):
                 continue  # a web address
-            assert (path.parent / target).exists(), f"{path.name}: {target}"
+            assert (path.parent / target).exists(), (
+                f"{path.relative_to(ROOT)}: {target}"
+            )
 
 
 def test_generated_tables_are_current():

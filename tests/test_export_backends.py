@@ -137,7 +137,8 @@ NO_TENSORFLOW = textwrap.dedent("""
     sys.modules["tensorflow"] = None  # `import tensorflow` now fails
     report = {}
     spec = importlib.util.spec_from_file_location(
-        "export_alone", os.path.join(sys.argv[1], "keras_kd", "export.py"))
+        "export_alone",
+        os.path.join(sys.argv[1], "keras_kd", "export", "__init__.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # the module itself, without the package
     report["module_imported"] = True

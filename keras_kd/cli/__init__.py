@@ -660,7 +660,3 @@ def main(argv=None):
         argv = argv[1:]
     distill(argv)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,8 +19,15 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_kd", "keras_kd.*"]),
-    package_data={"keras_kd": ["datasets/*.npz", "datasets/*.md"]},
-    install_requires=["keras>=3.12", "numpy"],
+    package_data={
+        "keras_kd": [
+            "datasets/*.npz",
+            "datasets/*.md",
+            "recipes/bundled/*.yaml",
+            "recipes/bundled/paper/*.yaml",
+        ]
+    },
+    install_requires=["keras>=3.12", "numpy", "pyyaml>=5.1"],
     # keras_kd itself needs only Keras and one backend; each extra below
     # installs one. TensorFlow is needed only by keras_kd.data (tf.data /
     # tfds pipelines), keras_kd.export (SavedModel / TFLite), tf.distribute

@@ -25,6 +25,7 @@ import pytest  # noqa: E402
 from keras_kd import export as export_lib  # noqa: E402
 from keras_kd.export import ExportWarning  # noqa: E402
 from keras_kd.export import export_student  # noqa: E402
+from keras_kd.export import files as export_files  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -230,7 +231,7 @@ def test_tflite_file_is_replaced_with_one_atomic_rename(
         calls.append((os.fspath(src), os.fspath(dst)))
         return original(src, dst)
 
-    monkeypatch.setattr(export_lib.os, "replace", spy)
+    monkeypatch.setattr(export_files.os, "replace", spy)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         export_student(model, target, format="tflite_float32", verbose=False)
     result = export_student(
@@ -252,7 +253,7 @@ def test_saved_model_directory_is_replaced(
     shutil.copytree(saved_model, target)
     (target / "saved_model.pb").write_bytes(b"an older export")
     if not exchange:
-        monkeypatch.setattr(export_lib, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(export_files, "_exchange", lambda a, b: False)
     result = export_student(model, target, overwrite=True, verbose=False)
     assert result.passed
     assert (target / "saved_model.pb").read_bytes() != b"an older export"
@@ -264,7 +265,7 @@ def test_exchange_swaps_two_directories(tmp_path):
     (tmp_path / "a" / "x").write_text("a")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "x").write_text("b")
-    if not export_lib._exchange(tmp_path / "a", tmp_path / "b"):
+    if not export_files._exchange(tmp_path / "a", tmp_path / "b"):
         pytest.skip("no atomic exchange on this OS / file system")
     assert (tmp_path / "a" / "x").read_text() == "b"
     assert (tmp_path / "b" / "x").read_text() == "a"
@@ -292,11 +293,12 @@ KILL_BETWEEN_RENAMES = textwrap.dedent("""
     os.environ["KERAS_BACKEND"] = "tensorflow"
     import keras
     from keras_kd import export as export_lib
+    from keras_kd.export import files
     sys.path.insert(0, {tests!r})
     from test_export_overwrite import _model
 
     target = sys.argv[1]
-    export_lib._exchange = lambda a, b: False  # the two-rename route
+    files._exchange = lambda a, b: False  # the two-rename route
     original = os.replace
 
     def replace(src, dst):
@@ -337,13 +339,14 @@ KILL_BEFORE_RENAME = textwrap.dedent("""
     import os, signal, sys
     os.environ["KERAS_BACKEND"] = "tensorflow"
     from keras_kd import export as export_lib
+    from keras_kd.export import student
     sys.path.insert(0, {tests!r})
     from test_export_overwrite import _model
 
     def killed(*args, **kwargs):  # built and written, not yet checked
         os.kill(os.getpid(), signal.SIGKILL)
 
-    export_lib._check_parity = killed
+    student.check_parity = killed
     export_lib.export_student(_model(), sys.argv[1], format="tflite_float32",
                               overwrite=True)
 """)
@@ -417,7 +420,7 @@ def test_kill_leaves_nothing_lost_for_files(model, tmp_path, monkeypatch):
     def fail(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(export_lib.os, "replace", fail)
+    monkeypatch.setattr(export_files.os, "replace", fail)
     with pytest.raises(OSError, match="disk gone"):
         export_student(
             model,

@@ -11,6 +11,9 @@ import pytest
 
 from keras_kd import cli
 from keras_kd import data
+from keras_kd.cli import main_job
+from keras_kd.cli import options
+from keras_kd.export.command import keras_file_problem
 from keras_kd.losses import registry
 from keras_kd.models import conv_net
 from keras_kd.models import resnet
@@ -176,7 +179,7 @@ def test_main_job_pipeline_feeds_raw_pixels():
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, (10, 6, 6, 1), dtype=np.uint8)
     y = np.arange(10) % 2
-    train_ds, test_ds, mean, std = cli._pipelines(x, y, x, y, batch_size=4)
+    train_ds, test_ds, mean, std = main_job._pipelines(x, y, x, y, batch_size=4)
     images = np.concatenate([b.numpy() for b, _ in test_ds])
     np.testing.assert_array_equal(images, x.astype("float32"))
     train = np.concatenate([b.numpy() for b, _ in train_ds(x, y, 0)])
@@ -193,7 +196,7 @@ def test_help_shows_both_commands_and_every_flag_has_help(capsys):
     assert text.startswith("usage: keras-kd [distill]")
     assert "keras-kd export MODEL.keras OUTPUT" in text
     assert "usage: keras-kd distill" not in text
-    for action in cli._parser()._actions:
+    for action in options.build_parser()._actions:
         assert action.help, f"{action.option_strings} has no help text"
     # --methods lists what the registry holds.
     for line in registry.describe():
@@ -374,18 +377,44 @@ def test_export_names_a_damaged_keras_file_in_one_line(
     assert not target.exists()
 
 
-def test_export_reads_a_sound_keras_file():
-    assert cli.keras_file_problem(os.devnull) is not None
-    assert (
-        cli._export_model_argument(
-            ["--format", "saved_model", "--batch-size", "8", "m.keras", "out"]
+def test_export_finds_its_model_argument_among_the_options(tmp_path, capsys):
+    """argparse, not a scan of argv, finds MODEL: after options with values,
+    after flags, or after `--`."""
+    assert keras_file_problem(os.devnull) is not None
+    damaged = tmp_path / "m.keras"
+    damaged.write_text("not a model")
+    target = str(tmp_path / "out")
+    for argv in (
+        ["--format", "saved_model", "--batch-size", "8", str(damaged), target],
+        ["--overwrite", str(damaged), target],
+        ["--quiet", "--", str(damaged), target],
+    ):
+        assert cli.main(["export", *argv]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"keras-kd export: error: cannot read '{damaged}': it is not a "
+            "zip archive"
+        ), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_commands_dispatch_on_the_first_argument(monkeypatch):
+    calls = []
+    for name in ("distill", "export"):
+        monkeypatch.setitem(
+            cli.COMMANDS,
+            name,
+            lambda argv, name=name: calls.append((name, argv)),
         )
-        == "m.keras"
-    )
-    assert (
-        cli._export_model_argument(["--overwrite", "m.keras", "o"]) == "m.keras"
-    )
+    cli.main(["export", "a.keras", "b"])
+    cli.main(["distill", "--quick"])
+    cli.main(["--quick"])  # no command name: the main job
+    assert calls == [
+        ("export", ["a.keras", "b"]),
+        ("distill", ["--quick"]),
+        ("distill", ["--quick"]),
+    ]
 
 
 def test_a_sound_keras_file_passes_the_check(tmp_path):
-    assert cli.keras_file_problem(_saved_model(tmp_path)) is None
+    assert keras_file_problem(_saved_model(tmp_path)) is None

@@ -14,7 +14,7 @@ Public API:
         ActivationBoundarySchedule, FlowOfSolutionSchedule, LinearWarmup.
     taps: Tap, build_extractor (tapping layers of functional models).
     backup: AtomicBackupAndRestore (resume after a crash, nothing torn).
-    distribute: synchronize_batch_norm and multi-worker helpers.
+    distribute: synchronize_batch_norm (global-batch BatchNormalization).
     backend: the backend-specific parts of the Distiller's step.
     data: tf.data input pipelines (bundled data, .npz archives, tfds).
     models: reference CNN / ResNet builders.

@@ -13,20 +13,12 @@ the step already sees the global batch.
   BatchNormalization layers are left as the user built them: pass
   `synchronized=True` to them for device-count-independent results (plain
   data parallelism normalises per replica, which is a different model).
-- `is_multi_worker`, `first_local_batch`, `shape_logs`: the
-  `MultiWorkerMirroredStrategy` workarounds (keras-team/keras#20585),
-  TensorFlow only; they live in `keras_kd.backend.tensorflow`.
+- The `MultiWorkerMirroredStrategy` workarounds (keras-team/keras#20585) are
+  TensorFlow only and live in `keras_kd.backend.tensorflow`, with the
+  replica count (`keras_kd.backend.get().replicas_in_sync()`).
 """
 
 import keras
-
-
-def replicas_in_sync():
-    """Replicas whose batches form one global batch (1 outside
-    tf.distribute)."""
-    from keras_kd import backend
-
-    return backend.get().replicas_in_sync()
 
 
 def synchronize_batch_norm(layer):
@@ -40,25 +32,3 @@ def synchronize_batch_norm(layer):
             sublayer.synchronized = True
             changed += 1
     return changed
-
-
-def _tensorflow():
-    from keras_kd.backend import tensorflow
-
-    return tensorflow
-
-
-def is_multi_worker(strategy):
-    """Whether `strategy` is a `MultiWorkerMirroredStrategy` with >1 worker."""
-    return _tensorflow().is_multi_worker(strategy)
-
-
-def first_local_batch(iterator, strategy):
-    """The first batch of a distributed epoch iterator, as one replica sees
-    it."""
-    return _tensorflow().first_local_batch(iterator, strategy)
-
-
-def shape_logs(logs, strategy):
-    """Gives scalar logs shape `(1,)` in multi-worker mode."""
-    return _tensorflow().shape_logs(logs, strategy)

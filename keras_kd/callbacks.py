@@ -136,9 +136,10 @@ class InitializationSchedule(StagedSchedule):
     give it the length of stage 2. Without the restart, Adam's second
     moments carry the large initialisation gradients into stage 2 and damp
     its updates for thousands of steps: on the panel's Fashion-MNIST cell
-    with Adam and a tiny student (`benchmarks/panel.py`), AB initialisation
-    then cross-entropy fell 17 points below the student alone; see the
-    README's results for the numbers with the restart.
+    with Adam and a tiny student, AB initialisation then cross-entropy fell
+    far below the student alone without the restart
+    (`benchmarks/results/panel_v0_1.md`, whose runs kept one optimizer) and
+    stays inside the noise with it (`benchmarks/results/panel.md`).
 
     Args:
         init_epochs: epochs of stage 1 (RepDistiller: 30 of 240).

@@ -8,10 +8,11 @@ student's extraction), then `compute_loss`, `backward()` and the optimizer.
   `compute_loss` (still one teacher pass per step). Run after the student,
   the teacher allocated its activations while the student's, kept for the
   backward pass, were still alive, and on CPU it ran measurably slower than
-  on its own. In `benchmarks/results/speed_backends.md` (batch 128, 3 runs)
-  KD costs 1.02x the floor here, `keras.distillation`'s KD, which runs the
-  teacher after the student, 1.10x. Eager order is the only order PyTorch
-  has; TensorFlow and JAX compile the step and schedule it themselves.
+  on its own; KD here costs less over the student's own step than
+  `keras.distillation`'s KD, which runs the teacher after the student
+  (measured: `benchmarks/results/speed_backends.md`). Eager order is the
+  only order PyTorch has; TensorFlow and JAX compile the step and schedule
+  it themselves.
 - The guard checks the weighted terms and the total in `compute_loss` and
   raises there, before the backward pass, so no gradient is computed and no
   weight or optimizer slot changes.

@@ -215,10 +215,11 @@ class AttentionTransfer(SpatialAlignment, DistillationLoss):
     average-pooled to the smaller. Pairs are averaged (`pair_weights`
     default `1/n`). The Distiller's default weight is `100`
     (`preset="paper"`: the reference code's `beta = 1000`). On keras_kd's
-    panel (`benchmarks/defaults_search.py`, 3 seeds, AT on every stage, gain
-    over the student alone) `beta = 1000` lost 10.6 points with a tiny
-    student under Adam and 2.3 with a small one under SGD; `100` gained
-    +0.6 and +0.8 (250: -1.6 and +0.1).
+    panel (AT on every stage) `beta = 1000` lost accuracy against the
+    student alone, with a tiny student under Adam and a small one under
+    SGD; `100` gained with both (250 lay in between). Measured:
+    `benchmarks/results/panel_v0_1.md` (`beta = 1000`) and
+    `benchmarks/results/defaults_search.md` (100 and 250).
 
     Reference:
         Zagoruyko, Komodakis, "Paying More Attention to Attention",

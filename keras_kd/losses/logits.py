@@ -335,12 +335,12 @@ class LogitsDistillation(DistillationLoss):
     the student learns from the label and from the teacher's probabilities
     in equal parts. The published `T = 4` spreads the target over the
     teacher's small probabilities and, with `T^2 = 16` on the KL, dominates
-    the task loss; on keras_kd's panel (`benchmarks/defaults_search.py`,
-    3 seeds, gain over the student alone in points) it lost 4.9 points with
-    a tiny student under Adam and gained only 0.2 with a small one under
-    SGD, where `T = 1` gained +0.2 and +1.8 (and `T = 2`, or `T = 4` with
-    weight 1/16 or 1/4, lay in between). The README's results section has
-    the whole panel.
+    the task loss. On keras_kd's panel it lost accuracy against the student
+    alone with a tiny student under Adam and barely gained with a small one
+    under SGD, where `T = 1` did better with both (and `T = 2`, or `T = 4`
+    with weight 1/16 or 1/4, lay in between). Measured:
+    `benchmarks/results/panel_v0_1.md` (`T = 4`) and
+    `benchmarks/results/defaults_search.md` (the other settings).
 
     Reference:
         Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural

@@ -287,12 +287,12 @@ class NeuronSelectivityTransfer(SpatialAlignment, DistillationLoss):
     `lambda / 2`).
 
     Why 1: MMD^2 of unit vectors lies in `[0, 2]`, so at weight 50 the term
-    outweighs the task loss many times over. On keras_kd's panel
-    (`benchmarks/defaults_search.py`, 3 seeds, last stage, gain over the
-    student alone in points) NST alone at 50 lost 24.8 points with a tiny
-    student under Adam and 8.2 with a small one under SGD; at 10: -8.8 and
-    -1.2; at 5: -2.7 and -0.4; at 1 it is within the noise. The README's
-    results section has the whole panel.
+    outweighs the task loss many times over. On keras_kd's panel (NST
+    alone, on the last stage) weight 50 left the student well below the
+    student trained alone, with a tiny student under Adam and a small one
+    under SGD; the loss shrank with the weight (10, then 5), and at 1 it is
+    within the noise. Measured: `benchmarks/results/panel_v0_1.md` (weight
+    50) and `benchmarks/results/defaults_search.md` (10, 5 and 1).
 
     Reference:
         Huang, Wang, "Like What You Like: Knowledge Distill via Neuron

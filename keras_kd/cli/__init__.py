@@ -11,7 +11,10 @@ holding the training set's statistics, and the input pipeline does not
 normalise, so a student saved with `--output` exports as it is.
 
 `keras-kd export ...` writes a distilled student to SavedModel or TFLite
-(see `keras-kd export --help`).
+(see `keras-kd export --help`). `keras-kd run RECIPE` runs a recipe file
+and `keras-kd validate RECIPE` checks one (`keras_kd.recipes`); with no
+arguments at all, `keras-kd` runs the bundled `main_job` recipe, which runs
+the main job with its defaults.
 
 `main` dispatches on the first argument: a name of `COMMANDS` runs that
 command on the arguments after it, anything else runs the main job on all
@@ -31,6 +34,18 @@ def _distill(argv):
     return 0
 
 
+def _run(argv):
+    from keras_kd.recipes.command import run_command
+
+    return run_command(argv)
+
+
+def _validate(argv):
+    from keras_kd.recipes.command import validate_command
+
+    return validate_command(argv)
+
+
 def _export(argv):
     from keras_kd.export.command import export_command
 
@@ -43,6 +58,8 @@ def _export(argv):
 COMMANDS = {
     "distill": _distill,
     "export": _export,
+    "run": _run,
+    "validate": _validate,
 }
 DEFAULT_COMMAND = "distill"
 
@@ -50,7 +67,10 @@ DEFAULT_COMMAND = "distill"
 def main(argv=None):
     """Entry point of the `keras-kd` command."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in COMMANDS:
+    if not argv:
+        # The main job is a recipe: `keras-kd` is `keras-kd run main_job`.
+        return _run(["main_job"])
+    if argv[0] in COMMANDS:
         name, argv = argv[0], argv[1:]
     else:
         name = DEFAULT_COMMAND

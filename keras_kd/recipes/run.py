@@ -76,7 +76,8 @@ def _write(path, text):
 
 def prepare_directory(directory, recipe):
     """Creates the run folder, or accepts it when it holds a run of the
-    same resolved recipe (a resume). Refuses anything else."""
+    same resolved recipe (a resume; a `compare` run, which does not resume,
+    replaces its own record there). Refuses anything else."""
     directory = pathlib.Path(directory)
     text = _yaml(recipe)
     if directory.exists():
@@ -86,6 +87,12 @@ def prepare_directory(directory, recipe):
                 "folder for the run."
             )
         saved = directory / "recipe.yaml"
+        ours = saved.is_file() and (directory / "run.json").is_file()
+        if ours and recipe["experiment"] == "compare":
+            previous = json.loads((directory / "run.json").read_text())
+            if previous.get("experiment") == "compare":
+                _write(saved, text)
+                return True
         if saved.is_file():
             if saved.read_text(encoding="utf-8") != text:
                 raise RecipeError(
@@ -141,14 +148,15 @@ def run(path, seeds=None, overrides=(), verbose=True):
     )
     fresh = prepare_directory(directory, recipe)
     _record(directory, recipe, base, recipe["seeds"], started)
+    if recipe["experiment"] == "compare":
+        # Prints exactly what the main job prints.
+        return _run_compare(recipe, base, directory)
     if verbose:
         print(
             f"keras-kd run: {recipe['name']} -> {directory}"
             + ("" if fresh else " (resuming)"),
             flush=True,
         )
-    if recipe["experiment"] == "compare":
-        return _run_compare(recipe, base, directory)
     return _run_distill(recipe, base, directory, verbose)
 
 
@@ -158,7 +166,7 @@ def _run_compare(recipe, base, directory):
     arguments = compare.argv(recipe, base)
     if recipe["outputs"]["save_student"]:
         arguments += ["--output", str(directory / "models")]
-    from keras_kd.cli import distill
+    from keras_kd.cli.main_job import distill
 
     results = distill(arguments)
     _write(directory / "results.json", json.dumps(results, indent=2))

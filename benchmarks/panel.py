@@ -39,6 +39,7 @@ and cached in `benchmarks/results/cache/` (not committed).
 
 import argparse
 import datetime
+import glob
 import hashlib
 import json
 import os
@@ -58,9 +59,10 @@ from accuracy import cross_entropy  # noqa: E402
 from accuracy import evaluate  # noqa: E402
 
 import keras_kd  # noqa: E402
-from keras_kd import losses  # noqa: E402
+from keras_kd import recipes  # noqa: E402
 from keras_kd.models import conv_net  # noqa: E402
 from keras_kd.models import resnet  # noqa: E402
+from keras_kd.recipes import build as recipe_build  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_DIR = "data"  # relative to the working directory
@@ -133,74 +135,133 @@ SEEDS = (0, 1, 2)
 
 # ---------------------------------------------------------------------------
 # The cells: a 2^(5-2) design (schedule = data x train set, student = data x
-# optimizer), so each level of each factor is in 4 cells. `extras`: also run
-# the single feature methods (AB, NST, AT alone) there.
-CELLS = {
-    "fm_red_adam_short_tiny": dict(
-        data="fmnist",
-        train="reduced",
-        optimizer="adam",
-        schedule="short",
-        student="tiny",
-        extras=True,
-    ),
-    "fm_red_sgd_short_small": dict(
-        data="fmnist",
-        train="reduced",
-        optimizer="sgd",
-        schedule="short",
-        student="small",
-        extras=True,
-    ),
-    "c10_full_adam_short_small": dict(
-        data="cifar10",
-        train="full",
-        optimizer="adam",
-        schedule="short",
-        student="small",
-        extras=True,
-    ),
-    "c10_full_sgd_short_tiny": dict(
-        data="cifar10",
-        train="full",
-        optimizer="sgd",
-        schedule="short",
-        student="tiny",
-        extras=True,
-    ),
-    "fm_full_adam_long_tiny": dict(
-        data="fmnist",
-        train="full",
-        optimizer="adam",
-        schedule="long",
-        student="tiny",
-        extras=False,
-    ),
-    "fm_full_sgd_long_small": dict(
-        data="fmnist",
-        train="full",
-        optimizer="sgd",
-        schedule="long",
-        student="small",
-        extras=False,
-    ),
-    "c10_red_adam_long_small": dict(
-        data="cifar10",
-        train="reduced",
-        optimizer="adam",
-        schedule="long",
-        student="small",
-        extras=False,
-    ),
-    "c10_red_sgd_long_tiny": dict(
-        data="cifar10",
-        train="reduced",
-        optimizer="sgd",
-        schedule="long",
-        student="tiny",
-        extras=False,
-    ),
-}
+# optimizer), so each level of each factor is in 4 cells. Each cell is a
+# recipe file in benchmarks/recipes/panel/ (data, teacher, student,
+# optimizer, schedule: validated by keras_kd.recipes), which this script
+# reads; the four short cells also run the single feature methods (AB, NST,
+# AT alone).
+RECIPES_DIR = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "recipes", "panel"
+)
+DATA_NAMES = {"fashion_mnist.npz": "fmnist", "cifar10.npz": "cifar10"}
+
+
+def _refuse(path, key, value, expected):
+    raise SystemExit(
+        f"panel: {os.path.basename(path)}: {key} is {value!r}; the panel "
+        f"runs {expected!r} there (its teachers are cached by those settings)."
+    )
+
+
+def cell_of(path):
+    """A cell's settings, read from its recipe and checked against what the
+    panel's loop runs."""
+    recipe, _ = recipes.resolve(path)
+    source = recipe["data"]["source"]
+    if source not in DATA_NAMES:
+        _refuse(path, "data.source", source, sorted(DATA_NAMES))
+    data = DATA_NAMES[source]
+    d = DATASETS[data]
+    training = recipe["training"]
+    optimizer = training["optimizer"]
+    student = recipe["student"]
+    names = [
+        n
+        for n, s in d["students"].items()
+        if s["arch"] == student["build"]
+        and list(s["widths"]) == student["widths"]
+        and (s["blocks"] or 1) == student["blocks"]
+    ]
+    if not names:
+        _refuse(path, "student", student, d["students"])
+    schedules = [
+        k[1]
+        for k, steps in STEPS.items()
+        if k[0] == data and steps == training["steps"]
+    ]
+    if not schedules:
+        _refuse(path, "training.steps", training["steps"], STEPS)
+    fraction = recipe["data"]["train_fraction"]
+    if fraction not in (1.0, REDUCED_FRACTION):
+        _refuse(path, "data.train_fraction", fraction, REDUCED_FRACTION)
+    lr = ADAM_LR if optimizer["name"] == "adam" else d["sgd_lr"]
+    for key, value, expected in (
+        ("data.batch_size", recipe["data"]["batch_size"], d["train_batch"]),
+        ("data.augment", recipe["data"]["augment"], d["augment"] or "none"),
+        ("training.epochs", training["epochs"], CHUNKS),
+        ("training.optimizer.learning_rate", optimizer["learning_rate"], lr),
+        (
+            "procedure.init_epochs",
+            recipe["procedure"]["init_epochs"],
+            AB_INIT_CHUNKS,
+        ),
+        (
+            "teacher.widths",
+            recipe["teacher"]["widths"],
+            list(d["teacher"]["widths"]),
+        ),
+        ("teacher.steps", recipe["teacher"]["steps"], d["teacher"]["steps"]),
+        (
+            "teacher.batch_size",
+            recipe["teacher"]["batch_size"],
+            d["teacher"]["batch_size"],
+        ),
+        (
+            "teacher.optimizer.name",
+            recipe["teacher"]["optimizer"]["name"],
+            d["teacher"]["optimizer"],
+        ),
+        (
+            "teacher.optimizer.learning_rate",
+            recipe["teacher"]["optimizer"]["learning_rate"],
+            d["teacher"]["lr"],
+        ),
+    ):
+        if value != expected:
+            _refuse(path, key, value, expected)
+    if optimizer["name"] == "sgd" and (
+        optimizer["weight_decay"] != SGD_WEIGHT_DECAY
+        or optimizer["momentum"] != SGD_MOMENTUM
+        or not optimizer["nesterov"]
+    ):
+        _refuse(path, "training.optimizer", optimizer, "Nesterov 0.9, wd 5e-4")
+    schedule = schedules[0]
+    return dict(
+        data=data,
+        train="full" if fraction == 1.0 else "reduced",
+        optimizer=optimizer["name"],
+        schedule=schedule,
+        student=names[0],
+        extras=schedule == "short",
+        recipe=os.path.relpath(path, REPO),
+    )
+
+
+# The cells in the order of the report's tables.
+ORDER = (
+    "fm_red_adam_short_tiny",
+    "fm_red_sgd_short_small",
+    "c10_full_adam_short_small",
+    "c10_full_sgd_short_tiny",
+    "fm_full_adam_long_tiny",
+    "fm_full_sgd_long_small",
+    "c10_red_adam_long_small",
+    "c10_red_sgd_long_tiny",
+)
+
+
+def load_cells():
+    paths = glob.glob(os.path.join(RECIPES_DIR, "*.yaml"))
+    names = {os.path.splitext(os.path.basename(p))[0]: p for p in paths}
+    if sorted(names) != sorted(ORDER):
+        raise SystemExit(
+            f"panel: {RECIPES_DIR} holds {sorted(names)}; the panel's cells "
+            f"are {list(ORDER)}."
+        )
+    return {name: cell_of(names[name]) for name in ORDER}
+
+
+CELLS = load_cells()
 # Parts of <= ~45 min each on 2 idle cores (see --plan for the estimate):
 # "cell" runs every seed of a cell, "cell@0,1" only those seeds. Part 1 holds
 # the cheapest cells; the long Fashion-MNIST cells are split by seed.
@@ -228,16 +289,17 @@ def part_entries(entries):
 
 
 # ---------------------------------------------------------------------------
-# The method configs. Each is built from the student's stage count with the
-# method registry's default layers (`keras_kd.losses.registry.build`); every
-# loss uses the library's defaults unless the row says otherwise. To compare
-# a variant, add a row (e.g. "kd_t1": a loss built with temperature=1.0, or
+# The method configs. Each lists methods as a recipe's `methods:` does and
+# is built by the recipe builder (keras_kd.recipes.build.losses: the method
+# registry's default layers for the student's stage count, library defaults
+# unless the row says otherwise). To compare a variant, add a row (e.g.
+# "kd_t1": _methods({"name": "kd", "temperature": 1.0}), or
 # weights={"logits_distillation": 0.1}) and run it with --configs.
-def _method(name):
-    return lambda stages: losses.registry.build(name, stages=stages)
-
-
-_kd, _ab, _nst, _at = (_method(n) for n in ("kd", "ab", "nst", "at"))
+def _methods(*methods):
+    entries = [m if isinstance(m, dict) else {"name": m} for m in methods]
+    return lambda stages: recipe_build.losses(
+        {"methods": entries}, stages, None
+    )
 
 
 CONFIGS = {
@@ -252,42 +314,42 @@ CONFIGS = {
     ),
     "kd": dict(
         description="KD, library defaults",
-        losses=lambda n: [_kd(n)],
+        losses=_methods("kd"),
         ab_schedule=False,
         weights=None,
         group="core",
     ),
     "ab_kd": dict(
         description="AB schedule (AB init, then CE + KD), defaults",
-        losses=lambda n: [_ab(n), _kd(n)],
+        losses=_methods("ab", "kd"),
         ab_schedule=True,
         weights=None,
         group="core",
     ),
     "nst_kd": dict(
         description="NST (last stage, pre-act.) + KD, defaults",
-        losses=lambda n: [_nst(n), _kd(n)],
+        losses=_methods("nst", "kd"),
         ab_schedule=False,
         weights=None,
         group="core",
     ),
     "ab": dict(
         description="AB schedule (AB init, then CE), defaults",
-        losses=lambda n: [_ab(n)],
+        losses=_methods("ab"),
         ab_schedule=True,
         weights=None,
         group="extra",
     ),
     "nst": dict(
         description="NST alone (last stage, pre-act.), defaults",
-        losses=lambda n: [_nst(n)],
+        losses=_methods("nst"),
         ab_schedule=False,
         weights=None,
         group="extra",
     ),
     "at": dict(
         description="attention transfer alone (every stage), defaults",
-        losses=lambda n: [_at(n)],
+        losses=_methods("at"),
         ab_schedule=False,
         weights=None,
         group="extra",

@@ -327,3 +327,49 @@ def test_keras_kd_without_arguments_runs_the_main_job_recipe(monkeypatch):
     assert cli.main([]) == 0
     assert calls == [["main_job"]]
     assert set(cli.COMMANDS) >= {"run", "validate", "export", "distill"}
+
+
+# --- the panel's cells are recipes -------------------------------------------
+
+PANEL_RECIPES = sorted(
+    (ROOT / "benchmarks" / "recipes" / "panel").glob("*.yaml")
+)
+
+
+def _panel():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import panel
+    finally:
+        sys.path.pop(0)
+    return panel
+
+
+def test_the_panel_reads_its_cells_from_recipe_files(tmp_path):
+    panel = _panel()
+    assert len(PANEL_RECIPES) == 8
+    assert list(panel.CELLS) == list(panel.ORDER)
+    for name, cell in panel.CELLS.items():
+        assert cell["recipe"] == f"benchmarks/recipes/panel/{name}.yaml"
+    # A recipe asking for what the panel's loop does not run is refused.
+    text = PANEL_RECIPES[0].read_text().replace("steps: 300", "steps: 301")
+    changed = tmp_path / PANEL_RECIPES[0].name
+    changed.write_text(text)
+    with pytest.raises(SystemExit, match="training.steps is 301"):
+        panel.cell_of(str(changed))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PANEL_RECIPES, ids=lambda p: p.stem)
+def test_panel_recipes_check_whole_with_one_step(tmp_path, path):
+    """Each cell recipe also runs alone (`keras-kd run`): checked with one
+    step on stand-in data of its data set's shapes."""
+    cifar = "cifar10" in path.read_text()
+    shape, classes = ((32, 32, 3), 10) if cifar else ((28, 28, 1), 10)
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % classes
+    x = rng.integers(0, 255, (40, *shape)).astype("uint8")
+    data = tmp_path / "stand_in.npz"
+    np.savez(data, x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+    recipe = recipes.check(path, [f"data.source={data}"], step=True)
+    assert recipe["training"]["steps"] in (300, 800, 1800)

@@ -119,6 +119,7 @@ class Experiment:
     callbacks: list
     epochs: int
     seed: int
+    steps_per_epoch: object = None
 
 
 def _networks(recipe, base, input_shape, classes, mean, std):
@@ -211,6 +212,7 @@ def load(path, seed=None, overrides=(), verbose=True):
     Returns:
         An `Experiment`: `experiment.distiller.fit(experiment.train,
         epochs=experiment.epochs, callbacks=experiment.callbacks,
+        steps_per_epoch=experiment.steps_per_epoch,
         validation_data=experiment.test)` is the recipe's training.
     """
     recipe, base = resolve(path, overrides)
@@ -239,8 +241,8 @@ def teacher_for(recipe, base, seed, arrays, verbose=True):
     spec = recipe["teacher"]
     if spec["file"] or spec["epochs"] == 0:
         return teacher
-    batch = recipe["data"]["batch_size"]
-    steps = -(-len(x) // batch)
+    batch = spec["batch_size"] or recipe["data"]["batch_size"]
+    steps = per_epoch(spec, len(x), batch)
     if verbose:
         print(
             f"[teacher] {spec['build']}{tuple(spec['widths'])}, "
@@ -264,12 +266,21 @@ def teacher_for(recipe, base, seed, arrays, verbose=True):
         seed=seed,
     )
     teacher.fit(
-        train,
+        train.repeat() if spec["steps"] else train,
+        steps_per_epoch=steps if spec["steps"] else None,
         epochs=spec["epochs"],
         shuffle=False,
         verbose=2 if verbose else 0,
     )
     return teacher
+
+
+def per_epoch(spec, examples, batch):
+    """Steps per Keras epoch: `steps // epochs` for a step-based section,
+    else one pass over the examples."""
+    if spec["steps"]:
+        return max(1, spec["steps"] // max(1, spec["epochs"]))
+    return -(-examples // batch)
 
 
 def _augment(recipe):
@@ -337,7 +348,9 @@ def _build(recipe, base, seed, teacher=None, arrays=None, verbose=True):
     )
     init_epochs = recipe["procedure"]["init_epochs"] if initializing else 0
     epochs = recipe["training"]["epochs"]
-    steps = -(-len(x) // batch)
+    steps = per_epoch(recipe["training"], len(x), batch)
+    if recipe["training"]["steps"]:
+        train = train.repeat()
     distiller.compile(
         optimizer=build.optimizer(
             recipe["training"]["optimizer"],
@@ -359,6 +372,7 @@ def _build(recipe, base, seed, teacher=None, arrays=None, verbose=True):
         callbacks=callbacks,
         epochs=init_epochs + epochs,
         seed=seed,
+        steps_per_epoch=steps if recipe["training"]["steps"] else None,
     )
 
 

@@ -245,6 +245,7 @@ def _run_distill(recipe, base, directory, verbose):
         run.distiller.fit(
             run.train,
             epochs=run.epochs,
+            steps_per_epoch=run.steps_per_epoch,
             validation_data=run.test,
             callbacks=callbacks,
             shuffle=False,  # the pipeline shuffles, seeded per epoch

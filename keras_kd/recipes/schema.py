@@ -256,6 +256,15 @@ SCHEDULE = Section(
     }
 )
 
+STEPS = Field(
+    (int, type(None)),
+    None,
+    check=_at_least(1),
+    help="train this many steps instead of `epochs` passes over the data, "
+    "split in `epochs` Keras epochs of steps // epochs steps (a step-based "
+    "schedule; the data repeat)",
+)
+
 METHOD = Section(
     {"name": Field(str, REQUIRED, help="a method of keras_kd.losses")},
     open=True,
@@ -309,6 +318,12 @@ SCHEMA = Section(
                     check=_at_least(0),
                     help="epochs to train a built teacher",
                 ),
+                steps=STEPS,
+                batch_size=Field(
+                    (int, type(None)),
+                    None,
+                    help="the teacher's batch size (default data.batch_size)",
+                ),
                 optimizer=OPTIMIZER,
                 schedule=SCHEDULE,
             )
@@ -350,6 +365,7 @@ SCHEMA = Section(
         "training": Section(
             {
                 "epochs": Field(int, 10, check=_at_least(1)),
+                "steps": STEPS,
                 "optimizer": OPTIMIZER,
                 "schedule": SCHEDULE,
                 "student_loss_weight": Field(float, 1.0),

@@ -373,3 +373,26 @@ def test_panel_recipes_check_whole_with_one_step(tmp_path, path):
     np.savez(data, x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
     recipe = recipes.check(path, [f"data.source={data}"], step=True)
     assert recipe["training"]["steps"] in (300, 800, 1800)
+
+
+@pytest.mark.slow
+def test_a_step_based_schedule_trains_that_many_steps(tmp_path):
+    path = _recipe(
+        tmp_path,
+        **{
+            "training.steps": 6,
+            "training.epochs": 2,
+            "teacher.steps": 4,
+            "teacher.batch_size": 8,
+        },
+    )
+    experiment = recipes.load(path, verbose=False)
+    assert experiment.steps_per_epoch == 3
+    history = experiment.distiller.fit(
+        experiment.train,
+        epochs=experiment.epochs,
+        steps_per_epoch=experiment.steps_per_epoch,
+        verbose=0,
+    )
+    assert len(history.history["loss"]) == 2
+    assert int(experiment.distiller.optimizer.iterations) == 6

@@ -45,12 +45,12 @@ class _Job:
 
 
 def _losses(methods, stages, facts):
-    """The methods' losses, with their default layers in keras_kd's models."""
-    from keras_kd.losses import registry
+    """The methods' losses, with their default layers in keras_kd's models:
+    the recipe builder's wiring (a recipe's `methods:` of these names)."""
+    from keras_kd.recipes import build
 
-    return [
-        registry.build(method, stages=stages, facts=facts) for method in methods
-    ]
+    recipe = {"methods": [{"name": method} for method in methods]}
+    return build.losses(recipe, stages, facts)
 
 
 def _pipelines(x_train, y_train, x_test, y_test, *, batch_size, augment=None):

@@ -276,31 +276,31 @@ def load_data(source, data_dir=None, train_images=None, test_images=None):
 
 
 def pipelines(arrays, batch_size, seed=0, augment="crop_flip"):
-    """Seeded train and test `tf.data` pipelines, normalised per channel.
+    """Seeded train and test `tf.data` pipelines of raw pixels.
 
-    `keras_kd.data.channel_stats` of the training images, then
-    `keras_kd.data.make_dataset`: shuffled, augmented (`augment`) training
-    batches and plain test batches of 256, both normalised with those
-    statistics.
+    `keras_kd.data.make_dataset(..., rescale=False)`: shuffled, augmented
+    (`augment`) training batches and plain test batches of 256, pixels
+    0..255 as float32, not normalised. The tutorials normalise inside the
+    models instead (`keras_kd.models.resnet(..., mean=mean, std=std)` with
+    `mean, std = keras_kd.data.channel_stats(arrays["x_train"])`), so a
+    trained or exported model takes raw pixels too.
 
     Returns:
         `(train_ds, test_ds)`.
     """
     from keras_kd import data
 
-    mean, std = data.channel_stats(arrays["x_train"])
     train_ds = data.make_dataset(
         arrays["x_train"],
         arrays["y_train"],
         batch_size=batch_size,
         training=True,
         augment=augment,
-        mean=mean,
-        std=std,
+        rescale=False,
         seed=seed,
     )
     test_ds = data.make_dataset(
-        arrays["x_test"], arrays["y_test"], batch_size=256, mean=mean, std=std
+        arrays["x_test"], arrays["y_test"], batch_size=256, rescale=False
     )
     return train_ds, test_ds
 

@@ -3,33 +3,66 @@
 Each tutorial is one Python file in jupytext's "percent" format: `# %%`
 starts a code cell, `# %% [markdown]` a markdown cell whose lines are
 `# `-commented. Edit, lint and run the `.py`; this script writes the
-`.ipynb` next to this file, adding the Colab install cell (and the Colab
-badge, when the repository is set).
+`.ipynb` next to this file, adding the install cell (and the "Open in
+Colab" badge, when built for Colab) and each notebook's measured run time.
 
     python examples/make_notebooks.py            # write stale notebooks
     python examples/make_notebooks.py --check    # exit 1 if one is stale
     KERAS_KD_MODE=moderate KERAS_KD_DATA=/path/to/cifar10.npz \\
         python examples/make_notebooks.py --execute 01   # run, keep outputs
 
-A notebook is stale when its cells' types or sources differ from its
-source file; outputs are never compared. Rewriting a notebook keeps the
-outputs of the code cells whose source did not change. `--execute` runs
-the named notebooks (all without names) top to bottom with nbclient, in a
-scratch directory, under the current environment (the notebooks read
-`KERAS_KD_MODE`, `KERAS_KD_DATA`, `KERAS_KD_DATA_DIR`), and stores the
-outputs.
+Notebooks for Colab, built with the one setting `KERAS_KD_INSTALL` (the pip
+requirement that installs keras_kd on Colab):
 
-`KERAS_KD_REPOSITORY` (a GitHub URL such as
-`https://github.com/<owner>/keras_kd`) is where Colab installs keras_kd from
-and what the "Open in Colab" badge points at. Unset (the default), the
-notebooks carry no badge, and their install cell installs from the clone
-they sit in, or stops with a message saying how to set it.
+    KERAS_KD_INSTALL=git+https://github.com/<owner>/keras_kd@<tag> \\
+        python examples/make_notebooks.py
+
+A notebook is stale when its cells' types or sources differ from what its
+source file builds; outputs are never compared. Rewriting a notebook keeps
+the outputs of the code cells whose source did not change. `--out DIR`
+writes every notebook to DIR instead (with the stored notebooks' outputs),
+leaving examples/ as it is.
+
+`--execute` runs the named notebooks (all without names) top to bottom with
+nbclient, each in its own scratch directory (`KERAS_KD_WORK_DIR` names one
+shared directory instead), under the current environment (the notebooks
+read `KERAS_KD_MODE`, `KERAS_KD_DATA`, `KERAS_KD_DATA_DIR`), stores the
+outputs, and records the wall time, the mode the notebook printed, the CPU
+count and the GPUs in `run_times.json`. The first markdown cell of each
+notebook and the table in examples/README.md state those times: they are
+generated from that file, never written by hand.
+
+`KERAS_KD_INSTALL` is a pip requirement in one of these forms:
+
+- `git+https://github.com/<owner>/<repo>[.git][@<ref>]`: the notebooks
+  install `keras-kd[examples] @ git+https://...`; the badge opens the
+  notebook at `<ref>` (at `main` without one).
+- `https://github.com/<owner>/<repo>/releases/download/<tag>/keras_kd-...whl`
+  (a wheel attached to a GitHub release): they install
+  `keras-kd[examples] @ https://...whl`; the badge opens the notebook at
+  `<tag>`.
+- either URL as a full requirement, `keras-kd[examples] @ <URL>`, used as
+  given.
+
+Anything else (a wheel on another host, a PyPI version) fails the build with
+what was received and what is expected: the badge needs a GitHub repository
+holding the notebooks. Set, the badge is in the first cell and the install
+cell pip-installs exactly that requirement when keras_kd is missing. Set to
+the empty string, the notebooks are built without it: no badge, and the
+install cell installs keras_kd from the clone the notebook sits in, or stops
+with the command to rebuild with. Unset, each notebook keeps the setting it
+was built with (the committed notebooks are built without).
 """
 
 import argparse
+import ast
+import datetime
+import json
 import os
 import pathlib
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,34 +71,58 @@ import nbformat
 
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCES = HERE / "tutorials"
-REPOSITORY = os.environ.get("KERAS_KD_REPOSITORY", "")
+RUN_TIMES = HERE / "run_times.json"
+README = HERE / "README.md"
+VARIABLE = "KERAS_KD_INSTALL"
 BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
-GITHUB = re.compile(r"^https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?/?$")
+COLAB = "https://colab.research.google.com/github"
+EXTRA = "keras-kd[examples]"
+_REPO = r"(?P<repo>[\w.-]+/[\w.-]+?)"
+GIT_URL = re.compile(
+    rf"^git\+https://github\.com/{_REPO}(?:\.git)?(?:@(?P<ref>[^\s@#]+))?$"
+)
+RELEASE_URL = re.compile(
+    rf"^https://github\.com/{_REPO}/releases/download/(?P<ref>[^/\s]+)"
+    r"/(?P<wheel>keras_kd-[^/\s]+\.whl)$"
+)
+NAMED = re.compile(r"^keras[-_]kd(?:\[[\w,\s-]*\])?\s*@\s*(?P<url>\S+)$")
+EXPECTED = (
+    "git+https://github.com/<owner>/<repo>[@<ref>], "
+    "https://github.com/<owner>/<repo>/releases/download/<tag>/"
+    "keras_kd-<version>-py3-none-any.whl, or either URL as "
+    f"'{EXTRA} @ <URL>'"
+)
+REBUILD = (
+    f"{VARIABLE}=git+https://github.com/<owner>/keras_kd "
+    "python examples/make_notebooks.py"
+)
+RUN_TIME_MARK = "<!-- run-time -->"
+README_BEGIN = "<!-- run-times: generated by make_notebooks.py -->"
+README_END = "<!-- /run-times -->"
 INSTALL = '''\
-# Installs keras_kd where it is missing (on Colab): from the clone of the
-# repository this notebook sits in, else from REPOSITORY.
+# Installs keras_kd where it is missing (on Colab): REQUIREMENT when the
+# notebooks were built with one, else the clone this notebook sits in.
 import importlib.util
 import pathlib
 import subprocess
 import sys
 
-REPOSITORY = {repository!r}  # set by KERAS_KD_REPOSITORY in make_notebooks.py
-IN_COLAB = "google.colab" in sys.modules
+REQUIREMENT = {requirement!r}  # {variable} in make_notebooks.py
 
 
-def keras_kd_requirement(cwd=None, repository=REPOSITORY):
+def keras_kd_requirement(cwd=None, requirement=REQUIREMENT):
     """What `pip install` gets keras_kd (and the tutorials' extras) from."""
+    if requirement:
+        return requirement
     clone = pathlib.Path(cwd or pathlib.Path.cwd()).resolve().parent
     if (clone / "setup.py").is_file() and (clone / "keras_kd").is_dir():
         return f"{{clone}}[examples]"
-    if repository:
-        return f"keras-kd[examples] @ git+{{repository}}"
     raise RuntimeError(
-        "keras_kd is not installed, this notebook is not in a clone of the "
-        "keras_kd repository (no ../setup.py), and no repository to install "
-        "from is set. Install keras_kd first (pip install -e /path/to/clone), "
-        "or rebuild the notebooks with KERAS_KD_REPOSITORY="
-        "https://github.com/<owner>/keras_kd python examples/make_notebooks.py"
+        "keras_kd is not installed, and this notebook is not in a clone of "
+        "the keras_kd repository (no ../setup.py) and was built without a "
+        "requirement to install. Install keras_kd first (pip install -e "
+        "/path/to/clone), or rebuild the notebooks for Colab with: "
+        {rebuild!r}
     )
 
 
@@ -91,45 +148,231 @@ def parse(text):
     return cells
 
 
-def badge(name, repository=REPOSITORY):
-    """The "Open in Colab" markdown, or "" while no repository is set."""
-    if not repository:
-        return ""
-    match = GITHUB.match(repository)
-    if match is None:
-        raise ValueError(
-            "KERAS_KD_REPOSITORY must be a GitHub URL such as "
-            f"https://github.com/<owner>/keras_kd; received {repository!r}."
-        )
-    url = (
-        f"https://colab.research.google.com/github/{match.group(1)}"
-        f"/blob/main/examples/{name}.ipynb"
+# --- the Colab setting -------------------------------------------------------
+
+
+def _url(setting):
+    named = NAMED.match(setting)
+    return named.group("url") if named else setting
+
+
+def colab_target(setting):
+    """`(owner/repo, ref)` that the badge of a `KERAS_KD_INSTALL` opens."""
+    url = _url(setting.strip())
+    for pattern, default in ((GIT_URL, "main"), (RELEASE_URL, None)):
+        match = pattern.match(url)
+        if match:
+            return match.group("repo"), match.group("ref") or default
+    raise ValueError(
+        f"{VARIABLE}={setting!r} gives no GitHub repository for the "
+        f"'Open in Colab' badge. Expected {EXPECTED}. A wheel hosted "
+        "elsewhere cannot be the setting: the badge must open the notebooks "
+        "in the GitHub repository that the requirement installs."
     )
+
+
+def requirement_of(setting):
+    """The pip requirement the install cell runs, "" when none is set."""
+    setting = setting.strip()
+    if not setting:
+        return ""
+    colab_target(setting)  # fails for a form without a badge
+    return setting if NAMED.match(setting) else f"{EXTRA} @ {setting}"
+
+
+def badge(name, setting):
+    """The "Open in Colab" markdown, or "" without a setting."""
+    if not setting.strip():
+        return ""
+    repo, ref = colab_target(setting)
+    url = f"{COLAB}/{repo}/blob/{ref}/examples/{name}.ipynb"
     return f"[![Open In Colab]({BADGE})]({url})"
 
 
-def cells_of(source, repository=REPOSITORY):
-    """The notebook cells of a tutorial: its own, plus badge and install."""
+def stored_setting(notebook):
+    """The requirement a built notebook installs ("" if none or unknown)."""
+    if notebook is None or len(notebook.cells) < 2:
+        return ""
+    install = notebook.cells[1].source
+    found = re.search(r"^REQUIREMENT = (.+?)  #", install, re.M)
+    return ast.literal_eval(found.group(1)) if found else ""
+
+
+# --- run times ---------------------------------------------------------------
+
+
+def load_run_times(path=RUN_TIMES):
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _duration(seconds):
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"
+
+
+def _machine(record):
+    gpus = record.get("gpus") or []
+    if gpus:
+        return f"{len(gpus)} GPU ({', '.join(sorted(set(gpus)))})"
+    text = f"{record['cpus']} CPU cores, no GPU"
+    load = record.get("load_average_15min")
+    if load is not None and load > record["cpus"]:
+        text += f", shared with other work (load average {load:.1f})"
+    return text
+
+
+def run_time_text(stem, run_times):
+    """The run-time statement of a notebook, from `run_times.json`."""
+    records = run_times.get(stem, [])
+    parts = []
+    for mode in ("moderate", "smoke", "full"):
+        found = [r for r in records if r["mode"] == mode]
+        for record in sorted(found, key=lambda r: bool(r.get("gpus"))):
+            parts.append(
+                f"`{mode}` {_duration(record['seconds'])} on {_machine(record)}"
+            )
+        if not found and mode != "smoke":
+            parts.append(f"`{mode}` not measured yet")
+    if not any(r.get("gpus") for r in records):
+        parts.append("on a GPU not measured")
+    return (
+        "**Measured run time** (the whole notebook, wall clock, by "
+        "`make_notebooks.py --execute`): " + "; ".join(parts) + "."
+    )
+
+
+def run_time_table(run_times, stems):
+    """The Markdown table of every notebook's measured run times."""
+    modes = ["moderate", "full"]
+    if any(r["mode"] == "smoke" for rs in run_times.values() for r in rs):
+        modes.insert(1, "smoke")
+    rows = [
+        "| notebook | " + " | ".join(f"`{m}`" for m in modes) + " |",
+        "|" + " --- |" * (len(modes) + 1),
+    ]
+    for stem in stems:
+        cells = []
+        for mode in modes:
+            found = [r for r in run_times.get(stem, []) if r["mode"] == mode]
+            cells.append(
+                "<br>".join(
+                    f"{_duration(r['seconds'])} on {_machine(r)}" for r in found
+                )
+                or "not measured yet"
+            )
+        rows.append(f"| [{stem}]({stem}.ipynb) | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def readme_text(text, run_times, stems):
+    """`text` with the generated run-time table between its markers."""
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError(
+            f"{README} must hold the lines {README_BEGIN!r} and "
+            f"{README_END!r} around the generated run-time table."
+        )
+    table = run_time_table(run_times, stems)
+    return f"{text[:begin]}{README_BEGIN}\n{table}\n{text[end:]}"
+
+
+def _gpus():
+    """Names of the GPUs the notebooks could use (nvidia-smi), or []."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return []
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listing = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in listing.splitlines() if line.strip()]
+
+
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count()
+
+
+def record_run_time(stem, notebook, seconds, path=RUN_TIMES):
+    """Adds one measured run to `run_times.json` (replacing the same kind)."""
+    printed = re.search(r"MODE=(\w+)", _text(notebook))
+    mode = printed.group(1) if printed else "unknown"
+    data = re.search(r"DATA='([^']*)'", _text(notebook))
+    record = {
+        "mode": mode,
+        "seconds": round(seconds, 1),
+        "cpus": _cpus(),
+        "gpus": _gpus(),
+        "data": data.group(1) if data else None,
+        "load_average_15min": round(os.getloadavg()[2], 2),
+        "date": datetime.date.today().isoformat(),
+    }
+    run_times = load_run_times(path)
+    kept = [
+        r
+        for r in run_times.get(stem, [])
+        if (r["mode"], bool(r["gpus"])) != (mode, bool(record["gpus"]))
+    ]
+    run_times[stem] = sorted([*kept, record], key=lambda r: r["mode"])
+    path.write_text(
+        json.dumps(run_times, indent=2, sort_keys=True) + "\n",
+        encoding="utf-8",
+    )
+    return record
+
+
+def _text(notebook):
+    return "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+    )
+
+
+# --- building ----------------------------------------------------------------
+
+
+def cells_of(source, setting="", run_times=None):
+    """The notebook cells of a tutorial: its own, badge, run time, install."""
     cells = parse(source.read_text(encoding="utf-8"))
     kind, first = cells[0]
     if kind != "markdown" or not first.startswith("# "):
         raise ValueError(f"{source} must open with a markdown '# Title' cell.")
-    mark = badge(source.stem, repository)
+    statement = run_time_text(source.stem, run_times or {})
+    if RUN_TIME_MARK in first:
+        first = first.replace(RUN_TIME_MARK, statement)
+    else:
+        first = f"{first}\n\n{statement}"
+    mark = badge(source.stem, setting)
     if mark:
         title, _, rest = first.partition("\n")
-        cells[0] = ("markdown", f"{title}\n\n{mark}\n{rest}")
-    install = INSTALL.format(repository=repository).strip("\n")
-    return [cells[0], ("code", install), *cells[1:]]
+        first = f"{title}\n\n{mark}\n{rest}"
+    install = INSTALL.format(
+        requirement=requirement_of(setting), variable=VARIABLE, rebuild=REBUILD
+    )
+    return [("markdown", first), ("code", install.strip("\n")), *cells[1:]]
 
 
-def build(source, old=None, repository=REPOSITORY):
+def build(source, old=None, setting="", run_times=None):
     """A notebook for `source`, with the outputs of `old`'s unchanged cells."""
     notebook = nbformat.v4.new_notebook()
     previous = {}
     if old is not None:
         previous = {c.source: c for c in old.cells if c.cell_type == "code"}
     stem = source.stem.split("_")[0]
-    for index, (kind, text) in enumerate(cells_of(source, repository)):
+    for index, (kind, text) in enumerate(cells_of(source, setting, run_times)):
         cell_id = f"nb{stem}-{index:02d}"
         if kind == "markdown":
             cell = nbformat.v4.new_markdown_cell(text, id=cell_id)
@@ -157,8 +400,12 @@ def signature(notebook):
     return [(c.cell_type, c.source) for c in notebook.cells]
 
 
-# TensorFlow's C++ start-up logs (absl, CUDA probing) on stderr.
-NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} )")
+# TensorFlow's C++ start-up logs (absl, CUDA probing, CPU features) on
+# stderr.
+NATIVE_LOG = re.compile(
+    r"^(WARNING: All log messages before absl|[IWE]\d{4} "
+    r"|To enable the following instructions: )"
+)
 
 
 def tidy(text, scratch):
@@ -168,8 +415,8 @@ def tidy(text, scratch):
     return "".join(kept).replace(scratch, "")
 
 
-def execute(path, timeout=3600):
-    """Runs a notebook in a scratch directory and stores its outputs."""
+def execute(path, timeout=3600, run_times_path=RUN_TIMES):
+    """Runs a notebook in a scratch directory, stores outputs and time."""
     import nbclient
 
     notebook = nbformat.read(path, as_version=4)
@@ -184,6 +431,7 @@ def execute(path, timeout=3600):
             record_timing=False,
             resources={"metadata": {"path": str(work)}},
         ).execute()
+        seconds = time.monotonic() - started
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
             if output.output_type == "stream":
@@ -191,7 +439,39 @@ def execute(path, timeout=3600):
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.outputs if o.get("text", True)]
     nbformat.write(notebook, path)
-    print(f"executed {path.name} in {time.monotonic() - started:.0f} s")
+    record = record_run_time(path.stem, notebook, seconds, run_times_path)
+    print(f"executed {path.name} in {seconds:.0f} s: {record}")
+
+
+def write_all(args, setting):
+    """Builds every notebook (and the README table); the stale names."""
+    run_times = load_run_times()
+    sources = sorted(SOURCES.glob("[0-9]*.py"))
+    out = pathlib.Path(args.out) if args.out else HERE
+    out.mkdir(parents=True, exist_ok=True)
+    stale = []
+    for source in sources:
+        stored = HERE / f"{source.stem}.ipynb"
+        old = nbformat.read(stored, as_version=4) if stored.exists() else None
+        chosen = stored_setting(old) if setting is None else setting
+        notebook = build(source, old, chosen, run_times)
+        path = out / stored.name
+        if args.out is None and old is not None:
+            if signature(old) == signature(notebook):
+                continue
+        stale.append(path.name)
+        if not args.check:
+            nbformat.write(notebook, path)
+            print("wrote", path)
+    if args.out is None and README.exists():
+        text = README.read_text(encoding="utf-8")
+        new = readme_text(text, run_times, [s.stem for s in sources])
+        if new != text:
+            stale.append(README.name)
+            if not args.check:
+                README.write_text(new, encoding="utf-8")
+                print("wrote", README)
+    return stale
 
 
 def main(argv=None):
@@ -199,32 +479,34 @@ def main(argv=None):
     parser.add_argument(
         "--check",
         action="store_true",
-        help="exit 1 if a notebook differs from its source",
+        help="exit 1 if a notebook (or the README table) is stale",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write every notebook to DIR instead of examples/",
     )
     parser.add_argument(
         "--execute",
         nargs="*",
         metavar="PREFIX",
-        help="then run these notebooks (all if none named)",
+        help="then run these notebooks (all if none named), record run times",
     )
     args = parser.parse_args(argv)
-    stale = []
-    for source in sorted(SOURCES.glob("[0-9]*.py")):
-        path = HERE / f"{source.stem}.ipynb"
-        old = nbformat.read(path, as_version=4) if path.exists() else None
-        notebook = build(source, old)
-        if old is not None and signature(old) == signature(notebook):
-            continue
-        stale.append(path.name)
-        if not args.check:
-            nbformat.write(notebook, path)
-            print("wrote", path)
+    if args.out and (args.check or args.execute is not None):
+        parser.error("--out only writes: no --check or --execute with it")
+    setting = os.environ.get(VARIABLE)
+    try:
+        stale = write_all(args, setting)
+    except ValueError as error:
+        parser.error(str(error))
     if args.check and stale:
         print("stale (rerun python examples/make_notebooks.py):", *stale)
         return 1
     for prefix in [] if args.execute is None else args.execute or [""]:
         for path in sorted(HERE.glob(f"{prefix}*.ipynb")):
             execute(path)
+            write_all(args, setting)  # the first cell states the new time
     return 0
 
 

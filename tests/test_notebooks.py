@@ -17,6 +17,7 @@ import importlib.resources
 import importlib.util
 import os
 import pathlib
+import re
 import sys
 import time
 
@@ -161,13 +162,24 @@ def test_notebooks_match_their_sources():
     assert sources == [name.removesuffix(".ipynb") for name in NOTEBOOKS]
 
 
+def _colab_parts(notebook, name):
+    """(badge target or None, the REQUIREMENT its install cell holds)."""
+    make_notebooks = _make_notebooks()
+    stem = name.removesuffix(".ipynb")
+    found = re.search(
+        r"\(https://colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)"
+        rf"/blob/(\S+)/examples/{re.escape(stem)}\.ipynb\)",
+        notebook.cells[0].source,
+    )
+    target = found.groups() if found else None
+    return target, make_notebooks.stored_setting(notebook)
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_stored_notebook_holds_a_moderate_run_on_real_data(name):
     notebook = nbformat.read(EXAMPLES / name, as_version=4)
     nbformat.validate(notebook)
     assert notebook.cells[0].source.startswith("# ")
-    # Built without KERAS_KD_REPOSITORY: no badge, a local-clone install.
-    assert "colab-badge" not in notebook.cells[0].source
     assert "keras_kd_requirement" in notebook.cells[1].source
     errors = [
         output
@@ -179,7 +191,126 @@ def test_stored_notebook_holds_a_moderate_run_on_real_data(name):
     text = "".join(_outputs(notebook, "text"))
     assert "MODE=moderate  SMOKE=False" in text, f"{name}: not a moderate run"
     assert len(list(_outputs(notebook, "image"))) >= MIN_FIGURES[name]
-    assert "/work/shared" not in nbformat.writes(notebook)
+    assert "/work/" not in nbformat.writes(notebook)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_stored_badge_and_install_cell_agree(name):
+    """Built with or without KERAS_KD_INSTALL, badge and install agree."""
+    make_notebooks = _make_notebooks()
+    notebook = nbformat.read(EXAMPLES / name, as_version=4)
+    target, requirement = _colab_parts(notebook, name)
+    if target is None:  # built without: no badge, installs from the clone
+        assert "colab-badge" not in notebook.cells[0].source
+        assert requirement == ""
+    else:  # built with: installs what the badge opens
+        assert requirement, f"{name} has a badge but installs no requirement"
+        assert make_notebooks.colab_target(requirement) == target
+        assert requirement.startswith("keras-kd")
+    # Exactly the cells the build makes with that setting.
+    source = EXAMPLES / "tutorials" / name.replace(".ipynb", ".py")
+    cells = make_notebooks.cells_of(
+        source, requirement, make_notebooks.load_run_times()
+    )
+    assert [c.source for c in notebook.cells[:2]] == [s for _, s in cells[:2]]
+
+
+def test_stored_notebooks_share_one_setting():
+    settings = {
+        _colab_parts(nbformat.read(EXAMPLES / name, as_version=4), name)[1]
+        for name in NOTEBOOKS
+    }
+    assert len(settings) == 1, f"notebooks built with {settings}"
+
+
+REQUIREMENTS = {
+    # setting: (requirement installed, (owner/repo, ref) of the badge)
+    "git+https://github.com/me/kd": (
+        "keras-kd[examples] @ git+https://github.com/me/kd",
+        ("me/kd", "main"),
+    ),
+    "git+https://github.com/me/keras_kd.git@v0.2.0": (
+        "keras-kd[examples] @ git+https://github.com/me/keras_kd.git@v0.2.0",
+        ("me/keras_kd", "v0.2.0"),
+    ),
+    "https://github.com/me/kd/releases/download/v1/"
+    "keras_kd-0.1.0-py3-none-any.whl": (
+        "keras-kd[examples] @ https://github.com/me/kd/releases/download/v1/"
+        "keras_kd-0.1.0-py3-none-any.whl",
+        ("me/kd", "v1"),
+    ),
+    "keras-kd[examples,cpu] @ git+https://github.com/me/kd@dev": (
+        "keras-kd[examples,cpu] @ git+https://github.com/me/kd@dev",
+        ("me/kd", "dev"),
+    ),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(REQUIREMENTS))
+def test_colab_setting_forms(setting):
+    make_notebooks = _make_notebooks()
+    requirement, (repo, ref) = REQUIREMENTS[setting]
+    assert make_notebooks.requirement_of(setting) == requirement
+    assert make_notebooks.colab_target(setting) == (repo, ref)
+    assert make_notebooks.colab_target(requirement) == (repo, ref)
+    assert make_notebooks.badge("01_quickstart", setting).endswith(
+        f"(https://colab.research.google.com/github/{repo}"
+        f"/blob/{ref}/examples/01_quickstart.ipynb)"
+    )
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "https://example.com/wheels/keras_kd-0.1.0-py3-none-any.whl",
+        "keras-kd==0.1.0",
+        "OWNER/keras_kd",
+        "https://github.com/me/kd",  # a page, not a pip requirement
+        "git+https://gitlab.com/me/kd",
+    ],
+)
+def test_a_setting_without_a_badge_fails_the_build(setting, monkeypatch):
+    make_notebooks = _make_notebooks()
+    with pytest.raises(ValueError) as error:
+        make_notebooks.requirement_of(setting)
+    message = str(error.value)
+    assert "KERAS_KD_INSTALL=" in message and repr(setting) in message
+    assert "git+https://github.com/<owner>/<repo>[@<ref>]" in message
+    monkeypatch.setenv("KERAS_KD_INSTALL", setting)
+    with pytest.raises(SystemExit):  # the command line: a usage error
+        make_notebooks.main(["--check"])
+
+
+def test_build_with_and_without_the_setting(tmp_path, monkeypatch):
+    """All four notebooks, for Colab and for a clone, into a temp dir."""
+    make_notebooks = _make_notebooks()
+    setting = "git+https://github.com/me/keras_kd@v0.2.0"
+    for kind, value in (("colab", setting), ("clone", "")):
+        monkeypatch.setenv("KERAS_KD_INSTALL", value)
+        out = tmp_path / kind
+        assert make_notebooks.main(["--out", str(out)]) == 0
+        assert sorted(p.name for p in out.iterdir()) == sorted(NOTEBOOKS)
+        for name in NOTEBOOKS:
+            notebook = nbformat.read(out / name, as_version=4)
+            target, requirement = _colab_parts(notebook, name)
+            if value:
+                assert target == ("me/keras_kd", "v0.2.0")
+                assert notebook.cells[0].source.count("colab-badge") == 1
+                assert requirement == f"keras-kd[examples] @ {setting}"
+            else:
+                assert target is None
+                assert "colab-badge" not in notebook.cells[0].source
+                assert requirement == ""
+            assert "Measured run time" in notebook.cells[0].source
+            # The stored outputs come along.
+            stored = nbformat.read(EXAMPLES / name, as_version=4)
+            assert len(list(_outputs(notebook, "image"))) == len(
+                list(_outputs(stored, "image"))
+            )
+    # Unset, the check keeps each notebook's own setting: the stored ones
+    # are current whichever way they were built.
+    monkeypatch.delenv("KERAS_KD_INSTALL")
+    assert make_notebooks.main(["--check"]) == 0
 
 
 def test_parse_percent_format():
@@ -194,32 +325,43 @@ def test_parse_percent_format():
     ]
 
 
-def test_badge_only_with_a_repository(tmp_path):
+def test_badge_and_run_time_in_the_first_cell(tmp_path):
     make_notebooks = _make_notebooks()
     assert make_notebooks.badge("01_quickstart", "") == ""
-    mark = make_notebooks.badge("01_quickstart", "https://github.com/me/kd.git")
-    assert mark.endswith(
-        "(https://colab.research.google.com/github/me/kd"
-        "/blob/main/examples/01_quickstart.ipynb)"
-    )
-    with pytest.raises(ValueError, match="KERAS_KD_REPOSITORY"):
-        make_notebooks.badge("01_quickstart", "OWNER/keras_kd")
     source = tmp_path / "01_x.py"
-    source.write_text("# %% [markdown]\n# # Title\n# Body.\n\n# %%\nx = 1\n")
-    cells = make_notebooks.cells_of(source, "https://github.com/me/kd")
-    title, blank, mark, body = cells[0][1].split("\n")
-    assert (title, blank, body) == ("# Title", "", "Body.")
+    source.write_text(
+        "# %% [markdown]\n# # Title\n# Body.\n#\n# <!-- run-time -->\n\n"
+        "# %%\nx = 1\n"
+    )
+    run_times = {
+        "01_x": [
+            {"mode": "moderate", "seconds": 1234.5, "cpus": 2, "gpus": []},
+        ]
+    }
+    cells = make_notebooks.cells_of(
+        source, "git+https://github.com/me/kd", run_times
+    )
+    title, blank, mark, body, blank, statement = cells[0][1].split("\n")
+    assert (title, body) == ("# Title", "Body.")
     assert mark.startswith("[![Open In Colab]")
-    assert "REPOSITORY = 'https://github.com/me/kd'" in cells[1][1]
+    assert "`moderate` 21 min on 2 CPU cores, no GPU" in statement
+    assert "`full` not measured yet" in statement
+    assert "on a GPU not measured" in statement
+    assert (
+        "REQUIREMENT = 'keras-kd[examples] @ git+https://github.com/me/kd'"
+        in cells[1][1]
+    )
     assert cells[2] == ("code", "x = 1")
-    assert "colab-badge" not in make_notebooks.cells_of(source, "")[0][1]
+    plain = make_notebooks.cells_of(source, "", {})[0][1]
+    assert "colab-badge" not in plain
+    assert "`moderate` not measured yet" in plain
 
 
-def test_install_cell_installs_from_the_clone_or_the_repository(tmp_path):
+def test_install_cell_installs_the_requirement_or_from_the_clone(tmp_path):
     """The install cell's logic, run from the notebooks' own source."""
-    install = _make_notebooks().cells_of(
-        EXAMPLES / "tutorials" / "01_quickstart.py", ""
-    )[1][1]
+    make_notebooks = _make_notebooks()
+    source = EXAMPLES / "tutorials" / "01_quickstart.py"
+    install = make_notebooks.cells_of(source, "")[1][1]
     namespace = {}
     exec(install, namespace)  # keras_kd is importable here: installs nothing
     requirement = namespace["keras_kd_requirement"]
@@ -233,7 +375,73 @@ def test_install_cell_installs_from_the_clone_or_the_repository(tmp_path):
 
     colab = tmp_path / "content"
     colab.mkdir()
-    url = "https://github.com/me/keras_kd"
-    assert requirement(colab, url) == f"keras-kd[examples] @ git+{url}"
-    with pytest.raises(RuntimeError, match="KERAS_KD_REPOSITORY="):
+    wanted = "keras-kd[examples] @ git+https://github.com/me/keras_kd@v1"
+    assert requirement(colab, wanted) == wanted
+    assert requirement(clone / "examples", wanted) == wanted
+    with pytest.raises(RuntimeError) as error:
         requirement(colab, "")
+    assert (
+        "KERAS_KD_INSTALL=git+https://github.com/<owner>/keras_kd "
+        "python examples/make_notebooks.py" in str(error.value)
+    )
+    # Built with a setting, the cell installs exactly that requirement.
+    namespace = {}
+    exec(
+        make_notebooks.cells_of(
+            source, "git+https://github.com/me/keras_kd@v1"
+        )[1][1],
+        namespace,
+    )
+    assert namespace["REQUIREMENT"] == wanted
+    assert namespace["keras_kd_requirement"](colab) == wanted
+
+
+def test_run_times_are_measured_and_stated():
+    """run_times.json holds measurements; notebooks and README state them."""
+    make_notebooks = _make_notebooks()
+    run_times = make_notebooks.load_run_times()
+    stems = [name.removesuffix(".ipynb") for name in NOTEBOOKS]
+    assert set(run_times) <= set(stems)
+    for stem, records in run_times.items():
+        for record in records:
+            assert record["mode"] in ("moderate", "smoke", "full"), record
+            assert record["seconds"] > 0 and record["cpus"] >= 1, record
+            assert isinstance(record["gpus"], list), record
+    for name, stem in zip(NOTEBOOKS, stems):
+        first = nbformat.read(EXAMPLES / name, as_version=4).cells[0].source
+        assert make_notebooks.run_time_text(stem, run_times) in first
+        assert make_notebooks.RUN_TIME_MARK not in first
+    readme = (EXAMPLES / "README.md").read_text(encoding="utf-8")
+    assert make_notebooks.run_time_table(run_times, stems) in readme
+    assert make_notebooks.readme_text(readme, run_times, stems) == readme
+
+
+def test_record_run_time(tmp_path, monkeypatch):
+    make_notebooks = _make_notebooks()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    notebook = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print()")
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "stream", text="MODE=moderate  SMOKE=False  DATA='cifar10.npz'\n"
+        )
+    ]
+    notebook.cells.append(cell)
+    path = tmp_path / "run_times.json"
+    make_notebooks.record_run_time("01_x", notebook, 61.26, path)
+    make_notebooks.record_run_time("01_x", notebook, 75.0, path)  # replaces
+    (record,) = make_notebooks.load_run_times(path)["01_x"]
+    assert record["mode"] == "moderate" and record["seconds"] == 75.0
+    assert record["gpus"] == [] and record["data"] == "cifar10.npz"
+    assert record["cpus"] >= 1
+
+
+def test_tutorials_page_is_for_users():
+    readme = (EXAMPLES / "README.md").read_text(encoding="utf-8")
+    for name in NOTEBOOKS:
+        assert f"]({name})" in readme, f"examples/README.md misses {name}"
+    for mode in ("`full`", "`moderate`", "`smoke`"):
+        assert mode in readme
+    for setting in ("KERAS_KD_INSTALL", "KERAS_KD_DATA_DIR", "bundled:cifar10"):
+        assert setting in readme
+    # Machine paths and internal wording: tests/test_wording.py.

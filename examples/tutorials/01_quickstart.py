@@ -7,22 +7,23 @@
 # the softened class probabilities). Compare the two, look at the distilled
 # student's mistakes, and export it to an int8 TFLite model.
 #
-# **You will learn:** `keras_kd.data` input pipelines; `keras_kd.Distiller`
+# **You will learn:** `keras_kd.data` input pipelines of raw pixels and
+# models that normalise inside; `keras_kd.Distiller`
 # (it is a `keras.Model`: `compile`, `fit`, `evaluate`); how the distillation
 # terms are logged; `keras_kd.export.export_student`.
 #
 # **Run sizes** (`KERAS_KD_MODE`):
 #
-# - `full` (the default): all 50,000 CIFAR-10 training images, 30 epochs; about
-#   15-20 minutes on a Colab T4 GPU (an estimate, not a measurement). Choose
-#   *Runtime > Change runtime type > T4 GPU* first.
-# - `moderate`: 5,000 training and 2,000 test images, a smaller pair, 6 epochs:
-#   a few minutes on a laptop CPU. **The outputs stored in this notebook come
-#   from one `moderate` run on the full CIFAR-10 archive, on 2 CPU cores
-#   shared with other jobs (18 minutes)**; every number and curve below is
-#   that run's (one seed), not a tuned or a published result.
+# - `full` (the default): all 50,000 CIFAR-10 training images, 30 epochs. On
+#   Colab choose *Runtime > Change runtime type > T4 GPU* first.
+# - `moderate`: 5,000 training and 2,000 test images, a smaller pair, 6
+#   epochs. **The outputs stored in this notebook come from one `moderate`
+#   run on the full CIFAR-10 archive**; every number and curve below is that
+#   run's (one seed), not a tuned or a published result.
 # - `smoke` (`KERAS_KD_SMOKE=1`, what CI runs): the 400 real CIFAR-10 images
 #   bundled with keras_kd, one short epoch, to check that every cell runs.
+#
+# <!-- run-time -->
 #
 # **Data:** `KERAS_KD_DATA` is a TensorFlow Datasets name (default `cifar10`,
 # downloaded on first use), a local `.npz` archive (`x_train, y_train, x_test,
@@ -88,9 +89,14 @@ else:
 #
 # `keras_kd.data.load_arrays` reads a tfds name, a local `.npz` or the bundled
 # data into uint8 arrays (`plotting.load_data` adds the `bundled:` names and
-# keeps the first images). `channel_stats` and `make_dataset` turn them into
-# seeded `tf.data` pipelines: shuffle, augment (pad-4 random crop + flip),
-# batch, normalise, prefetch.
+# keeps the first images). `make_dataset(..., rescale=False)` turns them into
+# seeded `tf.data` pipelines of **raw pixels** (0..255 as float32): shuffle,
+# augment (pad-4 random crop + flip), batch, prefetch. The models normalise
+# inside: `channel_stats` gives the training images' per-channel mean and
+# std, and `keras_kd.models.conv_net(..., mean=mean, std=std)` starts with a
+# `Normalization` layer made from them. So the pipeline, the command line
+# (`keras-kd`) and the exported student all take raw pixels, and the
+# statistics travel with the model.
 
 # %%
 arrays = plotting.load_data(DATA, DATA_DIR, TRAIN_IMAGES, TEST_IMAGES)
@@ -101,25 +107,26 @@ NUM_CLASSES, INPUT_SHAPE = len(class_names), x_train.shape[1:]
 print(f"{len(x_train)} train / {len(x_test)} test images of {INPUT_SHAPE}")
 
 mean, std = keras_kd.data.channel_stats(x_train)
+print("mean", np.round(mean, 3), "std", np.round(std, 3), "(in [0, 1] units)")
 train_ds = keras_kd.data.make_dataset(
     x_train,
     y_train,
     batch_size=BATCH_SIZE,
     training=True,
     augment="crop_flip",
-    mean=mean,
-    std=std,
+    rescale=False,  # raw pixels: the models normalise
     seed=SEED,
 )
 test_ds = keras_kd.data.make_dataset(
-    x_test, y_test, batch_size=256, mean=mean, std=std
+    x_test, y_test, batch_size=256, rescale=False
 )
 plotting.show_images(x_train[:16], y_train[:16], class_names)
 
 # %% [markdown]
 # ## The teacher
 #
-# `keras_kd.models.conv_net`: three stages of two 3x3 conv + BN + ReLU. Any
+# `keras_kd.models.conv_net`: the `Normalization` layer, then three stages of
+# two 3x3 conv + BN + ReLU. Any
 # functional Keras model works as a teacher (see notebook 04). Every model
 # here trains with the same recipe, `plotting.compile_and_fit`: Adam with a
 # cosine decay to zero.
@@ -140,7 +147,7 @@ def fit(model, epochs, **kwargs):
 
 keras.utils.set_random_seed(SEED)
 teacher = keras_kd.models.conv_net(
-    INPUT_SHAPE, NUM_CLASSES, TEACHER_WIDTHS, name="teacher"
+    INPUT_SHAPE, NUM_CLASSES, TEACHER_WIDTHS, mean=mean, std=std, name="teacher"
 )
 teacher_history = fit(teacher, TEACHER_EPOCHS)
 teacher_accuracy = plotting.accuracy(teacher, test_ds)
@@ -155,7 +162,12 @@ print(f"teacher test accuracy {teacher_accuracy:.4f}")
 # %%
 keras.utils.set_random_seed(SEED + 1)  # the same initial student in both runs
 alone = keras_kd.models.conv_net(
-    INPUT_SHAPE, NUM_CLASSES, STUDENT_WIDTHS, name="student_alone"
+    INPUT_SHAPE,
+    NUM_CLASSES,
+    STUDENT_WIDTHS,
+    mean=mean,
+    std=std,
+    name="student_alone",
 )
 alone_history = fit(alone, EPOCHS)
 
@@ -173,7 +185,7 @@ alone_history = fit(alone, EPOCHS)
 # %%
 keras.utils.set_random_seed(SEED + 1)
 student = keras_kd.models.conv_net(
-    INPUT_SHAPE, NUM_CLASSES, STUDENT_WIDTHS, name="student"
+    INPUT_SHAPE, NUM_CLASSES, STUDENT_WIDTHS, mean=mean, std=std, name="student"
 )
 kd = losses.LogitsDistillation()
 distiller = keras_kd.Distiller(teacher, student, [kd])
@@ -212,8 +224,8 @@ plotting.print_results(
 )
 
 # %% [markdown]
-# **Reading the stored run.** Here the distilled student reached 0.4755 and
-# the student alone 0.4680: +0.75 points, from one seed. Students this small
+# **Reading the stored run.** Here the distilled student reached 0.4775 and
+# the student alone 0.4765: +0.1 points, from one seed. Students this small
 # and this short-trained vary by about a point from seed to seed (the
 # README's panel measures 1.1 points of std for a similar CIFAR-10 student
 # alone), so one run like this cannot tell a gain from noise. The README's
@@ -235,11 +247,15 @@ plotting.show_images(x_test[:24], y_test[:24], class_names, predicted[:24])
 # `distiller.student` is a plain Keras model: no teacher, no connectors.
 # `export_student` writes a full-integer (int8) TFLite model calibrated on
 # training batches, loads it back and compares it with the Keras student.
-# The model takes normalised images: `(image / 255 - mean) / std`.
+# Like the Keras student, it takes raw pixels (0..255): its first layer is
+# the `Normalization` with the training images' statistics, so whoever runs
+# it needs no preprocessing code beyond resizing to 32x32. The calibration
+# batches are raw pixels too.
 
 # %%
+print("first layers:", [layer.name for layer in student.layers[:3]])
 calibration = keras_kd.data.make_dataset(
-    x_train, y_train, batch_size=32, mean=mean, std=std
+    x_train, y_train, batch_size=32, rescale=False
 )
 result = export_student(
     distiller,

@@ -23,43 +23,17 @@ os.environ["KERAS_BACKEND"] = "tensorflow"  # export runs in TensorFlow
 common.quiet_tensorflow()
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_kd  # noqa: E402
+from keras_kd.export import FORMATS  # noqa: E402
 from keras_kd.export import export_student  # noqa: E402
 
-FORMATS = (
-    "saved_model",
-    "tflite_float32",
-    "tflite_float16",
-    "tflite_dynamic_int8",
-    "tflite_int8",
-)
-
-
-def cnn(width, prefix, name):
-    inputs = keras.Input((16, 16, 3), name="image")
-    x = keras.layers.Rescaling(1 / 255, name=f"{prefix}rescale")(inputs)
-    x = keras.layers.RandomFlip("horizontal", name=f"{prefix}flip")(x)
-    x = keras.layers.Conv2D(width, 3, padding="same", name=f"{prefix}conv1")(x)
-    x = keras.layers.BatchNormalization(name=f"{prefix}bn1")(x)
-    x = keras.layers.ReLU(name=f"{prefix}relu1")(x)
-    y = keras.layers.Conv2D(width, 3, padding="same", name=f"{prefix}conv2")(x)
-    y = keras.layers.BatchNormalization(name=f"{prefix}bn2")(y)
-    x = keras.layers.Add(name=f"{prefix}add")([x, y])
-    x = keras.layers.ReLU(name=f"{prefix}relu2")(x)
-    x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}pool")(x)
-    outputs = keras.layers.Dense(10, name=f"{prefix}logits")(x)
-    return keras.Model(inputs, outputs, name=name)
-
-
-def images(n, seed):
-    """Easy data: the class sets the mean brightness of the image."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, size=n)
-    x = rng.normal(25.0 * y[:, None, None, None] + 10, 20, size=(n, 16, 16, 3))
-    return np.clip(x, 0, 255).astype("uint8"), y
+# The export tests' student and data: one definition for both.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+from builders import brightness_images  # noqa: E402
+from builders import export_cnn  # noqa: E402
 
 
 def main(argv=None):
@@ -70,8 +44,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc)
     keras.utils.set_random_seed(0)
-    teacher = cnn(48, "t_", "teacher")
-    student = cnn(16, "s_", "student")
+    teacher = export_cnn(48, "t_", "teacher")
+    student = export_cnn(16, "s_", "student")
     distiller = keras_kd.Distiller(
         teacher,
         student,
@@ -84,10 +58,10 @@ def main(argv=None):
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    x, y = images(96, seed=1)
+    x, y = brightness_images(96, seed=1)
     distiller.fit(x.astype("float32"), y, batch_size=32, epochs=1, verbose=0)
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-    x_check = images(16, seed=2)[0].astype("float32")
+    x_check = brightness_images(16, seed=2)[0].astype("float32")
     rows = []
     with tempfile.TemporaryDirectory() as directory:
         for fmt in FORMATS:

@@ -1,6 +1,7 @@
 """Small models shared by the tests (a few conv layers on 8x8..16x16 inputs)."""
 
 import keras
+import numpy as np
 
 
 class CallCounter(keras.layers.Layer):
@@ -92,3 +93,49 @@ def all_losses():
         losses.FitNetsHint("bn2", "bn2"),
         losses.AttentionTransfer("relu2", "relu2"),
     ]
+
+
+def export_cnn(width, prefix, name):
+    """The export tests' CNN: Rescaling + RandomFlip in front, Conv-BN-ReLU,
+    a residual Add, 16x16x3 raw-pixel inputs; layer names start `prefix`."""
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255, name=f"{prefix}rescale")(inputs)
+    x = keras.layers.RandomFlip("horizontal", name=f"{prefix}flip")(x)
+    x = keras.layers.Conv2D(width, 3, padding="same", name=f"{prefix}conv1")(x)
+    x = keras.layers.BatchNormalization(name=f"{prefix}bn1")(x)
+    x = keras.layers.ReLU(name=f"{prefix}relu1")(x)
+    y = keras.layers.Conv2D(width, 3, padding="same", name=f"{prefix}conv2")(x)
+    y = keras.layers.BatchNormalization(name=f"{prefix}bn2")(y)
+    x = keras.layers.Add(name=f"{prefix}add")([x, y])
+    x = keras.layers.ReLU(name=f"{prefix}relu2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}pool")(x)
+    return keras.Model(
+        inputs, keras.layers.Dense(10, name=f"{prefix}logits")(x), name=name
+    )
+
+
+def brightness_images(n, seed):
+    """Easy 16x16x3 uint8 data: the class sets the mean brightness."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, size=n)
+    x = rng.normal(25.0 * y[:, None, None, None] + 10, 20, size=(n, 16, 16, 3))
+    return np.clip(x, 0, 255).astype("uint8"), y
+
+
+def tiny_npz(path):
+    """A learnable 3-class archive of 12x12x1 images (each class a
+    different brightness) for end-to-end runs of the command line."""
+    rng = np.random.default_rng(0)
+    y_train = np.repeat(np.arange(3), 40)
+    x_train = (
+        y_train[:, None, None, None] * 80
+        + rng.integers(0, 40, (120, 12, 12, 1))
+    ).astype("uint8")
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_train[::4],
+        y_test=y_train[::4],
+    )
+    return path

@@ -8,6 +8,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from builders import tiny_npz
 
 from keras_kd import cli
 from keras_kd import data
@@ -21,26 +22,8 @@ from keras_kd.models import resnet
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _tiny_npz(path):
-    rng = np.random.default_rng(0)
-    y_train = np.repeat(np.arange(3), 40)
-    # Learnable: each class is a different brightness.
-    x_train = (
-        y_train[:, None, None, None] * 80
-        + rng.integers(0, 40, (120, 12, 12, 1))
-    ).astype("uint8")
-    np.savez(
-        path,
-        x_train=x_train,
-        y_train=y_train,
-        x_test=x_train[::4],
-        y_test=y_train[::4],
-    )
-    return path
-
-
 def test_main_job_quick_on_an_npz(tmp_path):
-    path = _tiny_npz(tmp_path / "tiny.npz")
+    path = tiny_npz(tmp_path / "tiny.npz")
     out = tmp_path / "models"
     results = cli.distill(
         [
@@ -79,7 +62,7 @@ def test_main_job_quick_on_an_npz(tmp_path):
 
 
 def test_main_job_is_deterministic_and_reports_the_noise(tmp_path, capsys):
-    path = _tiny_npz(tmp_path / "tiny.npz")
+    path = tiny_npz(tmp_path / "tiny.npz")
     argv = [
         "--data",
         str(path),
@@ -121,7 +104,7 @@ def test_main_job_is_deterministic_and_reports_the_noise(tmp_path, capsys):
 
 
 def test_quick_says_it_is_a_smoke_test(tmp_path, capsys):
-    path = _tiny_npz(tmp_path / "tiny.npz")
+    path = tiny_npz(tmp_path / "tiny.npz")
     results = cli.distill(
         [
             "--data",

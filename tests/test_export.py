@@ -20,6 +20,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from builders import brightness_images  # noqa: E402
+from builders import export_cnn  # noqa: E402
 
 import keras_kd  # noqa: E402
 from keras_kd import export as export_lib  # noqa: E402
@@ -36,36 +38,11 @@ TFLITE_FORMATS = (
 )
 
 
-def _cnn(width, prefix, name):
-    inputs = keras.Input((16, 16, 3), name="image")
-    x = keras.layers.Rescaling(1 / 255, name=f"{prefix}rescale")(inputs)
-    x = keras.layers.RandomFlip("horizontal", name=f"{prefix}flip")(x)
-    x = keras.layers.Conv2D(width, 3, padding="same", name=f"{prefix}conv1")(x)
-    x = keras.layers.BatchNormalization(name=f"{prefix}bn1")(x)
-    x = keras.layers.ReLU(name=f"{prefix}relu1")(x)
-    y = keras.layers.Conv2D(width, 3, padding="same", name=f"{prefix}conv2")(x)
-    y = keras.layers.BatchNormalization(name=f"{prefix}bn2")(y)
-    x = keras.layers.Add(name=f"{prefix}add")([x, y])
-    x = keras.layers.ReLU(name=f"{prefix}relu2")(x)
-    x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}pool")(x)
-    return keras.Model(
-        inputs, keras.layers.Dense(10, name=f"{prefix}logits")(x), name=name
-    )
-
-
-def _images(n, seed):
-    """Easy data: the class sets the mean brightness of the image."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, size=n)
-    x = rng.normal(25.0 * y[:, None, None, None] + 10, 20, size=(n, 16, 16, 3))
-    return np.clip(x, 0, 255).astype("uint8"), y
-
-
 @pytest.fixture(scope="module")
 def setup():
     keras.utils.set_random_seed(0)
-    teacher = _cnn(48, "t_", "teacher")
-    student = _cnn(16, "s_", "student")
+    teacher = export_cnn(48, "t_", "teacher")
+    student = export_cnn(16, "s_", "student")
     distiller = keras_kd.Distiller(
         teacher,
         student,
@@ -78,11 +55,11 @@ def setup():
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    x, y = _images(96, seed=1)
+    x, y = brightness_images(96, seed=1)
     distiller.fit(x.astype("float32"), y, batch_size=32, epochs=1, verbose=0)
     assert distiller.distillation_losses[1].connectors  # a connector exists
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-    x_check = _images(16, seed=2)[0].astype("float32")
+    x_check = brightness_images(16, seed=2)[0].astype("float32")
     return distiller, data, x_check
 
 
@@ -157,7 +134,7 @@ def test_tflite_float_parity(setup, exports, fmt):
     assert result.tolerance == export_lib.DEFAULT_TOLERANCES[fmt]
     assert result.max_abs_diff <= result.tolerance
     # Fresh data, straight through the interpreter.
-    x = _images(8, seed=3)[0].astype("float32")
+    x = brightness_images(8, seed=3)[0].astype("float32")
     out = tflite_predict(load_interpreter(result.path), x)
     np.testing.assert_allclose(
         out, _keras(distiller.student, x), atol=result.tolerance
@@ -214,7 +191,7 @@ def test_no_teacher_in_tflite(setup, exports):
 def test_preprocessing_rescaling_kept_random_flip_dropped(setup, exports):
     distiller, _, _ = setup
     interpreter = load_interpreter(exports["tflite_float32"].path)
-    x = _images(8, seed=4)[0].astype("float32")
+    x = brightness_images(8, seed=4)[0].astype("float32")
     flipped = x[:, :, ::-1, :]
     for batch in (x, flipped):  # no flip inside: each matches inference mode
         np.testing.assert_allclose(
@@ -249,7 +226,7 @@ def test_augmentation_layers_export_as_inference(tmp_path, augmentation):
     x = augmentation()(keras.layers.Rescaling(1 / 255)(inputs))
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(x))
     model = keras.Model(inputs, keras.layers.Dense(3)(x))
-    x_check = _images(4, seed=7)[0].astype("float32")
+    x_check = brightness_images(4, seed=7)[0].astype("float32")
     result = export_student(
         model,
         tmp_path / "m.tflite",
@@ -285,7 +262,7 @@ def test_held_out_representative_batch(setup, tmp_path):
 
 def test_interpreter_fallback_without_litert(setup, exports, monkeypatch):
     path = exports["tflite_float32"].path
-    x = _images(4, seed=5)[0].astype("float32")
+    x = brightness_images(4, seed=5)[0].astype("float32")
     default = load_interpreter(path)
     try:
         import ai_edge_litert  # noqa: F401
@@ -416,7 +393,7 @@ def test_export_command(setup, tmp_path, capsys):
     distiller, _, _ = setup
     model_path = tmp_path / "distiller.keras"
     distiller.save(model_path)
-    x, _ = _images(48, seed=6)
+    x, _ = brightness_images(48, seed=6)
     npz = tmp_path / "data.npz"
     np.savez(npz, x_train=x, x_test=x[:8])
     out = tmp_path / "student.tflite"

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 import yaml
+from builders import tiny_npz
 
 from keras_kd import recipes
 from keras_kd.recipes import compare
@@ -29,26 +30,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "keras_kd" / "recipes" / "bundled"
 
 
-def _tiny_npz(path):
-    rng = np.random.default_rng(0)
-    y_train = np.repeat(np.arange(3), 40)
-    x_train = (
-        y_train[:, None, None, None] * 80
-        + rng.integers(0, 40, (120, 12, 12, 1))
-    ).astype("uint8")
-    np.savez(
-        path,
-        x_train=x_train,
-        y_train=y_train,
-        x_test=x_train[::4],
-        y_test=y_train[::4],
-    )
-    return path
-
-
 def _recipe(tmp_path, **changes):
     """A small distill recipe on a tiny .npz beside it."""
-    _tiny_npz(tmp_path / "tiny.npz")
+    tiny_npz(tmp_path / "tiny.npz")
     recipe = {
         "version": 1,
         "name": "tiny",
@@ -180,7 +164,7 @@ def test_compare_refuses_what_the_main_job_cannot_do(tmp_path):
 def test_compare_prints_what_keras_kd_prints(tmp_path, capsys):
     from keras_kd import cli
 
-    path = _tiny_npz(tmp_path / "tiny.npz")
+    path = tiny_npz(tmp_path / "tiny.npz")
     recipe_path = recipes.bundled("main_job")
     overrides = [
         f"data.source={path}",

@@ -34,17 +34,28 @@ def data_source(recipe, base):
     if source.startswith("bundled:"):
         return source
     if source.endswith(".npz"):
-        path = pathlib.Path(source).expanduser()
-        if not path.is_absolute():
-            path = pathlib.Path(base) / path
-        if not path.is_file():
-            raise RecipeError(
-                f"data.source: no file {str(path)!r} (a relative path is read "
-                "from the recipe's folder). Give an existing .npz archive, "
-                "'bundled', or a TensorFlow Datasets name."
-            )
-        return path
+        return existing_file(
+            source,
+            base,
+            "data.source",
+            " Give an existing .npz archive, 'bundled', or a TensorFlow "
+            "Datasets name.",
+        )
     return source
+
+
+def existing_file(name, base, where, hint=""):
+    """`name` as a path (relative ones from the recipe's folder `base`), or
+    a `RecipeError` at `where` if no such file exists."""
+    path = pathlib.Path(name).expanduser()
+    if not path.is_absolute():
+        path = pathlib.Path(base) / path
+    if not path.is_file():
+        raise RecipeError(
+            f"{where}: no file {str(path)!r} (a relative path is read from "
+            f"the recipe's folder).{hint}"
+        )
+    return path
 
 
 def load_arrays(recipe, base):
@@ -69,21 +80,15 @@ def checksum(recipe, base):
     source = data_source(recipe, base)
     if source is None or isinstance(source, str):
         if source is None or source.startswith("bundled:"):
+            import importlib.resources
+
             from keras_kd import data
 
             name = (source or "bundled:fashion_mnist").split(":", 1)[1]
             path = (
-                pathlib.Path(data.__file__).parent
-                / "datasets"
-                / data.BUNDLED_DATASETS[name]
+                importlib.resources.files("keras_kd.datasets")
+                / (data.BUNDLED_DATASETS[name])
             )
-            if not path.is_file():  # keras_kd.data is a package
-                import importlib.resources
-
-                path = (
-                    importlib.resources.files("keras_kd.datasets")
-                    / (data.BUNDLED_DATASETS[name])
-                )
             return {"file": f"bundled:{name}", "sha256": _sha256(path)}
         return {"tfds": source, "data_dir": recipe["data"]["data_dir"]}
     return {"file": os.path.basename(source), "sha256": _sha256(source)}
@@ -116,14 +121,7 @@ def model(spec, role, input_shape, classes, mean, std, base):
     from keras_kd import models
 
     if spec["file"]:
-        path = pathlib.Path(spec["file"]).expanduser()
-        if not path.is_absolute():
-            path = pathlib.Path(base) / path
-        if not path.is_file():
-            raise RecipeError(
-                f"{role}.file: no file {str(path)!r} (a relative path is read "
-                "from the recipe's folder)."
-            )
+        path = existing_file(spec["file"], base, f"{role}.file")
         loaded = keras.saving.load_model(path)
         if tuple(loaded.input_shape[1:]) != tuple(input_shape):
             raise RecipeError(

@@ -159,15 +159,20 @@ def check(path, overrides=(), step=True):
     the models, each method's arguments and layers, the procedure, and
     (with `step`) one training step on stand-in data of the data's shapes.
     Returns the validated recipe; raises `RecipeError`."""
+    recipe, base = resolve(path, overrides)
+    check_resolved(recipe, base, step)
+    return recipe
+
+
+def check_resolved(recipe, base, step=True):
+    """`check` of a recipe `resolve` has read (`base`: its folder)."""
     import keras
     import numpy as np
 
-    recipe, base = resolve(path, overrides)
     if recipe["experiment"] == "compare":
         from keras_kd.recipes.compare import check_compare
 
         check_compare(recipe)
-    build.data_source(recipe, base)
     input_shape, classes = build.shapes(recipe, base)
     channels = input_shape[-1]
     mean, std = [0.5] * channels, [0.25] * channels
@@ -187,10 +192,7 @@ def check(path, overrides=(), step=True):
         x = rng.uniform(0, 255, (batch, *input_shape)).astype("float32")
         y = rng.integers(0, classes, batch)
         inputs = x
-        if any(
-            "example_ids" in getattr(loss, "requires", ())
-            for loss in distiller.distillation_losses
-        ):
+        if _needs_example_ids(distiller):
             inputs = {"image": x, "example_id": np.arange(batch)}
         try:
             distiller.train_on_batch(inputs, y)
@@ -199,7 +201,13 @@ def check(path, overrides=(), step=True):
                 f"one step on stand-in data of shape {tuple(x.shape)} "
                 f"failed: {error}"
             ) from None
-    return recipe
+
+
+def _needs_example_ids(distiller):
+    return any(
+        "example_ids" in getattr(loss, "requires", ())
+        for loss in distiller.distillation_losses
+    )
 
 
 def load(path, seed=None, overrides=(), verbose=True):
@@ -256,15 +264,7 @@ def teacher_for(recipe, base, seed, arrays, verbose=True):
         ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    train = data.make_dataset(
-        x,
-        y,
-        batch_size=batch,
-        training=True,
-        augment=_augment(recipe),
-        rescale=False,
-        seed=seed,
-    )
+    train = _train_pipeline(recipe, x, y, batch, seed)
     teacher.fit(
         train.repeat() if spec["steps"] else train,
         steps_per_epoch=steps if spec["steps"] else None,
@@ -283,9 +283,21 @@ def per_epoch(spec, examples, batch):
     return -(-examples // batch)
 
 
-def _augment(recipe):
+def _train_pipeline(recipe, x, y, batch, seed, example_ids=False):
+    """The seeded training pipeline of raw pixels (the models normalise)."""
+    from keras_kd import data
+
     augment = recipe["data"]["augment"]
-    return None if augment == "none" else augment
+    return data.make_dataset(
+        x,
+        y,
+        batch_size=batch,
+        training=True,
+        augment=None if augment == "none" else augment,
+        rescale=False,
+        seed=seed,
+        example_ids=example_ids,
+    )
 
 
 def student_data(recipe, arrays, seed):
@@ -324,20 +336,9 @@ def _build(recipe, base, seed, teacher=None, arrays=None, verbose=True):
         base,
     )
     distiller = _distiller(recipe, teacher, student, len(x))
-    needs_ids = any(
-        "example_ids" in getattr(loss, "requires", ())
-        for loss in distiller.distillation_losses
-    )
     batch = recipe["data"]["batch_size"]
-    train = data.make_dataset(
-        x,
-        y,
-        batch_size=batch,
-        training=True,
-        augment=_augment(recipe),
-        rescale=False,
-        seed=seed,
-        example_ids=needs_ids,
+    train = _train_pipeline(
+        recipe, x, y, batch, seed, example_ids=_needs_example_ids(distiller)
     )
     test = data.make_dataset(
         arrays["x_test"], arrays["y_test"], batch_size=256, rescale=False

@@ -140,8 +140,8 @@ def run(path, seeds=None, overrides=(), verbose=True):
     """
     if seeds:
         overrides = [*overrides, f"seeds={list(seeds)}"]
-    recipe = kd_experiment.check(path, overrides, step=False)
     recipe, base = kd_experiment.resolve(path, overrides)
+    kd_experiment.check_resolved(recipe, base, step=False)
     directory = pathlib.Path(kd_experiment.default_directory(recipe))
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"
@@ -171,14 +171,6 @@ def _run_compare(recipe, base, directory):
     results = distill(arguments)
     _write(directory / "results.json", json.dumps(results, indent=2))
     return results
-
-
-def _mean_std(values):
-    import numpy as np
-
-    values = np.asarray(values, dtype="float64")
-    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    return float(values.mean()), std
 
 
 def _epochs_done(log):
@@ -289,6 +281,8 @@ def _run_distill(recipe, base, directory, verbose):
 
 
 def _results(recipe, directory, scores, seconds, verbose):
+    from keras_kd.cli.summary import _mean_std  # the main job's statistics
+
     values = [scores[s] for s in recipe["seeds"]]
     mean, std = _mean_std(values)
     results = {

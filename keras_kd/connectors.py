@@ -3,9 +3,13 @@
 Connectors are built by the Distiller when a layer pair's shapes differ (or
 when the method always calls for one, as FitNets does), train with the student,
 are saved with the distiller and never become part of `distiller.student`.
+`EmbeddingHead` is CRD's projection of a network's feature.
 """
 
+import math
+
 import keras
+from keras import ops
 
 
 class Connector(keras.layers.Layer):
@@ -139,3 +143,35 @@ def spatial_factor(larger, smaller):
         return None
     k = big_h // small_h
     return k if k == big_w // small_w else None
+
+
+class EmbeddingHead(keras.layers.Layer):
+    """CRD's embedding: flatten, `Dense(feature_dim)`, L2-normalise."""
+
+    def __init__(self, feature_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.feature_dim = int(feature_dim)
+        self.dense = keras.layers.Dense(
+            self.feature_dim, dtype=self.dtype_policy, name="dense"
+        )
+
+    def build(self, input_shape):
+        self.dense.build((input_shape[0], math.prod(input_shape[1:])))
+        self.built = True
+
+    def call(self, x):
+        x = ops.reshape(x, (ops.shape(x)[0], -1))
+        x = ops.cast(self.dense(x), "float32")
+        return x / ops.maximum(_safe_norm(x), 1e-12)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(feature_dim=self.feature_dim)
+        return config
+
+
+def _safe_norm(x):
+    """The L2 norm of each row (`keras_kd.losses.pairwise.safe_norm`)."""
+    from keras_kd.losses import pairwise
+
+    return pairwise.safe_norm(x, -1, keepdims=True)

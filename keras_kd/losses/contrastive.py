@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_kd.connectors import EmbeddingHead
 from keras_kd.losses import pairwise
 from keras_kd.losses import registry
 from keras_kd.losses.base import DistillationLoss
@@ -120,31 +121,6 @@ def contrastive_nce_loss(
         ops.stop_gradient(ops.cast(bank_rows, "float32")),
     )
     return _nce_from_dots(dots, temperature, num_examples, normalizer)
-
-
-class EmbeddingHead(keras.layers.Layer):
-    """CRD's embedding: flatten, `Dense(feature_dim)`, L2-normalise."""
-
-    def __init__(self, feature_dim, **kwargs):
-        super().__init__(**kwargs)
-        self.feature_dim = int(feature_dim)
-        self.dense = keras.layers.Dense(
-            self.feature_dim, dtype=self.dtype_policy, name="dense"
-        )
-
-    def build(self, input_shape):
-        self.dense.build((input_shape[0], math.prod(input_shape[1:])))
-        self.built = True
-
-    def call(self, x):
-        x = ops.reshape(x, (ops.shape(x)[0], -1))
-        x = ops.cast(self.dense(x), "float32")
-        return x / ops.maximum(pairwise.safe_norm(x, -1, keepdims=True), 1e-12)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(feature_dim=self.feature_dim)
-        return config
 
 
 def _keras_kd_taps(stages):

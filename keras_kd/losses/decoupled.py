@@ -7,8 +7,8 @@ from keras import ops
 from keras_kd.losses import registry
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.logits import TemperatureVariable
-from keras_kd.losses.logits import _check_ddof
-from keras_kd.losses.logits import standardize_logits
+from keras_kd.losses.standardization import _check_ddof
+from keras_kd.losses.standardization import standardize_logits
 from keras_kd.losses.tensors import reduce_per_example
 from keras_kd.losses.tensors import to_float32
 from keras_kd.losses.tensors import validate_reduction

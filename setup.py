@@ -58,6 +58,7 @@ setup(
         "litert": ["ai-edge-litert>=2.0"],
         "test": [
             "pytest>=7",
+            "pytest-xdist>=3.6",  # `-n 2`: the README's test command
             "tensorflow-datasets>=4.9",
             "importlib_resources",
             "tensorboard",  # TensorFlow 2.21 no longer installs it

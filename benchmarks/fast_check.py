@@ -31,7 +31,8 @@ COMMANDS = {
     ),
     "full_suite": (
         [["torch==2.13.0"], ["-e", ".[cpu,jax,torch,test,examples]"]],
-        ["--doctest-modules", "tests", "keras_kd", "-q"],
+        ["-n", "2", "--dist", "loadgroup", "--doctest-modules", "tests"]
+        + ["keras_kd", "-q"],
     ),
 }
 

@@ -7,6 +7,7 @@ import re
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import child_suites  # noqa: E402
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
@@ -86,6 +87,8 @@ def pytest_configure(config):
         "of every loss (tests/losses), one fit per installed backend and an "
         "export with its parity check (tests/test_quick.py).",
     )
+    if BACKEND == "tensorflow" and not _is_xdist_worker(config):
+        child_suites.prepare()  # the workers inherit the folder's name
     config.addinivalue_line(
         "markers",
         "tensorflow_only(reason): needs the TensorFlow backend; skipped "
@@ -141,21 +144,31 @@ def _torch_skip_reason(item):
     return None
 
 
+_WAIT = "test_backend_neutral_suite_passes"
+
+
+def _is_xdist_worker(config):
+    return hasattr(config, "workerinput")
+
+
 @pytest.hookimpl(trylast=True)  # after `-k` / `-m` have deselected items
 def pytest_collection_modifyitems(config, items):
     if BACKEND == "tensorflow":
         # Start the other backends' suites now, beside this run
-        # (tests/test_backends.py waits for them), and wait for them last:
-        # the rest of this run keeps a core busy meanwhile.
+        # (tests/child_suites.py), and wait for them last: the rest of this
+        # run keeps a core busy meanwhile. Under pytest-xdist the controller
+        # starts them (below), as it outlives every worker.
         waits = [
-            item
-            for item in items
-            if getattr(item, "originalname", "")
-            == "test_backend_neutral_suite_passes"
+            item for item in items if getattr(item, "originalname", "") == _WAIT
         ]
-        for item in waits:
-            item.module.start_suite(item.callspec.params["backend"])
-        items[:] = [item for item in items if item not in waits] + waits
+        if not _is_xdist_worker(config):
+            for item in waits:
+                child_suites.start(item.callspec.params["backend"])
+        # The slow tests first, the waits last: with `-n 2` the long tests
+        # then spread over both workers instead of ending the run alone.
+        rest = [item for item in items if item not in waits]
+        rest.sort(key=lambda item: item.get_closest_marker("slow") is None)
+        items[:] = rest + waits
         return
     for item in items:
         reason = _tensorflow_only_reason(item)
@@ -168,3 +181,11 @@ def pytest_collection_modifyitems(config, items):
             )
         elif BACKEND == "torch" and _torch_skip_reason(item):
             item.add_marker(pytest.mark.skip(reason=_torch_skip_reason(item)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """pytest-xdist's controller: start the suites the workers will wait for."""
+    for backend in child_suites.SUITES:
+        if any(f"{_WAIT}[{backend}]" in nodeid for nodeid in ids):
+            child_suites.start(backend)

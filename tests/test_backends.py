@@ -13,7 +13,6 @@ These tests start other backends, so they run only from the TensorFlow run
 (`python -m pytest tests`); under another backend they are skipped.
 """
 
-import atexit
 import importlib.util
 import json
 import os
@@ -21,14 +20,14 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 
+import child_suites
 import numpy as np
 import pytest
 from backend_utils import BACKEND
 from backend_utils import REPO_ROOT
 from backend_utils import TESTS_DIR
+from child_suites import SUITES
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,41 +36,6 @@ pytestmark = [
         reason="starts the other backends from the TensorFlow run",
     ),
 ]
-
-# What each extra backend re-runs (paths relative to the repository). The
-# slow, TensorFlow-flavoured suites (test_distiller's 25-epoch fits, XLA,
-# mixed precision on every policy pair) stay on TensorFlow; their guarantees
-# are checked on every backend by test_backend_behaviour.py.
-SUITES = {
-    "jax": [
-        "tests/losses",
-        "tests/test_taps.py",
-        "tests/test_backend_behaviour.py",
-        "tests/test_numpy_warnings.py",
-        "tests/test_methods.py",
-        "tests/test_schedules.py",
-        "tests/test_procedures.py",
-        "tests/test_contrastive_bank.py",
-        "tests/test_boundary.py",
-        "tests/test_boundary_reference.py",
-        "tests/test_route.py",
-    ],
-    "torch": [
-        "tests/losses",
-        "tests/test_taps.py",
-        "tests/test_backend_behaviour.py",
-        "tests/test_numpy_warnings.py",
-        "tests/test_methods.py",
-        "tests/test_schedules.py",
-        "tests/test_procedures.py",
-        "tests/test_contrastive_bank.py",
-        "tests/test_boundary.py",
-        "tests/test_boundary_reference.py",
-        "tests/test_route.py",
-    ],
-}
-# Run with them: the docstring examples of the loss modules.
-DOCTESTS = ["--doctest-modules", "keras_kd/losses"]
 
 
 def _installed(module):
@@ -89,82 +53,18 @@ def _needs(backend):
 
 
 def _env(backend, **extra):
-    env = dict(os.environ)
-    env.update(extra)
-    env["KERAS_BACKEND"] = backend
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (REPO_ROOT, TESTS_DIR, os.environ.get("PYTHONPATH")) if p
-    )
-    return env
-
-
-# The child suites, started as soon as the tests are collected (conftest's
-# `pytest_collection_modifyitems` calls `start_suite`), so that they run
-# beside the rest of the TensorFlow run instead of after it: much of each
-# run is single-threaded Python, and two cores then stay busy.
-_CHILDREN = {}
-_SUITE_TIMEOUT = 2400
-
-
-@atexit.register
-def _stop_children():
-    """An interrupted run leaves no child suite running."""
-    for _, process, _, _ in _CHILDREN.values():
-        if process.poll() is None:
-            process.kill()
-
-
-def start_suite(backend):
-    """Starts `backend`'s child suite in the background, once."""
-    if backend in _CHILDREN or BACKEND != "tensorflow":
-        return
-    if not _installed({"jax": "jax", "torch": "torch"}[backend]):
-        return
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        # No `-W ignore::DeprecationWarning`: the command line would win
-        # over conftest's rule that NumPy's copy-keyword warning is an error
-        # in this project's code (tests/test_numpy_warnings.py).
-        *SUITES[backend],
-        *DOCTESTS,
-    ]
-    log = tempfile.TemporaryFile(mode="w+")
-    process = subprocess.Popen(
-        command,
-        env=_env(backend),
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    _CHILDREN[backend] = (command, process, log, time.monotonic())
+    return child_suites.env(backend, **extra)
 
 
 @pytest.mark.parametrize(
     "backend", [pytest.param(b, marks=_needs(b)) for b in SUITES]
 )
 def test_backend_neutral_suite_passes(backend):
-    start_suite(backend)  # a no-op when collection already started it
-    command, process, log, started = _CHILDREN[backend]
-    try:
-        process.wait(
-            timeout=max(1.0, _SUITE_TIMEOUT - (time.monotonic() - started))
-        )
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.seek(0)
-    output = log.read()
+    command, returncode, output = child_suites.wait(backend)
     summary = output.strip().splitlines()[-1] if output.strip() else ""
-    assert process.returncode == 0, (
+    assert returncode == 0, (
         f"KERAS_BACKEND={backend} {' '.join(command[1:])} exited with "
-        f"{process.returncode}:\n{output[-12000:]}"
+        f"{returncode}:\n{output[-12000:]}"
     )
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) >= 50, summary
@@ -327,6 +227,8 @@ def one_device():
     return _jax_run("single")
 
 
+# One pytest-xdist worker runs both (they share the one-device run).
+@pytest.mark.xdist_group("jax_scale_out")
 @_needs("jax")
 def test_jax_data_parallel_two_devices_matches_one_device(one_device):
     parallel = _jax_run("data_parallel", extra_env=_TWO_DEVICES)
@@ -336,6 +238,7 @@ def test_jax_data_parallel_two_devices_matches_one_device(one_device):
     _assert_same_update(one_device, parallel)
 
 
+@pytest.mark.xdist_group("jax_scale_out")
 @_needs("jax")
 def test_jax_distributed_two_processes_match_one_device(one_device):
     with socket.socket() as s:

@@ -30,6 +30,9 @@ from keras_kd.export import load_interpreter  # noqa: E402
 from keras_kd.export import student as student_module  # noqa: E402
 from keras_kd.export import tflite_predict  # noqa: E402
 
+# One pytest-xdist worker runs this module: its fixtures train once.
+pytestmark = pytest.mark.xdist_group("export")
+
 TFLITE_FORMATS = (
     "tflite_float32",
     "tflite_float16",

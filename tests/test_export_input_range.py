@@ -22,6 +22,9 @@ from keras_kd.export import ExportWarning  # noqa: E402
 from keras_kd.export import export_student  # noqa: E402
 from keras_kd.export import input_range_warning  # noqa: E402
 
+# One pytest-xdist worker runs this module: its fixture trains once.
+pytestmark = pytest.mark.xdist_group("export_input_range")
+
 
 def _pixels(n, seed):
     rng = np.random.default_rng(seed)

@@ -27,6 +27,9 @@ from keras_kd.export import ExportWarning  # noqa: E402
 from keras_kd.export import export_student  # noqa: E402
 from keras_kd.export import files as export_files  # noqa: E402
 
+# One pytest-xdist worker runs this module: its fixtures export once.
+pytestmark = pytest.mark.xdist_group("export_overwrite")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

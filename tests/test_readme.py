@@ -203,20 +203,24 @@ def _section(title):
     return text[start : end if end != -1 else None]
 
 
+TEST_COMMAND = (
+    "python -m pytest -n 2 --dist loadgroup --doctest-modules tests keras_kd -q"
+)
+
+
 def test_setup_commands_match_ci():
     commands = re.findall(r"^pip install .*$", _section("Install"), re.M)
     assert commands == [
         'pip install -e ".[cpu]" && keras-kd',
         "pip install torch==2.13.0 && pip install -e "
-        '".[cpu,jax,torch,test,examples]" && '
-        "python -m pytest --doctest-modules tests keras_kd -q",
+        '".[cpu,jax,torch,test,examples]" && ' + TEST_COMMAND,
         'pip install -e ".[cpu,jax,test]" && '
         "python -m pytest -m quick tests -q",
     ]
     ci = (README.parent / ".ci" / "run").read_text()
     assert 'pip install "torch==2.13.0"' in ci
     assert 'pip install -e ".[cpu,jax,torch,test,examples]"' in ci
-    assert "python -m pytest --doctest-modules tests keras_kd -q" in ci
+    assert TEST_COMMAND in ci
     # The lint commands the README's "Contributing" paragraph names.
     text = README.read_text()
     for command in (

@@ -21,6 +21,9 @@ from keras_kd import Distiller
 from keras_kd import losses as L
 from keras_kd.backup import AtomicBackupAndRestore
 
+# One pytest-xdist worker runs this module: one uninterrupted reference.
+pytestmark = pytest.mark.xdist_group("resume")
+
 SCRIPT = os.path.join(os.path.dirname(__file__), "resume_script.py")
 
 

@@ -6,6 +6,16 @@ import re
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One thread per operation: the suite runs several processes at once (two
+# pytest-xdist workers, the JAX and PyTorch suites, the tests' child
+# processes), and thread pools sized to every core then spin against each
+# other. Child processes inherit these; a variable already set is kept.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+)
 
 import child_suites  # noqa: E402
 import keras  # noqa: E402

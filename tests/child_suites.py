@@ -43,6 +43,7 @@ _NEUTRAL = [
     "tests/test_boundary_reference.py",
     "tests/test_route.py",
     "tests/test_inversion.py",
+    "tests/test_domain_adaptation.py",
 ]
 SUITES = {"jax": list(_NEUTRAL), "torch": list(_NEUTRAL)}
 # Run with them: the docstring examples of the loss modules.

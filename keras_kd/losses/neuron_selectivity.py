@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_kd.losses import pairwise
 from keras_kd.losses import registry
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.spatial import SpatialAlignment
@@ -135,7 +136,9 @@ def _mean_kernel(a, b, kernel, degree, offset, bandwidth):
     else:  # gaussian
         a_norm = ops.expand_dims(ops.sum(ops.square(a), axis=1), 2)
         b_norm = ops.expand_dims(ops.sum(ops.square(b), axis=1), 1)
-        squared_distance = ops.maximum(a_norm + b_norm - 2.0 * gram, 0.0)
+        squared_distance = pairwise.squared_distances_from_gram(
+            a_norm, b_norm, gram
+        )
         values = ops.exp(-squared_distance / (2.0 * bandwidth * bandwidth))
     return ops.mean(values, axis=(1, 2))
 

@@ -60,6 +60,13 @@ def safe_norm(x, axis=-1, keepdims=False):
     return ops.where(positive, ops.sqrt(ops.where(positive, squares, 1.0)), 0.0)
 
 
+def squared_distances_from_gram(norms_a, norms_b, gram):
+    """`||a_i - b_j||^2 = |a_i|^2 + |b_j|^2 - 2 a_i.b_j`, clamped at 0
+    against rounding; `norms_*` broadcast against `gram` (NST's Gaussian
+    kernel and the domain-adaptation MMD share it)."""
+    return ops.maximum(norms_a + norms_b - 2.0 * gram, 0.0)
+
+
 def huber(x):
     """Smooth L1 (Huber with delta 1): `x^2 / 2` for `|x| < 1`, else
     `|x| - 1/2` (PyTorch `smooth_l1_loss`, the official RKD's)."""

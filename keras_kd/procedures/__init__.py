@@ -8,7 +8,9 @@ optimizer of its own between batches). See `Procedure`.
 
 Data-free distillation lives here too: `TeacherInversion` and `synthesize`
 make images from a teacher (DeepInversion), `distill_data_free` alternates
-synthesis and distillation (Adaptive DeepInversion).
+synthesis and distillation (Adaptive DeepInversion); and distillation into
+a new domain: `DomainAdaptiveDistiller` adapts the teacher to unlabelled
+target data while distilling the student on both domains.
 """
 
 from keras_kd.procedures.base import Procedure
@@ -19,6 +21,11 @@ from keras_kd.procedures.boundary import select_base_samples
 from keras_kd.procedures.boundary_samples import BoundarySupportingSamples
 from keras_kd.procedures.boundary_samples import BoundarySupportingSchedule
 from keras_kd.procedures.data_free import distill_data_free
+from keras_kd.procedures.domain_adaptation import DomainAdaptiveDistiller
+from keras_kd.procedures.domain_adaptation import paired_domains
+from keras_kd.procedures.domain_terms import adaptation_ramp
+from keras_kd.procedures.domain_terms import multi_kernel_mmd
+from keras_kd.procedures.domain_terms import progressive_weight
 from keras_kd.procedures.inversion import OFFICIAL_CIFAR10
 from keras_kd.procedures.inversion import TeacherInversion
 from keras_kd.procedures.inversion import input_affine_of
@@ -38,12 +45,14 @@ __all__ = [
     "OFFICIAL_CIFAR10",
     "BoundarySupportingSamples",
     "BoundarySupportingSchedule",
+    "DomainAdaptiveDistiller",
     "Procedure",
     "Route",
     "RouteConstrainedOptimization",
     "RouteRecorder",
     "SynthesizedImages",
     "TeacherInversion",
+    "adaptation_ramp",
     "adaptive_competition_loss",
     "batch_norm_statistics_loss",
     "boundary_attack",
@@ -53,6 +62,9 @@ __all__ = [
     "input_affine_of",
     "input_scale_of",
     "jensen_shannon_divergence",
+    "multi_kernel_mmd",
+    "paired_domains",
+    "progressive_weight",
     "sample_target_classes",
     "select_base_samples",
     "synthesize",

@@ -30,8 +30,9 @@ from keras_kd.procedures.base import check_int
 
 # The official CIFAR-10 settings (cifar10/README.md, "paper parameters"):
 # Adam 0.05, 2,000 iterations of 256 images, r_feature 10, TV 2.5e-5, no L2,
-# jitter 2. keras_kd's defaults are the same weights with CPU-sized batches
-# and iterations (see `synthesize`).
+# jitter 2, no flips (the ImageNet script flips). keras_kd's defaults are the
+# same weights with CPU-sized batches and iterations and flips (see
+# `synthesize`).
 OFFICIAL_CIFAR10 = {
     "batch_size": 256,
     "iterations": 2000,
@@ -40,6 +41,7 @@ OFFICIAL_CIFAR10 = {
     "tv_weight": 2.5e-5,
     "l2_weight": 0.0,
     "jitter": 2,
+    "flip": False,
 }
 
 

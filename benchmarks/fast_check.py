@@ -9,7 +9,7 @@ pip's cache makes the install here faster than a first download; the
 installed size is what a first install downloads, unpacked.
 
     python benchmarks/fast_check.py          # ~5 min on 2 cores
-    python benchmarks/fast_check.py --full   # ~40 min on 2 cores
+    python benchmarks/fast_check.py --full   # ~35 min on 2 cores
 """
 
 import argparse

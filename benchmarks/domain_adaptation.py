@@ -102,7 +102,9 @@ def load(data_dir, smoke, strength=BACKGROUND):
         data["target"] = target[:2000]
         data["source_test"] = tuple(a[:500] for a in data["source_test"])
         data["target_test"] = tuple(a[:500] for a in data["target_test"])
-    data["stats"] = keras_kd.data.channel_stats(data["source"][0])
+    data["stats"] = keras_kd.data.channel_stats(
+        np.clip(np.round(data["source"][0]), 0, 255).astype("uint8")
+    )
     return data
 
 

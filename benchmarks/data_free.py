@@ -211,7 +211,7 @@ def report(records, dataset, pool_info, teacher_meta, output, started):
         f"{pool_info.get('iterations')} iterations per batch of "
         f"{pool_info.get('batch_size')} (Adam {pool_info.get('learning_rate')},"
         f" feature weight {SYNTHESIS['feature_weight']}, other weights the "
-        "library defaults), synthesised once (seed {POOL_SEED}) "
+        f"library defaults), synthesised once (seed {POOL_SEED}) "
         f"and shared by every seed; {pool_info.get('seconds', 0):.0f} s on "
         f"{pool_info.get('backend')} "
         f"({1000 * pool_info.get('seconds_per_image', 0):.0f} ms per image); "

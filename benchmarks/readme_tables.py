@@ -315,6 +315,8 @@ def _domain_adaptation():
     by_arm = {}
     for run in result["runs"]:
         by_arm.setdefault(run["arm"], []).append(run)
+    if not all(by_arm.get(arm) for arm in ("alone", "kd_source", "joint")):
+        return None
     target = {
         arm: common.mean_std([r["target"] for r in runs])
         for arm, runs in by_arm.items()

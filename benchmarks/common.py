@@ -235,3 +235,14 @@ def paired_gain(treated, baseline):
     seeds = sorted(set(treated) & set(baseline))
     mean, std = mean_std([treated[s] - baseline[s] for s in seeds])
     return mean, std, len(seeds)
+
+
+def repeated_permutations(rng, size, count):
+    """`count` indices into `size` items: whole permutations drawn from
+    `rng`, one after another, cut to length (every item once per pass)."""
+    import numpy as np
+
+    passes = -(-count // size)
+    return np.concatenate([rng.permutation(size) for _ in range(passes)])[
+        :count
+    ]

@@ -147,9 +147,7 @@ def run_arm(arm, seed, data, teacher, pools, steps):
         )
         model.compile(optimizer=optimizer)
     x = np.asarray(x, "float32")
-    order = np.concatenate(
-        [rng.permutation(len(x)) for _ in range(-(-steps * BATCH // len(x)))]
-    )[: steps * BATCH]
+    order = common.repeated_permutations(rng, len(x), steps * BATCH)
     batches_x = x[order]
     start = time.time()
     model.fit(

@@ -117,10 +117,7 @@ def accuracy(model, images, labels):
 
 def batches(x, y, steps, batch, seed):
     rng = np.random.default_rng(seed)
-    n = steps * batch
-    order = np.concatenate(
-        [rng.permutation(len(y)) for _ in range(-(-n // len(y)))]
-    )[:n]
+    order = common.repeated_permutations(rng, len(y), steps * batch)
     if isinstance(x, dict):
         return {k: v[order] for k, v in x.items()}, y[order]
     return x[order], y[order]

@@ -248,7 +248,6 @@ class TeacherInversion(keras.Model):
         )
         self._logits_index = 1 if logits_tap else 0
         self._bn = [layer for _, layer in found]
-        self._bn_names = [path for path, _ in found]
         self._student, self._student_multi = (
             _logits_of(student, "student")
             if student is not None

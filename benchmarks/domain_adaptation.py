@@ -5,9 +5,10 @@ The domain-shift pair, built from the offline data sets:
 - **source** (labelled): Fashion-MNIST training images 0..29,999, as they are;
 - **target** (unlabelled in training): Fashion-MNIST training images
   30,000..59,999, each composited onto a CIFAR-10 training image made grey
-  and resized to 28x28 (`composite`: the brighter of the garment and the
-  background scaled by `BACKGROUND`), so the garments are the same kind of
-  thing and the pixels around them are not;
+  and resized to 28x28 (`keras_kd.data.domains.on_backgrounds`: the
+  brighter of the garment and the background scaled by `BACKGROUND`), so
+  the garments are the same kind of thing and the pixels around them are
+  not;
 - **target test**: the Fashion-MNIST test images on CIFAR-10 test
   backgrounds (labels used only to score).
 
@@ -48,12 +49,15 @@ from accuracy import CosineAfterHold  # noqa: E402
 from accuracy import cross_entropy  # noqa: E402
 
 import keras_kd  # noqa: E402
+from keras_kd.data.domains import BACKGROUND_STRENGTH  # noqa: E402
+from keras_kd.data.domains import grey_resized  # noqa: E402
+from keras_kd.data.domains import on_backgrounds  # noqa: E402
 from keras_kd.models import conv_net  # noqa: E402
 from keras_kd.procedures import DomainAdaptiveDistiller  # noqa: E402
 from keras_kd.procedures import paired_domains  # noqa: E402
 
 ARMS = ("alone", "kd_source", "joint")
-BACKGROUND = 0.4  # background brightness relative to the garment's
+BACKGROUND = BACKGROUND_STRENGTH  # 0.4 of the garment's brightness
 TEACHER = dict(widths=(32, 64, 128), steps=900, batch=128, lr=2e-3)
 STUDENT_WIDTHS = (8, 16, 32)
 SETTINGS = {
@@ -64,22 +68,6 @@ LR = 2e-3
 SEEDS = (0, 1, 2)
 
 
-def composite(garments, backgrounds, strength=BACKGROUND):
-    """Grey garments on grey backgrounds: per pixel the brighter of the
-    garment and `strength` x the background (both 0..255)."""
-    return np.maximum(garments, strength * backgrounds).astype("float32")
-
-
-def grey_28(images):
-    grey = (
-        images.astype("float32")
-        @ np.array([0.299, 0.587, 0.114], "float32")[:, None]
-    )
-    return keras.ops.convert_to_numpy(
-        keras.ops.image.resize(grey, (28, 28), interpolation="bilinear")
-    )
-
-
 def load(data_dir, smoke, strength=BACKGROUND):
     fm = keras_kd.data.load_arrays(os.path.join(data_dir, "fashion_mnist.npz"))
     cifar = keras_kd.data.load_arrays(os.path.join(data_dir, "cifar10.npz"))
@@ -87,10 +75,12 @@ def load(data_dir, smoke, strength=BACKGROUND):
     y = np.asarray(fm["y_train"])
     half = len(x) // 2
     rng = np.random.default_rng(0)
-    train_bg = grey_28(cifar["x_train"][rng.permutation(len(cifar["x_train"]))])
-    test_bg = grey_28(cifar["x_test"])
-    target = composite(x[half:], train_bg[: len(x) - half], strength)
-    test = composite(
+    train_bg = grey_resized(
+        cifar["x_train"][rng.permutation(len(cifar["x_train"]))], (28, 28)
+    )
+    test_bg = grey_resized(cifar["x_test"], (28, 28))
+    target = on_backgrounds(x[half:], train_bg[: len(x) - half], strength)
+    test = on_backgrounds(
         fm["x_test"].astype("float32"), test_bg[: len(fm["x_test"])], strength
     )
     data = dict(
@@ -157,6 +147,9 @@ def copy_of(model, name):
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     clone.name = name
+    # The kd_source arm's Distiller froze the source-only teacher; its
+    # copy is trained here.
+    clone.trainable = True
     return clone
 
 

@@ -13,7 +13,8 @@ per-channel mean and standard deviation it normalises with.
 Modules: `sources` (`load_arrays`, `load_bundled`), `arrays` (`.npz`
 archives, the checks every source goes through, `balanced_subset`,
 `channel_stats`; NumPy only), `pipelines` (`make_dataset`,
-`with_example_ids`; TensorFlow) and `tfds` (tfds names,
+`with_example_ids`; TensorFlow), `domains` (a domain-shift pair from
+the bundled data) and `tfds` (tfds names,
 `prepare_tfds_directory`; TensorFlow Datasets). TensorFlow is imported only
 when a pipeline or tfds is used.
 
@@ -39,6 +40,7 @@ from keras_kd.data.pipelines import make_dataset
 from keras_kd.data.pipelines import with_example_ids
 from keras_kd.data.sources import BUNDLED_DATASET
 from keras_kd.data.sources import BUNDLED_DATASETS
+from keras_kd.data.sources import DERIVED_DATASETS
 from keras_kd.data.sources import load_arrays
 from keras_kd.data.sources import load_bundled
 from keras_kd.data.tfds import prepare_tfds_directory
@@ -49,6 +51,7 @@ __all__ = [
     "BUNDLED_DATASET",
     "BUNDLED_DATASETS",
     "CROP_PADDING",
+    "DERIVED_DATASETS",
     "balanced_subset",
     "channel_stats",
     "load_arrays",

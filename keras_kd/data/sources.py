@@ -13,6 +13,8 @@ BUNDLED_DATASETS = {
     "fashion_mnist": BUNDLED_DATASET,
     "cifar10": "cifar10_small.npz",
 }
+# Made from the bundled files when asked (keras_kd.data.domains).
+DERIVED_DATASETS = ("fashion_mnist_on_cifar10",)
 
 
 def load_arrays(source=None, *, data_dir=None, download=True):
@@ -73,7 +75,11 @@ def load_bundled(name="fashion_mnist"):
         name: `"fashion_mnist"` (6,000 train / 1,000 test images, 28x28x1;
             what `load_arrays()` returns) or `"cifar10"` (400 train / 100
             test images, 32x32x3, 40 / 10 per class: enough for smoke runs
-            of CIFAR-shaped code on real images, not for training).
+            of CIFAR-shaped code on real images, not for training), or
+            `"fashion_mnist_on_cifar10"` (the Fashion-MNIST subset on grey
+            CIFAR-10 backgrounds at 0.4 of the garments' brightness: a
+            shifted target domain for domain adaptation; made from the two
+            bundled files by `keras_kd.data.domains`).
             Defaults to `"fashion_mnist"`.
 
     Returns:
@@ -84,10 +90,16 @@ def load_bundled(name="fashion_mnist"):
     >>> load_bundled("cifar10")["x_train"].shape
     (400, 32, 32, 3)
     """
+    if name in DERIVED_DATASETS:
+        from keras_kd.data import domains
+
+        return domains.fashion_mnist_on_cifar10(
+            load_bundled("fashion_mnist"), load_bundled("cifar10")
+        )
     if name not in BUNDLED_DATASETS:
         raise ValueError(
             f"No bundled data set {name!r}; expected one of "
-            f"{sorted(BUNDLED_DATASETS)}."
+            f"{sorted(BUNDLED_DATASETS) + list(DERIVED_DATASETS)}."
         )
     resource = (
         importlib.resources.files("keras_kd.datasets") / BUNDLED_DATASETS[name]

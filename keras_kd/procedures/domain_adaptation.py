@@ -211,6 +211,9 @@ class DomainAdaptiveDistiller(keras.Model):
             "kd_target",
         ]
         self.term_trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        # Both networks are built models: nothing is left to build (and
+        # BackupAndRestore may restore before the first step).
+        self.built = True
 
     # --- forward -----------------------------------------------------------
 

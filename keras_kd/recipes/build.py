@@ -25,10 +25,11 @@ KNOWN_SHAPES = {
 }
 
 
-def data_source(recipe, base):
-    """What `keras_kd.data.load_arrays` reads: `None` (bundled), a path, or
+def data_source(recipe, base, key="source"):
+    """What `keras_kd.data.load_arrays` reads for `data.<key>` (`source`,
+    or a domain-adaptation recipe's `target`): `None` (bundled), a path, or
     a tfds name; `base` is the recipe's folder (relative paths)."""
-    source = recipe["data"]["source"]
+    source = recipe["data"][key]
     if source == "bundled":
         return None
     if source.startswith("bundled:"):
@@ -37,7 +38,7 @@ def data_source(recipe, base):
         return existing_file(
             source,
             base,
-            "data.source",
+            f"data.{key}",
             " Give an existing .npz archive, 'bundled', or a TensorFlow "
             "Datasets name.",
         )
@@ -58,26 +59,26 @@ def existing_file(name, base, where, hint=""):
     return path
 
 
-def load_arrays(recipe, base):
+def load_arrays(recipe, base, key="source"):
     from keras_kd import data
 
-    source = data_source(recipe, base)
-    if isinstance(source, str) and source.startswith("bundled:"):
-        return data.load_bundled(source.split(":", 1)[1])
+    source = data_source(recipe, base, key)
     try:
+        if isinstance(source, str) and source.startswith("bundled:"):
+            return data.load_bundled(source.split(":", 1)[1])
         return data.load_arrays(
             source,
             data_dir=recipe["data"]["data_dir"],
             download=recipe["data"]["download"],
         )
     except (ValueError, TypeError, OSError, ImportError) as error:
-        raise RecipeError(f"data.source: {error}") from error
+        raise RecipeError(f"data.{key}: {error}") from error
 
 
-def checksum(recipe, base):
-    """The data's identity for the run record: a file's SHA-256, else the
-    tfds name."""
-    source = data_source(recipe, base)
+def checksum(recipe, base, key="source"):
+    """The identity of `data.<key>` for the run record: a file's SHA-256
+    (a bundled data set made from two files: both), else the tfds name."""
+    source = data_source(recipe, base, key)
     if source is None or isinstance(source, str):
         if source is None or source.startswith("bundled:"):
             import importlib.resources
@@ -85,10 +86,16 @@ def checksum(recipe, base):
             from keras_kd import data
 
             name = (source or "bundled:fashion_mnist").split(":", 1)[1]
-            path = (
-                importlib.resources.files("keras_kd.datasets")
-                / (data.BUNDLED_DATASETS[name])
-            )
+            files = importlib.resources.files("keras_kd.datasets")
+            if name in data.DERIVED_DATASETS:
+                return {
+                    "file": f"bundled:{name}",
+                    "made_from": {
+                        part: _sha256(files / data.BUNDLED_DATASETS[part])
+                        for part in ("fashion_mnist", "cifar10")
+                    },
+                }
+            path = files / data.BUNDLED_DATASETS[name]
             return {"file": f"bundled:{name}", "sha256": _sha256(path)}
         return {"tfds": source, "data_dir": recipe["data"]["data_dir"]}
     return {"file": os.path.basename(source), "sha256": _sha256(source)}
@@ -187,8 +194,10 @@ def losses(recipe, stages, facts):
 
 
 def procedures(recipe):
+    """The Distiller's step procedures (`data_free` and
+    `domain_adaptation` change the whole run: `keras_kd.recipes.whole_run`)."""
     name = recipe["procedure"]["name"]
-    if name == "plain":
+    if name == "plain" or name not in PROCEDURES:
         return []
     from keras_kd import procedures as kd_procedures
 

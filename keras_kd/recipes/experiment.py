@@ -12,6 +12,7 @@ import os
 import pathlib
 
 from keras_kd.recipes import build
+from keras_kd.recipes import whole_run
 from keras_kd.recipes.schema import RecipeError
 from keras_kd.recipes.schema import validate
 
@@ -120,6 +121,7 @@ class Experiment:
     epochs: int
     seed: int
     steps_per_epoch: object = None
+    images: object = None  # plain image batches (export calibration)
 
 
 def _networks(recipe, base, input_shape, classes, mean, std):
@@ -173,11 +175,28 @@ def check_resolved(recipe, base, step=True):
         from keras_kd.recipes.compare import check_compare
 
         check_compare(recipe)
+    whole_run.check(recipe)
     input_shape, classes = build.shapes(recipe, base)
+    if recipe["data"]["target"] is not None:
+        whole_run.check_target(recipe, base, input_shape)
     channels = input_shape[-1]
     mean, std = [0.5] * channels, [0.25] * channels
     teacher, student = _networks(recipe, base, input_shape, classes, mean, std)
+    procedure = recipe["procedure"]["name"]
+    if procedure == "domain_adaptation":
+        if step:
+            whole_run.check_step(recipe, teacher, student, input_shape, classes)
+        return
     distiller = _distiller(recipe, teacher, student, num_examples=64)
+    if procedure == "data_free":
+        if _needs_example_ids(distiller):
+            raise RecipeError(
+                "methods: a method of this recipe reads example ids, and a "
+                "synthesised pool has none; procedure data_free distils with "
+                "methods that read the images only."
+            )
+        if step:
+            whole_run.check_step(recipe, teacher, student, input_shape, classes)
     optimizer = build.optimizer(
         recipe["training"]["optimizer"], recipe["training"]["schedule"], 1, 1
     )
@@ -191,6 +210,8 @@ def check_resolved(recipe, base, step=True):
         batch = min(8, recipe["data"]["batch_size"])
         x = rng.uniform(0, 255, (batch, *input_shape)).astype("float32")
         y = rng.integers(0, classes, batch)
+        if procedure == "data_free":
+            y = None  # a synthesised pool has no labels
         inputs = x
         if _needs_example_ids(distiller):
             inputs = {"image": x, "example_id": np.arange(batch)}
@@ -314,7 +335,15 @@ def student_data(recipe, arrays, seed):
     )
 
 
-def _build(recipe, base, seed, teacher=None, arrays=None, verbose=True):
+def _build(
+    recipe,
+    base,
+    seed,
+    teacher=None,
+    arrays=None,
+    verbose=True,
+    pool_path=None,
+):
     import keras
 
     from keras_kd import callbacks as kd_callbacks
@@ -323,6 +352,9 @@ def _build(recipe, base, seed, teacher=None, arrays=None, verbose=True):
     arrays = arrays or build.load_arrays(recipe, base)
     if teacher is None:
         teacher = teacher_for(recipe, base, seed, arrays, verbose)
+    procedure = recipe["procedure"]["name"]
+    if procedure == "domain_adaptation":
+        return _build_domain(recipe, base, seed, teacher, arrays)
     x, y = student_data(recipe, arrays, seed)
     mean, std = data.channel_stats(arrays["x_train"])
     keras.utils.set_random_seed(seed)
@@ -335,11 +367,25 @@ def _build(recipe, base, seed, teacher=None, arrays=None, verbose=True):
         std,
         base,
     )
-    distiller = _distiller(recipe, teacher, student, len(x))
     batch = recipe["data"]["batch_size"]
-    train = _train_pipeline(
-        recipe, x, y, batch, seed, example_ids=_needs_example_ids(distiller)
-    )
+    if procedure == "data_free":
+        # The student sees synthesised images only (shuffled per seed).
+        pool = whole_run.pool(
+            recipe, teacher, recipe["seeds"][0], pool_path, verbose
+        )
+        x = pool.images
+        distiller = _distiller(recipe, teacher, student, len(x))
+        train = pool.dataset(batch, seed=seed)
+    else:
+        distiller = _distiller(recipe, teacher, student, len(x))
+        train = _train_pipeline(
+            recipe,
+            x,
+            y,
+            batch,
+            seed,
+            example_ids=_needs_example_ids(distiller),
+        )
     test = data.make_dataset(
         arrays["x_test"], arrays["y_test"], batch_size=256, rescale=False
     )
@@ -360,7 +406,9 @@ def _build(recipe, base, seed, teacher=None, arrays=None, verbose=True):
             steps,
         ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        # A synthesised pool has no labels to score training batches with;
+        # the run scores the student on the test images at the end.
+        metrics=[] if procedure == "data_free" else ["accuracy"],
     )
     callbacks = kd_callbacks.for_distiller(distiller, init_epochs)
     return Experiment(
@@ -374,6 +422,67 @@ def _build(recipe, base, seed, teacher=None, arrays=None, verbose=True):
         epochs=init_epochs + epochs,
         seed=seed,
         steps_per_epoch=steps if recipe["training"]["steps"] else None,
+        images=train,
+    )
+
+
+def _build_domain(recipe, base, seed, teacher, arrays):
+    """The domain-adaptation experiment: `train` yields paired source and
+    target batches, `test` the target's test split."""
+    import keras
+
+    from keras_kd import data
+
+    target = build.load_arrays(recipe, base, key="target")
+    x, y = student_data(recipe, arrays, seed)
+    mean, std = data.channel_stats(arrays["x_train"])
+    keras.utils.set_random_seed(seed)
+    student = build.model(
+        recipe["student"],
+        "student",
+        x.shape[1:],
+        len(arrays["class_names"]),
+        mean,
+        std,
+        base,
+    )
+    distiller = whole_run.domain_distiller(recipe, teacher, student)
+    batch = recipe["data"]["batch_size"]
+    train = whole_run.domain_pipeline(x, y, target["x_train"], batch, seed)
+    epochs = recipe["training"]["epochs"]
+    steps = per_epoch(recipe["training"], len(x), batch)
+    if recipe["training"]["steps"]:
+        train = train.repeat()
+    distiller.compile(
+        optimizer=build.optimizer(
+            recipe["training"]["optimizer"],
+            recipe["training"]["schedule"],
+            epochs,
+            steps,
+        ),
+        metrics=["accuracy"],
+    )
+    test = data.make_dataset(
+        target["x_test"], target["y_test"], batch_size=256, rescale=False
+    )
+    images = data.make_dataset(
+        target["x_train"],
+        target["y_train"],
+        batch_size=batch,
+        rescale=False,
+    ).map(lambda images, labels: images)
+    return Experiment(
+        recipe=recipe,
+        distiller=distiller,
+        teacher=distiller.teacher,
+        student=student,
+        train=train,
+        test=test,
+        callbacks=[],
+        epochs=epochs,
+        seed=seed,
+        steps_per_epoch=steps if recipe["training"]["steps"] else None,
+        images=images,
     )
 
 

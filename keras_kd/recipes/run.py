@@ -9,7 +9,9 @@ into its output folder (`outputs.directory`, default `runs/<name>`):
 - for `experiment: distill`, per seed `seed-<s>/`: the training log
   (`log.csv`), an atomic backup of the last finished epoch, the result
   (`result.json`) and the student (`student.keras`, optionally exported);
-  then `results.md` / `results.json`: test accuracy per seed, mean ± std.
+  then `results.md` / `results.json`: test accuracy per seed, mean ± std;
+  a `data_free` run also keeps its synthesised pool (`synthesized.npz`,
+  made once, read back by every seed and by a resumed run).
 
 A run killed mid-way resumes when run again with the same recipe: finished
 seeds are read back, the interrupted one continues from its last finished
@@ -27,6 +29,7 @@ import time
 
 from keras_kd.recipes import build
 from keras_kd.recipes import experiment as kd_experiment
+from keras_kd.recipes import whole_run
 from keras_kd.recipes.schema import RecipeError
 
 RUN_FILES = {"recipe.yaml", "run.json", "results.md", "results.json"}
@@ -121,6 +124,11 @@ def _record(directory, recipe, base, seeds, started):
         "started": started,
         "command": " ".join(sys.argv),
         "data": build.checksum(recipe, base),
+        **(
+            {"target": build.checksum(recipe, base, key="target")}
+            if recipe["data"]["target"] is not None
+            else {}
+        ),
         "versions": _versions(),
         "machine": _machine(),
     }
@@ -215,7 +223,13 @@ def _run_distill(recipe, base, directory, verbose):
             continue
         seed_dir.mkdir(exist_ok=True)
         run = kd_experiment._build(
-            recipe, base, seed, teacher=teacher, arrays=arrays, verbose=False
+            recipe,
+            base,
+            seed,
+            teacher=teacher,
+            arrays=arrays,
+            verbose=verbose,
+            pool_path=directory / whole_run.POOL_FILE,
         )
         log = seed_dir / "log.csv"
         done = _epochs_done(log)
@@ -268,7 +282,7 @@ def _run_distill(recipe, base, directory, verbose):
                 run.distiller,
                 seed_dir / name,
                 format=recipe["outputs"]["export"],
-                representative_data=run.train,
+                representative_data=run.images,
                 check_data=run.test,
                 overwrite=True,
                 verbose=verbose,

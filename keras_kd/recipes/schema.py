@@ -299,6 +299,14 @@ SCHEMA = Section(
                     help="'bundled', 'bundled:cifar10', a .npz archive "
                     "(relative to the recipe) or a TensorFlow Datasets name",
                 ),
+                "target": Field(
+                    (str, type(None)),
+                    None,
+                    help="procedure domain_adaptation: the target domain, in "
+                    "the forms of `source` (its training labels are never "
+                    "read; its test split scores the student), e.g. "
+                    "'bundled:fashion_mnist_on_cifar10'",
+                ),
                 "data_dir": Field((str, type(None)), None),
                 "download": Field(bool, False),
                 "train_fraction": Field(float, 1.0, check=_fraction),
@@ -347,6 +355,8 @@ SCHEMA = Section(
                         "plain",
                         "boundary_supporting_samples",
                         "route_constrained",
+                        "data_free",
+                        "domain_adaptation",
                     ),
                 ),
                 "init_epochs": Field(

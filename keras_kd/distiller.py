@@ -359,6 +359,7 @@ class Distiller(
         while tracing (`distiller_checks.check_requirements`), before
         anything runs.
         """
+        checks.metrics_have_labels(self, y)
         _, side = step_lib.split_side_inputs(x, self._side_input_keys)
         for loss in self.distillation_losses + self.procedures:
             checks.check_present(
@@ -399,6 +400,7 @@ class Distiller(
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         """Compiled metrics see the student's predictions only."""
+        checks.metrics_have_labels(self, y)
         return super().compute_metrics(
             x, y, y_pred[0], sample_weight=sample_weight
         )
@@ -433,6 +435,9 @@ class Distiller(
             optimizer = keras.optimizers.LossScaleOptimizer(
                 optimizer, name="loss_scale_optimizer"
             )
+        # Keras keeps the metrics of an earlier compile when this one names
+        # none; a compile here means the settings it is given.
+        self._compile_metrics = None
         super().compile(
             optimizer, *args, auto_scale_loss=auto_scale_loss, **kwargs
         )

@@ -174,6 +174,19 @@ def check_requirements(loss, context):
     )
 
 
+def metrics_have_labels(model, y):
+    """Fails (when a step is traced, or before the eager PyTorch step) if
+    `model` was compiled with metrics and the batch has no labels."""
+    if y is None and getattr(model, "_compile_metrics", None) is not None:
+        raise ValueError(
+            f"{model.name} was compiled with metrics, and this batch has no "
+            "labels (images only, e.g. a synthesised pool): metrics such as "
+            "accuracy need labels. Compile without `metrics` to train on "
+            "unlabelled images, and score the student on labelled data "
+            "afterwards (`distiller.student.evaluate(x, y)`)."
+        )
+
+
 def check_present(loss, has_labels, has_ids, training):
     present = {"labels": has_labels, "example_ids": has_ids}
     for need in loss.requires:

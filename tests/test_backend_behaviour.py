@@ -449,6 +449,25 @@ def test_mixed_precision_student_trains_like_float32(policy, float32_run):
         )
 
 
+def test_unlabelled_batches_with_compiled_metrics_fail_before_training():
+    # A synthesised pool has no labels; accuracy cannot be computed on it.
+    teacher, student = pair()
+    distiller = Distiller(teacher, student, L.LogitsDistillation())
+    distiller.compile("sgd", sparse_ce(), metrics=["accuracy"])
+    x, _ = data()
+    before = [to_numpy(w) for w in student.weights]
+    with pytest.raises(ValueError, match="compiled with metrics, and this"):
+        distiller.fit(x, epochs=1, batch_size=8, verbose=0)
+    for a, b in zip(before, student.weights):
+        np.testing.assert_array_equal(a, to_numpy(b))
+    distiller.compile("sgd", sparse_ce())  # without metrics: it trains
+    distiller.fit(x, epochs=1, batch_size=8, verbose=0)
+    assert any(
+        not np.array_equal(a, to_numpy(b))
+        for a, b in zip(before, student.weights)
+    )
+
+
 # --- the non-finite guard ----------------------------------------------------
 
 

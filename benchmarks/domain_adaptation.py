@@ -55,6 +55,7 @@ from keras_kd.data.domains import on_backgrounds  # noqa: E402
 from keras_kd.models import conv_net  # noqa: E402
 from keras_kd.procedures import DomainAdaptiveDistiller  # noqa: E402
 from keras_kd.procedures import paired_domains  # noqa: E402
+from keras_kd.procedures import trainable_copy  # noqa: E402
 
 ARMS = ("alone", "kd_source", "joint")
 BACKGROUND = BACKGROUND_STRENGTH  # 0.4 of the garment's brightness
@@ -143,16 +144,6 @@ def teacher_for(data, settings, cache, smoke):
     return teacher
 
 
-def copy_of(model, name):
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    clone.name = name
-    # The kd_source arm's Distiller froze the source-only teacher; its
-    # copy is trained here.
-    clone.trainable = True
-    return clone
-
-
 def run_arm(arm, seed, data, teacher, settings):
     keras.utils.set_random_seed(seed)
     mean, std = data["stats"]
@@ -174,7 +165,7 @@ def run_arm(arm, seed, data, teacher, settings):
         model.compile(optimizer=optimizer, loss=cross_entropy())
         model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
     else:
-        adapted = copy_of(teacher, "adapted_teacher")
+        adapted = trainable_copy(teacher, "adapted_teacher")
         paired, labels = paired_domains(
             *data["source"], data["target"], seed=seed
         )

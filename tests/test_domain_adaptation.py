@@ -25,6 +25,7 @@ from domain_references import ref_mmd  # noqa: E402
 
 from keras_kd.procedures.domain_adaptation import DomainAdaptiveDistiller  # noqa: E402
 from keras_kd.procedures.domain_adaptation import paired_domains  # noqa: E402
+from keras_kd.procedures.domain_adaptation import trainable_copy  # noqa: E402
 
 
 def _domains(n=8, seed=0):
@@ -118,6 +119,8 @@ def test_the_teacher_adapts_and_the_weights_follow_their_schedules():
         assert np.all(np.isfinite(history[key])), key
     evaluation = model.evaluate(x["target"], y, verbose=0, return_dict=True)
     assert np.isfinite(evaluation["loss"])
+    # Plain images score the student; the training terms are not reported.
+    assert set(evaluation) == {"loss", "accuracy"}
     predictions = model.predict(x["target"], verbose=0)
     np.testing.assert_allclose(
         predictions, to_numpy(student(x["target"])), rtol=1e-5, atol=1e-6
@@ -159,6 +162,13 @@ def test_bad_input_fails_before_training():
     teacher.trainable = False
     with pytest.raises(ValueError, match="no trainable weights"):
         DomainAdaptiveDistiller(teacher, student)
+    # trainable_copy trains, and leaves the original frozen.
+    copy = trainable_copy(teacher, name="adapted")
+    assert copy.name == "adapted" and not teacher.trainable_weights
+    assert copy.trainable_weights and all(x.trainable for x in copy.layers)
+    for a, b in zip(teacher.get_weights(), copy.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    DomainAdaptiveDistiller(copy, student)
     teacher.trainable = True
     model = DomainAdaptiveDistiller(teacher, student)
     with pytest.raises(ValueError, match="missing"):

@@ -23,6 +23,7 @@ from keras_kd.procedures.boundary_samples import BoundarySupportingSchedule
 from keras_kd.procedures.data_free import distill_data_free
 from keras_kd.procedures.domain_adaptation import DomainAdaptiveDistiller
 from keras_kd.procedures.domain_adaptation import paired_domains
+from keras_kd.procedures.domain_adaptation import trainable_copy
 from keras_kd.procedures.domain_terms import adaptation_ramp
 from keras_kd.procedures.domain_terms import multi_kernel_mmd
 from keras_kd.procedures.domain_terms import progressive_weight
@@ -69,4 +70,5 @@ __all__ = [
     "select_base_samples",
     "synthesize",
     "total_variation",
+    "trainable_copy",
 ]

@@ -92,6 +92,21 @@ class _Schedule(keras.callbacks.Callback):
         )
 
 
+def trainable_copy(model, name=None):
+    """A copy of `model` with its weights, every layer trainable: the
+    teacher to adapt, leaving `model` as it is (a `keras_kd.Distiller`
+    freezes its teacher, and under TensorFlow a clone of a frozen model
+    keeps its layers frozen even after `clone.trainable = True`)."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for layer in copy._flatten_layers(include_self=False):
+        layer.trainable = True
+    copy.trainable = True
+    if name is not None:
+        copy.name = name
+    return copy
+
+
 class DomainAdaptiveDistiller(keras.Model):
     """A teacher adapted to an unlabelled target domain, distilled into a
     student on both domains, in one `fit`.
@@ -149,7 +164,9 @@ class DomainAdaptiveDistiller(keras.Model):
             raise ValueError(
                 f"DomainAdaptiveDistiller adapts the teacher, and the teacher "
                 f"'{teacher.name}' has no trainable weights (was it frozen, "
-                "e.g. by a keras_kd.Distiller?). Set teacher.trainable = True."
+                "e.g. by a keras_kd.Distiller?). Pass "
+                "keras_kd.procedures.trainable_copy(teacher), which leaves "
+                "the frozen one as it is."
             )
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(
@@ -327,7 +344,14 @@ class DomainAdaptiveDistiller(keras.Model):
         student = y_pred["student"] if isinstance(y_pred, dict) else y_pred
         if isinstance(y_pred, dict):
             student = student[: ops.shape(x[SOURCE])[0]]
-        return super().compute_metrics(x, y, student, sample_weight)
+        results = super().compute_metrics(x, y, student, sample_weight)
+        if not isinstance(x, dict):
+            # Plain images (evaluate, validation): the student alone; the
+            # training terms have nothing to report.
+            results = {
+                k: v for k, v in results.items() if k not in self.term_trackers
+            }
+        return results
 
     def fit(self, *args, callbacks=None, **kwargs):
         """`keras.Model.fit`, with the schedule of `beta` and `gamma`."""

@@ -191,16 +191,14 @@ def check_step(recipe, teacher, student, input_shape, classes):
 def domain_distiller(recipe, teacher, student):
     """A `DomainAdaptiveDistiller` adapting a copy of `teacher` (the
     recipe's teacher stays as it is for the next seed)."""
-    import keras
-
     from keras_kd.procedures import DomainAdaptiveDistiller
+    from keras_kd.procedures import trainable_copy
 
-    copy = keras.models.clone_model(teacher)
-    copy.set_weights(teacher.get_weights())
-    copy.trainable = True
     try:
         return DomainAdaptiveDistiller(
-            copy, student, **recipe["procedure"]["arguments"]
+            trainable_copy(teacher),
+            student,
+            **recipe["procedure"]["arguments"],
         )
     except (TypeError, ValueError) as error:
         raise RecipeError(f"procedure.arguments: {error}") from None

@@ -30,7 +30,8 @@ and the source-only teacher beside each adapted teacher.
         # source-only teacher on the target for several background strengths
 
 Runs are appended to `results/domain_adaptation.jsonl` at once; a stopped
-run resumes.
+run resumes. `results/domain_adaptation.png` shows test garments of each
+class in both domains.
 """
 
 import argparse
@@ -291,6 +292,38 @@ def report(records, meta, output, started):
     print("\n".join(lines), flush=True)
 
 
+def figure(data, output, per_row=8):
+    """The same test garments in both domains: `<output>.png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = keras_kd.data.load_bundled()["class_names"]
+    labels = data["source_test"][1]
+    # The first test image of each of `per_row` classes.
+    chosen = [int(np.flatnonzero(labels == c)[0]) for c in range(per_row)]
+    rows = [
+        ("source", data["source_test"][0]),
+        ("target", data["target_test"][0]),
+    ]
+    fig, axes = plt.subplots(
+        2, per_row, figsize=(per_row * 1.1, 2 * 1.25), squeeze=False
+    )
+    for r, (name, images) in enumerate(rows):
+        for c, i in enumerate(chosen):
+            ax = axes[r, c]
+            ax.imshow(images[i, ..., 0], cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(str(names[labels[i]]), fontsize=7)
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    plt.savefig(output + ".png", dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="data")
@@ -308,6 +341,7 @@ def main(argv=None):
     )
     cache = os.path.join(common.RESULTS_DIR, "cache")
     data = load(args.data_dir, args.smoke)
+    figure(data, output)
     teacher = teacher_for(data, settings, cache, args.smoke)
     meta = dict(
         teacher_source=accuracy(teacher, *data["source_test"]),

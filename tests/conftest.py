@@ -155,6 +155,7 @@ def _torch_skip_reason(item):
 
 
 _WAIT = "test_backend_neutral_suite_passes"
+_QUICK_FIT = "test_one_fit_on_each_installed_backend"
 
 
 def _is_xdist_worker(config):
@@ -174,6 +175,20 @@ def pytest_collection_modifyitems(config, items):
         if not _is_xdist_worker(config):
             for item in waits:
                 child_suites.start(item.callspec.params["backend"])
+        # The fast check's one fit per backend (tests/test_quick.py) is
+        # covered here by this suite and by each child suite waited for.
+        covered = {item.callspec.params["backend"] for item in waits}
+        if covered:
+            covered.add("tensorflow")
+        for item in items:
+            if getattr(item, "originalname", "") == _QUICK_FIT and (
+                item.callspec.params["backend"] in covered
+            ):
+                item.add_marker(
+                    pytest.mark.skip(
+                        reason="the full suite runs this backend's suite"
+                    )
+                )
         # The slow tests first, the waits last: with `-n 2` the long tests
         # then spread over both workers instead of ending the run alone.
         rest = [item for item in items if item not in waits]

@@ -369,7 +369,7 @@ def _fit_history(
     return distiller, history
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # one eager float32 run for the module
 def float32_run():
     return _fit_history(jit_compile=False)[1]
 

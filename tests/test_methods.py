@@ -98,6 +98,12 @@ def test_method_trains_leaves_the_teacher_and_lowers_its_loss(name):
     )
 
 
+@pytest.mark.tensorflow_only(
+    reason="the batch-level losses' weighting is backend-neutral keras.ops "
+    "code, checked against float64 references on every backend "
+    "(tests/losses); the Distiller's zero-weight rule on every backend: "
+    "test_backend_behaviour.py"
+)
 @pytest.mark.parametrize("name", BATCH_LEVEL)
 def test_zero_weight_example_changes_nothing_in_a_batch_level_loss(name):
     """`sample_weight` 0 removes an example from every pair (and, for CRD,

@@ -49,6 +49,9 @@ def test_unknown_attributes_still_raise_attribute_error():
     assert not hasattr(kd, "nope")
 
 
+@pytest.mark.tensorflow_only(
+    reason="which attributes saving reads is backend-neutral Python"
+)
 def test_saving_reads_no_deprecated_attribute(tmp_path):
     # Keras's saving reads every attribute `dir()` lists: the deprecated
     # names must not be among them, or every save would warn.

@@ -35,6 +35,8 @@ NOTEBOOKS = (
     "02_activation_boundaries.ipynb",
     "03_neuron_selectivity.ipynb",
     "04_bring_your_own_models.ipynb",
+    "05_data_free.ipynb",
+    "06_domain_adaptation.ipynb",
 )
 CELL_TIMEOUT = 600  # seconds per cell; a smoke cell takes seconds
 TFDS_NAME = "cifar10_keras_kd_smoke"
@@ -45,6 +47,8 @@ MIN_FIGURES = {
     "02_activation_boundaries.ipynb": 4,
     "03_neuron_selectivity.ipynb": 5,
     "04_bring_your_own_models.ipynb": 2,
+    "05_data_free.ipynb": 2,
+    "06_domain_adaptation.ipynb": 5,
 }
 
 

@@ -177,7 +177,12 @@ def check_requirements(loss, context):
 def metrics_have_labels(model, y):
     """Fails (when a step is traced, or before the eager PyTorch step) if
     `model` was compiled with metrics and the batch has no labels."""
-    if y is None and getattr(model, "_compile_metrics", None) is not None:
+    compiled = getattr(model, "_compile_metrics", None)
+    named = compiled is not None and any(
+        keras.tree.flatten(given or [])
+        for given in (compiled._user_metrics, compiled._user_weighted_metrics)
+    )  # `metrics=[]` names none
+    if y is None and named:
         raise ValueError(
             f"{model.name} was compiled with metrics, and this batch has no "
             "labels (images only, e.g. a synthesised pool): metrics such as "

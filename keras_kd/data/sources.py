@@ -13,8 +13,9 @@ BUNDLED_DATASETS = {
     "fashion_mnist": BUNDLED_DATASET,
     "cifar10": "cifar10_small.npz",
 }
-# Made from the bundled files when asked (keras_kd.data.domains).
-DERIVED_DATASETS = ("fashion_mnist_on_cifar10",)
+# Made from bundled data sets when asked (keras_kd.data.domains): the
+# data sets each is made from.
+DERIVED_DATASETS = {"fashion_mnist_on_cifar10": ("fashion_mnist", "cifar10")}
 
 
 def load_arrays(source=None, *, data_dir=None, download=True):
@@ -94,12 +95,12 @@ def load_bundled(name="fashion_mnist"):
         from keras_kd.data import domains
 
         return domains.fashion_mnist_on_cifar10(
-            load_bundled("fashion_mnist"), load_bundled("cifar10")
+            *(load_bundled(part) for part in DERIVED_DATASETS[name])
         )
     if name not in BUNDLED_DATASETS:
         raise ValueError(
             f"No bundled data set {name!r}; expected one of "
-            f"{sorted(BUNDLED_DATASETS) + list(DERIVED_DATASETS)}."
+            f"{sorted(BUNDLED_DATASETS) + sorted(DERIVED_DATASETS)}."
         )
     resource = (
         importlib.resources.files("keras_kd.datasets") / BUNDLED_DATASETS[name]

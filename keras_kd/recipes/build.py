@@ -92,7 +92,7 @@ def checksum(recipe, base, key="source"):
                     "file": f"bundled:{name}",
                     "made_from": {
                         part: _sha256(files / data.BUNDLED_DATASETS[part])
-                        for part in ("fashion_mnist", "cifar10")
+                        for part in data.DERIVED_DATASETS[name]
                     },
                 }
             path = files / data.BUNDLED_DATASETS[name]
@@ -197,7 +197,7 @@ def procedures(recipe):
     """The Distiller's step procedures (`data_free` and
     `domain_adaptation` change the whole run: `keras_kd.recipes.whole_run`)."""
     name = recipe["procedure"]["name"]
-    if name == "plain" or name not in PROCEDURES:
+    if name not in PROCEDURES:  # plain, or a whole-run procedure
         return []
     from keras_kd import procedures as kd_procedures
 

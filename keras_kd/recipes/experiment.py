@@ -353,20 +353,10 @@ def _build(
     if teacher is None:
         teacher = teacher_for(recipe, base, seed, arrays, verbose)
     procedure = recipe["procedure"]["name"]
-    if procedure == "domain_adaptation":
-        return _build_domain(recipe, base, seed, teacher, arrays)
     x, y = student_data(recipe, arrays, seed)
-    mean, std = data.channel_stats(arrays["x_train"])
-    keras.utils.set_random_seed(seed)
-    student = build.model(
-        recipe["student"],
-        "student",
-        x.shape[1:],
-        len(arrays["class_names"]),
-        mean,
-        std,
-        base,
-    )
+    student = _seeded_student(recipe, base, arrays, seed)
+    if procedure == "domain_adaptation":
+        return _build_domain(recipe, base, seed, teacher, x, y, student)
     batch = recipe["data"]["batch_size"]
     if procedure == "data_free":
         # The student sees synthesised images only (shuffled per seed).
@@ -399,12 +389,7 @@ def _build(
     if recipe["training"]["steps"]:
         train = train.repeat()
     distiller.compile(
-        optimizer=build.optimizer(
-            recipe["training"]["optimizer"],
-            recipe["training"]["schedule"],
-            epochs,
-            steps,
-        ),
+        optimizer=_training_optimizer(recipe, steps),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         # A synthesised pool has no labels to score training batches with;
         # the run scores the student on the test images at the end.
@@ -426,26 +411,43 @@ def _build(
     )
 
 
-def _build_domain(recipe, base, seed, teacher, arrays):
-    """The domain-adaptation experiment: `train` yields paired source and
-    target batches, `test` the target's test split."""
+def _seeded_student(recipe, base, arrays, seed):
+    """The recipe's student, initialised from `seed`, normalising with the
+    training images' statistics."""
     import keras
 
     from keras_kd import data
 
-    target = build.load_arrays(recipe, base, key="target")
-    x, y = student_data(recipe, arrays, seed)
     mean, std = data.channel_stats(arrays["x_train"])
     keras.utils.set_random_seed(seed)
-    student = build.model(
+    return build.model(
         recipe["student"],
         "student",
-        x.shape[1:],
+        arrays["x_train"].shape[1:],
         len(arrays["class_names"]),
         mean,
         std,
         base,
     )
+
+
+def _training_optimizer(recipe, steps):
+    """The `training` section's optimiser, its schedule over `steps` per
+    epoch."""
+    return build.optimizer(
+        recipe["training"]["optimizer"],
+        recipe["training"]["schedule"],
+        recipe["training"]["epochs"],
+        steps,
+    )
+
+
+def _build_domain(recipe, base, seed, teacher, x, y, student):
+    """The domain-adaptation experiment: `train` yields paired source and
+    target batches, `test` the target's test split."""
+    from keras_kd import data
+
+    target = build.load_arrays(recipe, base, key="target")
     distiller = whole_run.domain_distiller(recipe, teacher, student)
     batch = recipe["data"]["batch_size"]
     train = whole_run.domain_pipeline(x, y, target["x_train"], batch, seed)
@@ -454,12 +456,7 @@ def _build_domain(recipe, base, seed, teacher, arrays):
     if recipe["training"]["steps"]:
         train = train.repeat()
     distiller.compile(
-        optimizer=build.optimizer(
-            recipe["training"]["optimizer"],
-            recipe["training"]["schedule"],
-            epochs,
-            steps,
-        ),
+        optimizer=_training_optimizer(recipe, steps),
         metrics=["accuracy"],
     )
     test = data.make_dataset(

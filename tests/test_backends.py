@@ -198,7 +198,10 @@ def test_saved_under_one_backend_loads_under_every_other(tmp_path):
 # --- JAX scale-out -----------------------------------------------------------
 
 _SCRIPT = os.path.join(TESTS_DIR, "jax_data_parallel_script.py")
-_TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+_TWO_DEVICES = {
+    "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=2"
+}
 # Measured on CPU (jax 0.10.2): largest weight difference 4.8e-7, BatchNorm
 # statistics 4.7e-9 (a different summation order over the two halves).
 ATOL = 1e-5

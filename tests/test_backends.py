@@ -3,8 +3,9 @@
 - The backend-neutral tests run again in subprocesses under
   KERAS_BACKEND=jax and KERAS_BACKEND=torch (`SUITES`); the child's output is
   shown when it fails.
-- A distiller saved (`.keras`) under each backend loads under every other
-  one with the same predictions.
+- A distiller saved (`.keras`) under each backend loads under another one
+  (a cycle: TensorFlow -> PyTorch -> JAX -> TensorFlow) with the same
+  predictions and loss settings, and trains after loading.
 - JAX scale-out: `keras.distribution.DataParallel` over two virtual CPU
   devices, and over two `jax.distributed` processes on 127.0.0.1, give the
   same update as one device on the same global batches.
@@ -152,12 +153,16 @@ def _run_script(code, backend, *args, timeout=600):
     )
 
 
-def test_saved_under_one_backend_loads_under_every_other(tmp_path):
-    # JAX, whose child compiles every step, saves last: one JAX child.
-    backends = [
+def test_saved_under_one_backend_loads_under_another(tmp_path):
+    # A cycle: each installed backend loads the file the one before it
+    # saved, then saves its own, and this process (TensorFlow) loads the
+    # last one: every backend saves a file another loads and loads a file
+    # another saved, with one child per other backend.
+    backends = [BACKEND] + [
         b
-        for b in ("tensorflow", "torch", "jax")
-        if _installed(
+        for b in ("torch", "jax", "tensorflow")
+        if b != BACKEND
+        and _installed(
             {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[b]
         )
     ]
@@ -165,34 +170,23 @@ def test_saved_under_one_backend_loads_under_every_other(tmp_path):
         pytest.skip("needs a second backend (pip install -e '.[jax,torch]')")
     stems = {b: str(tmp_path / b) for b in backends}
 
-    # Each saves its file after loading the ones saved before it, then the
-    # first ones load the later files: this run's backend in this process,
-    # the others in three children.
     def run(backend, *args):
         if backend == BACKEND:
             return _run_here(_SAVE_AND_LOAD, *args)
         return _run_script(_SAVE_AND_LOAD, backend, *args)
 
-    results = {}
-    for i, b in enumerate(backends):
-        results[b] = run(b, stems[b], *[stems[a] for a in backends[:i]])
-    for i, b in enumerate(backends[:-1]):
-        results[b].update(run(b, "-", *[stems[a] for a in backends[i + 1 :]]))
-    trained = 0
-    for loader in backends:
-        for saver in backends:
-            if saver == loader:
-                continue
-            r = results[loader][stems[saver]]
-            where = f"saved under {saver}, loaded under {loader}"
-            # Same weights, different kernels: float32 rounding only.
-            assert r["max_diff"] <= 1e-5 * max(1.0, r["scale"]), (where, r)
-            assert r["temperature"] == 2.5, where
-            assert r["ab_weight"] == 0.5, where
-            if "loss_after_load" in r:
-                assert np.isfinite(r["loss_after_load"]), where
-                trained += 1
-    assert trained == 2 * (len(backends) - 1)  # one fit in every loading child
+    results = {backends[0]: run(backends[0], stems[backends[0]])}
+    for before, b in zip(backends, backends[1:]):
+        results[b] = run(b, stems[b], stems[before])
+    results[backends[0]].update(run(backends[0], "-", stems[backends[-1]]))
+    for loader, saver in zip(backends, backends[-1:] + backends[:-1]):
+        r = results[loader][stems[saver]]
+        where = f"saved under {saver}, loaded under {loader}"
+        # Same weights, different kernels: float32 rounding only.
+        assert r["max_diff"] <= 1e-5 * max(1.0, r["scale"]), (where, r)
+        assert r["temperature"] == 2.5, where
+        assert r["ab_weight"] == 0.5, where
+        assert np.isfinite(r["loss_after_load"]), where  # and it trains
 
 
 # --- JAX scale-out -----------------------------------------------------------

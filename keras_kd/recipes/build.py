@@ -163,10 +163,16 @@ def _arguments(cls, given, where):
             break
     else:
         return  # open-ended: the constructor reports what it refuses
+    refuse_unknown(given, names, where)
+
+
+def refuse_unknown(given, names, where):
+    """A `RecipeError` naming the closest of `names` for the first key of
+    `given` that is not one of them."""
+    from keras_kd.recipes.schema import unknown_key
+
     for key in given:
         if key not in names:
-            from keras_kd.recipes.schema import unknown_key
-
             raise unknown_key(key, names, where)
 
 

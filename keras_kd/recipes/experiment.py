@@ -343,6 +343,7 @@ def _build(
     arrays=None,
     verbose=True,
     pool_path=None,
+    target=None,
 ):
     import keras
 
@@ -356,7 +357,7 @@ def _build(
     x, y = student_data(recipe, arrays, seed)
     student = _seeded_student(recipe, base, arrays, seed)
     if procedure == "domain_adaptation":
-        return _build_domain(recipe, base, seed, teacher, x, y, student)
+        return _build_domain(recipe, base, seed, teacher, x, y, student, target)
     batch = recipe["data"]["batch_size"]
     if procedure == "data_free":
         # The student sees synthesised images only (shuffled per seed).
@@ -442,12 +443,13 @@ def _training_optimizer(recipe, steps):
     )
 
 
-def _build_domain(recipe, base, seed, teacher, x, y, student):
+def _build_domain(recipe, base, seed, teacher, x, y, student, target=None):
     """The domain-adaptation experiment: `train` yields paired source and
-    target batches, `test` the target's test split."""
+    target batches, `test` the target's test split (`target`: the target's
+    arrays when the caller has read them)."""
     from keras_kd import data
 
-    target = build.load_arrays(recipe, base, key="target")
+    target = target or build.load_arrays(recipe, base, key="target")
     distiller = whole_run.domain_distiller(recipe, teacher, student)
     batch = recipe["data"]["batch_size"]
     train = whole_run.domain_pipeline(x, y, target["x_train"], batch, seed)

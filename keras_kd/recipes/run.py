@@ -195,6 +195,11 @@ def _run_distill(recipe, base, directory, verbose):
 
     started = time.time()
     arrays = build.load_arrays(recipe, base)
+    target = (  # read once, for every seed
+        build.load_arrays(recipe, base, key="target")
+        if recipe["data"]["target"] is not None
+        else None
+    )
     teacher_file = directory / "teacher.keras"
     if teacher_file.is_file():
         teacher = keras.saving.load_model(teacher_file)
@@ -230,6 +235,7 @@ def _run_distill(recipe, base, directory, verbose):
             arrays=arrays,
             verbose=verbose,
             pool_path=directory / whole_run.POOL_FILE,
+            target=target,
         )
         log = seed_dir / "log.csv"
         done = _epochs_done(log)

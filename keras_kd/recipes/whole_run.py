@@ -40,7 +40,7 @@ def _allowed(*functions):
 
 def check(recipe):
     """Cross-key checks of a recipe naming one of `NAMES`."""
-    from keras_kd.recipes.schema import unknown_key
+    from keras_kd.recipes import build
 
     name = recipe["procedure"]["name"]
     arguments = recipe["procedure"]["arguments"]
@@ -64,9 +64,7 @@ def check(recipe):
         allowed = ["images"] + _allowed(
             synthesis.synthesize, inversion.TeacherInversion.__init__
         )
-        for key in arguments:
-            if key not in allowed:
-                raise unknown_key(key, allowed, "procedure.arguments")
+        build.refuse_unknown(arguments, allowed, "procedure.arguments")
         images = arguments.get("images", DEFAULT_IMAGES)
         if type(images) is not int or images < 1:
             raise RecipeError(
@@ -100,10 +98,11 @@ def check(recipe):
         )
     from keras_kd.procedures import DomainAdaptiveDistiller
 
-    allowed = _allowed(DomainAdaptiveDistiller.__init__)
-    for key in arguments:
-        if key not in allowed:
-            raise unknown_key(key, allowed, "procedure.arguments")
+    build.refuse_unknown(
+        arguments,
+        _allowed(DomainAdaptiveDistiller.__init__),
+        "procedure.arguments",
+    )
 
 
 def check_target(recipe, base, input_shape):

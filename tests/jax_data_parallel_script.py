@@ -6,9 +6,11 @@ Run by tests/test_backends.py as
         python tests/jax_data_parallel_script.py \
             single|data_parallel|multiprocess ...
 
-`single` and `data_parallel` print one JSON line with the student's and the
-connectors' weights after STEPS steps on the same global batches (and, for
-`data_parallel`, the devices the batch and the variables were laid out on).
+`single` prints one JSON line with the student's and the connectors' weights
+after STEPS steps on the same global batches on one device; `data_parallel`
+the same (and the devices the batch and the variables were laid out on)
+under `DataParallel`, after the one-device run in the same process (under
+`"single"`).
 `multiprocess PROCESS_ID PORT` is the same step with `jax.distributed` over
 two processes on 127.0.0.1, one CPU device each.
 """
@@ -66,13 +68,17 @@ def result(distiller, **extra):
 
 def main(mode, *args):
     x, y = data(n=GLOBAL_BATCH * STEPS, seed=3)
-    if mode == "single":
+    single = None
+    if mode in ("single", "data_parallel"):
         distiller = build()
         logs = distiller.fit(
             x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0, shuffle=False
         ).history
-        print(json.dumps(result(distiller, loss=logs["loss"][-1])))
-        return
+        single = result(distiller, loss=logs["loss"][-1])
+        if mode == "single":
+            print(json.dumps(single))
+            return
+        keras.backend.clear_session()  # the same layer names again
     if mode == "multiprocess":
         process_id, port = int(args[0]), int(args[1])
         jax.distributed.initialize(
@@ -118,6 +124,7 @@ def main(mode, *args):
                 loss=logs["loss"][-1],
                 variable_devices=len(kernel.sharding.device_set),
                 distribution=type(keras.distribution.distribution()).__name__,
+                single=single,
             )
         )
     )

@@ -242,15 +242,23 @@ def _assert_same_update(single, parallel):
 
 
 @pytest.fixture(scope="module")
-def one_device():
-    return _jax_run("single")
+def data_parallel():
+    """The `DataParallel` run, with the one-device run of the same process."""
+    return _jax_run("data_parallel", extra_env=_TWO_DEVICES)
+
+
+@pytest.fixture(scope="module")
+def one_device(data_parallel):
+    return data_parallel["single"]
 
 
 # One pytest-xdist worker runs both (they share the one-device run).
 @pytest.mark.xdist_group("jax_scale_out")
 @_needs("jax")
-def test_jax_data_parallel_two_devices_matches_one_device(one_device):
-    parallel = _jax_run("data_parallel", extra_env=_TWO_DEVICES)
+def test_jax_data_parallel_two_devices_matches_one_device(
+    data_parallel, one_device
+):
+    parallel = data_parallel
     assert parallel["devices"] == 2
     assert parallel["distribution"] == "DataParallel"
     assert parallel["variable_devices"] == 2  # replicated on both devices

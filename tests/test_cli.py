@@ -22,7 +22,7 @@ from keras_kd.models import resnet
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_main_job_quick_on_an_npz(tmp_path):
+def test_main_job_quick_on_an_npz(tmp_path, capsys):
     path = tiny_npz(tmp_path / "tiny.npz")
     out = tmp_path / "models"
     results = cli.distill(
@@ -43,6 +43,12 @@ def test_main_job_quick_on_an_npz(tmp_path):
     for key in ("teacher", "student_alone", "student_distilled"):
         assert 0.0 <= results[key] <= 1.0
     assert results["student_params"] < results["teacher_params"] / 10
+    # --quick says it is a smoke test, on one seed.
+    printed = capsys.readouterr().out
+    assert results["seeds"] == [0]
+    assert (
+        "smoke test" in printed and "say nothing about the methods" in printed
+    )
     assert sorted(p.name for p in out.iterdir()) == [
         "student_alone.keras",
         "student_distilled.keras",
@@ -101,26 +107,6 @@ def test_main_job_is_deterministic_and_reports_the_noise(tmp_path, capsys):
     assert "mean ± std over 2 seeds" in printed
     assert "paired by seed" in printed
     assert "the noise" in printed
-
-
-def test_quick_says_it_is_a_smoke_test(tmp_path, capsys):
-    path = tiny_npz(tmp_path / "tiny.npz")
-    results = cli.distill(
-        [
-            "--data",
-            str(path),
-            "--quick",
-            "--batch-size",
-            "16",
-            "--methods",
-            "kd",
-        ]
-    )
-    printed = capsys.readouterr().out
-    assert results["seeds"] == [0]
-    assert (
-        "smoke test" in printed and "say nothing about the methods" in printed
-    )
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@
 Public API:
     Distiller: a `keras.Model` that trains a student from a frozen teacher
         (TensorFlow, JAX or PyTorch backend).
+    FunctionMatching: the Distiller's option that augments each training
+        batch once (crops, flips, mixup, CutMix) for teacher and student.
     NonFiniteLossError: raised when a loss term becomes NaN or Inf.
     losses: one module per distillation method (ActivationBoundary,
         NeuronSelectivityTransfer, LogitsDistillation, ...), a class and its
@@ -30,12 +32,14 @@ from keras_kd import procedures
 from keras_kd import step
 from keras_kd import taps
 from keras_kd.distiller import Distiller
+from keras_kd.function_matching import FunctionMatching
 from keras_kd.numerics import NonFiniteLossError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Distiller",
+    "FunctionMatching",
     "NonFiniteLossError",
     "backup",
     "callbacks",

@@ -7,6 +7,8 @@ beside it: `distiller_wiring` (the tap models and connectors),
 checks of its arguments and of each step's data).
 """
 
+import threading
+
 import keras
 
 from keras_kd import backend as backend_lib
@@ -111,6 +113,12 @@ class Distiller(
         student_loss_weight: weight of the task loss. Defaults to `1.0`.
         procedures: `keras_kd.procedures.Procedure`s hooked into the step
             (see above). Defaults to `None`.
+        function_matching: a `keras_kd.FunctionMatching`: each training
+            batch is augmented once inside the step (crops, flips, mixup or
+            CutMix) and that batch feeds both networks, with labels mixed
+            for the task loss (see `keras_kd.function_matching`).
+            Evaluation and prediction see the data unchanged. Defaults to
+            `None`.
         check_finite: stop training, before the update is applied, when a
             weighted loss term or the weighted total becomes NaN or Inf,
             raising `keras_kd.NonFiniteLossError` that names the term.
@@ -158,6 +166,7 @@ class Distiller(
         student_loss_weight=1.0,
         *,
         procedures=None,
+        function_matching=None,
         check_finite=True,
         name="distiller",
         **kwargs,
@@ -182,6 +191,17 @@ class Distiller(
             {loss.name: w for loss, w in zip(losses, weights)}
         )
         self.procedures = procedures
+        self.function_matching = checks.check_function_matching(
+            function_matching, student, losses + procedures
+        )
+        if self.function_matching is not None:
+            self._augment_seed = keras.random.SeedGenerator(
+                self.function_matching.seed, name="function_matching_seed"
+            )
+        # This step's augmented batch and mixing weight: made by whichever
+        # network runs first, read by the other, emptied by the step. One
+        # per thread: MirroredStrategy traces each replica in its own.
+        self._augmented = _Untracked(step=threading.local())
         for procedure in procedures:
             term_weights = procedure.default_term_weights()
             self._configured_weights.update(
@@ -236,26 +256,43 @@ class Distiller(
     def call(self, inputs, training=None):
         """The student's single pass: `[predictions, *tapped features]`."""
         inputs, _ = step_lib.split_side_inputs(inputs, self._side_input_keys)
+        inputs = self._step_inputs(inputs, training)
         student = self._extractors.student(inputs, training=training)
         if not self._extractors.student_multi:
             return [student]
         return list(student)
 
-    def _run_teacher(self, x):
+    def _step_inputs(self, inputs, training):
+        """The networks' inputs: augmented once per training step under
+        function matching, unchanged otherwise."""
+        if self.function_matching is None or not training:
+            return inputs
+        step = self._augmented.step
+        if getattr(step, "inputs", None) is None:
+            step.inputs, step.lam = self.function_matching.augment(
+                inputs, self._augment_seed
+            )
+        return step.inputs
+
+    def _clear_step_inputs(self):
+        self._augmented.step.inputs = self._augmented.step.lam = None
+
+    def _run_teacher(self, x, training=True):
         x, _ = step_lib.split_side_inputs(x, self._side_input_keys)
+        x = self._step_inputs(x, training)
         teacher = self._extractors.teacher(x, training=False)
         if not self._extractors.teacher_multi:
             teacher = [teacher]
         return [keras.ops.stop_gradient(t) for t in teacher]
 
-    def _teacher_outputs(self, x):
+    def _teacher_outputs(self, x, training=True):
         """This step's teacher outputs: from the stash, or run now.
 
         The backend that fills the stash also empties it after the step.
         """
         if self._teacher_stash.outputs is not None:
             return self._teacher_stash.outputs
-        return self._run_teacher(x)
+        return self._run_teacher(x, training)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -271,10 +308,11 @@ class Distiller(
         """
         ops = keras.ops
         student = self(x, training=training) if y_pred is None else y_pred
-        teacher = self._teacher_outputs(x)
+        teacher = self._teacher_outputs(x, training)
         inputs, side_inputs = step_lib.split_side_inputs(
             x, self._side_input_keys
         )
+        inputs = self._step_inputs(inputs, training)
         predictions = student[0]
         replicas = backend_lib.get().replicas_in_sync()
         batch_size = ops.shape(predictions)[0]
@@ -287,9 +325,7 @@ class Distiller(
             checks.check_label_shape(self.loss, y, predictions)
             y, labels_check = checks.finite_labels(y)
             input_checks.append(labels_check)
-            task = ops.cast(
-                self._compile_loss(y, predictions, sample_weight), "float32"
-            )
+            task = self._task_loss(y, predictions, sample_weight, training)
         else:
             task = ops.zeros((), "float32")
         # Keras's loss is already divided by the replicas (tf.distribute).
@@ -341,6 +377,8 @@ class Distiller(
         total = regularization
         for value in weighted:
             total = total + value
+        if training:
+            self._clear_step_inputs()
         if training and self.check_finite:
             input_checks += [ops.zeros((), "float32")] * (
                 len(checks.INPUT_CHECKS) - len(input_checks)
@@ -350,6 +388,22 @@ class Distiller(
                 numerics.first_non_finite(input_checks + weighted + [total]),
             )
         return total
+
+    def _task_loss(self, y, predictions, sample_weight, training):
+        """The compiled loss; under mixing, the mix of both examples' loss."""
+        ops = keras.ops
+        task = ops.cast(
+            self._compile_loss(y, predictions, sample_weight), "float32"
+        )
+        matching = self.function_matching
+        if not training or matching is None or not matching.mixes:
+            return task
+        lam = self._augmented.step.lam
+        partner = matching.partner_labels(y)
+        partner_task = ops.cast(
+            self._compile_loss(partner, predictions, sample_weight), "float32"
+        )
+        return lam * task + (1.0 - lam) * partner_task
 
     def _check_step_data(self, x, y, training=True):
         """Fails before any network runs when a loss lacks its inputs.

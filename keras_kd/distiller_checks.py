@@ -113,6 +113,33 @@ def check_procedures(procedures, losses):
     return procedures
 
 
+def check_function_matching(function_matching, student, losses):
+    """The `FunctionMatching` option, checked against the models and losses."""
+    from keras_kd.function_matching import FunctionMatching
+
+    if function_matching is None:
+        return None
+    if not isinstance(function_matching, FunctionMatching):
+        raise TypeError(
+            "`function_matching` must be a `keras_kd.FunctionMatching` or "
+            f"None; received {function_matching!r} of type "
+            f"{type(function_matching).__name__}."
+        )
+    function_matching.check_model(student)
+    if function_matching.mixes:
+        for loss in losses:
+            if "labels" in loss.requires:
+                raise ValueError(
+                    f"{type(loss).__name__} '{loss.name}' reads the labels "
+                    "of each example, but function matching with mixup or "
+                    "CutMix mixes two examples into one, which then has no "
+                    "single label. Pass `mixup_alpha=0, cutmix_alpha=0` "
+                    "(crops and flips keep the labels), or use this loss "
+                    "without function matching."
+                )
+    return function_matching
+
+
 def check_weights(losses, weights):
     if weights is None:
         return [float(loss.default_weight) for loss in losses]

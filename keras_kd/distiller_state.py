@@ -140,6 +140,11 @@ class StateMixin:
             "student_loss_weight": self._configured_weights["student"],
             "check_finite": self.check_finite,
             "procedures": [serialize(p) for p in self.procedures] or None,
+            "function_matching": (
+                None
+                if self.function_matching is None
+                else serialize(self.function_matching)
+            ),
         }
 
     @classmethod
@@ -158,6 +163,10 @@ class StateMixin:
             deserialize(p, custom_objects=custom_objects)
             for p in config.get("procedures") or []
         ]
+        if config.get("function_matching") is not None:
+            config["function_matching"] = deserialize(
+                config["function_matching"], custom_objects=custom_objects
+            )
         return cls(**config)
 
 

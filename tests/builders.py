@@ -18,6 +18,28 @@ class CallCounter(keras.layers.Layer):
         return x
 
 
+class StepCounter(keras.layers.Layer):
+    """Identity layer counting its runs in a variable, also when compiled.
+
+    A Python counter sees only tracing under `jax.jit` / `tf.function`; the
+    variable is incremented by the compiled step itself (JAX threads it as
+    non-trainable state, as it does BatchNormalization's statistics).
+    """
+
+    def build(self, input_shape):
+        self.runs = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            name="runs",
+            dtype="float32",
+        )
+
+    def call(self, x):
+        self.runs.assign(self.runs + 1.0)
+        return x
+
+
 def cnn(
     width,
     name,

@@ -44,6 +44,7 @@ _NEUTRAL = [
     "tests/test_route.py",
     "tests/test_inversion.py",
     "tests/test_domain_adaptation.py",
+    "tests/test_function_matching.py",
 ]
 SUITES = {"jax": list(_NEUTRAL), "torch": list(_NEUTRAL)}
 # Run with them: the docstring examples of the loss modules.

@@ -6,7 +6,10 @@ so these runs cannot share the pytest process.
     python distribute_script.py mirrored OUT.json
         One step of every loss on 1 device and on 2 logical CPU devices
         (MirroredStrategy) with the same global batch; writes the largest
-        weight and loss differences per loss.
+        weight and loss differences per loss. Also KD with function
+        matching (crops, flips, mixup or CutMix): distillation alone over a
+        batch of 16 and a short batch of 15 that the replicas split 8 / 7,
+        and with the task loss on mixed labels over one batch of 16.
     python distribute_script.py registry OUT.json
         Every method of the registry but those `mirrored` checks
         (`registry.build` on keras_kd's models), alone and with the task
@@ -75,16 +78,19 @@ LOSSES = {
     ),
     "fitnets_hint": lambda: L.FitNetsHint("bn2", "bn2"),
     "attention_transfer": lambda: L.AttentionTransfer("relu2", "relu2"),
+    # KD on a batch augmented once for both networks (`one_step`).
+    "function_matching": lambda: L.LogitsDistillation(temperature=4.0),
+    "function_matching_labels": lambda: L.LogitsDistillation(temperature=4.0),
 }
 
 
-def build(losses, sync_student_bn=True):
+def build(losses, sync_student_bn=True, **options):
     keras.utils.set_random_seed(0)
     teacher = cnn(8, "teacher", softmax=True)
     student = cnn(4, "student", fused=True, softmax=True)
     if sync_student_bn:
         synchronize_batch_norm(student)
-    distiller = Distiller(teacher, student, losses)
+    distiller = Distiller(teacher, student, losses, **options)
     # A string task loss: Keras's own Distiller doubles its updates on two
     # replicas; ours must not.
     distiller.compile(
@@ -95,9 +101,20 @@ def build(losses, sync_student_bn=True):
 
 
 def one_step(name, strategy, sync_student_bn=True):
-    x, y = data(n=16)
+    n, options = 16, {}
+    if name.startswith("function_matching"):
+        from keras_kd import FunctionMatching
+
+        options["function_matching"] = FunctionMatching(
+            mixup_alpha=1.0, cutmix_alpha=1.0
+        )
+        if name == "function_matching":
+            # The task loss off: Keras's compiled loss divides the local mean
+            # by the replicas, which is not the global mean on 8 / 7.
+            n, options["student_loss_weight"] = 31, 0.0
+    x, y = data(n=n)
     with strategy.scope():
-        distiller = build([LOSSES[name]()], sync_student_bn)
+        distiller = build([LOSSES[name]()], sync_student_bn, **options)
     logs = distiller.fit(
         x, y, batch_size=16, epochs=1, verbose=0, shuffle=False
     ).history

@@ -13,6 +13,7 @@ import pytest
 from backend_utils import BACKEND
 from backend_utils import to_numpy
 from builders import CallCounter
+from builders import StepCounter
 from builders import all_losses
 from builders import cnn
 from builders import data
@@ -22,28 +23,6 @@ from builders import sparse_ce
 from keras_kd import Distiller
 from keras_kd import losses as L
 from keras_kd.callbacks import ActivationBoundarySchedule
-
-
-class StepCounter(keras.layers.Layer):
-    """Identity layer counting its runs in a variable, also when compiled.
-
-    A Python counter sees only tracing under `jax.jit` / `tf.function`; the
-    variable is incremented by the compiled step itself (JAX threads it as
-    non-trainable state, as it does BatchNormalization's statistics).
-    """
-
-    def build(self, input_shape):
-        self.runs = self.add_weight(
-            shape=(),
-            initializer="zeros",
-            trainable=False,
-            name="runs",
-            dtype="float32",
-        )
-
-    def call(self, x):
-        self.runs.assign(self.runs + 1.0)
-        return x
 
 
 def _counting_cnn(width, name, counter, fused=False):

@@ -32,6 +32,11 @@ LOSSES = [
     "nst_gaussian",
     "fitnets_hint",
     "attention_transfer",
+    # KD with function matching: the global batch augmented once, each
+    # replica taking its examples (16, then 15 split 8 / 7), and the task
+    # loss on labels mixed the same way.
+    "function_matching",
+    "function_matching_labels",
 ]
 
 

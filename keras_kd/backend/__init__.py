@@ -13,12 +13,12 @@ little that differs lives in one module per backend, chosen once from
 - `torch.py`: the non-finite guard as a check before the backward pass.
 
 Each module exports `TrainerMixin` (mixed into `Distiller` ahead of
-`keras.Model`), `replicas_in_sync()`, `all_gather(value)` (the global batch
-for batch-level losses), `record_non_finite(distiller, bad)`,
-`input_gradient(function, x)` (the gradient of a sum with respect to the
-inputs, inside the step: adversarial samples) and `sync_variables(model)`
-(a callback's assignment reaches the next step: JAX's trainer holds the
-variables during `fit`).
+`keras.Model`), `replicas_in_sync()`, `replica_id()`, `all_gather(value)`
+(the global batch for batch-level losses and function matching),
+`record_non_finite(distiller, bad)`, `input_gradient(function, x)` (the
+gradient of a sum with respect to the inputs, inside the step: adversarial
+samples) and `sync_variables(model)` (a callback's assignment reaches the
+next step: JAX's trainer holds the variables during `fit`).
 Importing this package imports only the active backend's module, so
 `import keras_kd` never imports TensorFlow under JAX or PyTorch.
 """

@@ -31,6 +31,11 @@ def replicas_in_sync():
     return 1
 
 
+def replica_id():
+    """0: the step sees the global batch."""
+    return 0
+
+
 def all_gather(value):
     """The identity: the step sees the whole batch."""
     return value
@@ -116,6 +121,7 @@ class TrainerMixin:
     """JAX pieces of `Distiller` (see the module docstring)."""
 
     def train_step(self, state, data):
+        self._clear_step_inputs()
         logs, new_state = super().train_step(state, data)
         if not self.check_finite:
             return logs, new_state

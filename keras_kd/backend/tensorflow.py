@@ -56,6 +56,14 @@ def replicas_in_sync():
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def replica_id():
+    """This replica's index in its strategy (0 outside any strategy)."""
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        return 0
+    return context.replica_id_in_sync_group
+
+
 def all_gather(value):
     """`value` concatenated over the replicas (batch axis), differentiably.
 
@@ -236,6 +244,7 @@ class TrainerMixin:
         from keras.src.losses import loss as loss_module
 
         strategy = self.distribute_strategy
+        self._clear_step_inputs()
         if not self.check_finite:
             return shape_logs(super().train_step(data), strategy)
         # Keras's TensorFlow train step, with the update behind the guard.

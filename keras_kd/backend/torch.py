@@ -28,6 +28,11 @@ def replicas_in_sync():
     return 1
 
 
+def replica_id():
+    """0: one device."""
+    return 0
+
+
 def all_gather(value):
     """The identity: the step sees the whole batch."""
     return value
@@ -61,9 +66,11 @@ class TrainerMixin:
     def train_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         self._check_step_data(x, y)
+        self._clear_step_inputs()
         with torch.no_grad():
             self._teacher_stash.outputs = self._run_teacher(x)
         try:
             return super().train_step(data)
         finally:
             self._teacher_stash.outputs = None
+            self._clear_step_inputs()

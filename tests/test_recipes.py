@@ -69,6 +69,12 @@ def _recipe(tmp_path, **changes):
         ("data.source", "missing.npz", "no file"),
         ("teacher.file", "teacher.keras", "no file"),
         ("methods.1.teacher_layer_name", "stage9_relu", "stage3_relu"),
+        (
+            "training.function_matching",
+            {"mixup_alfa": 1.0},
+            "Did you mean 'mixup_alpha'",
+        ),
+        ("training.function_matching", {"crop_padding": -1}, ">= 0"),
     ],
 )
 def test_a_bad_recipe_fails_before_anything_is_written(
@@ -104,6 +110,23 @@ def test_defaults_are_filled_in_and_overrides_win(tmp_path):
         resolve(path, ["training.epochs"])
     with pytest.raises(recipes.RecipeError, match="index 0 to 1"):
         resolve(path, ["methods.5.weight=1"])
+
+
+def test_function_matching_is_built_from_the_recipe(tmp_path):
+    from keras_kd.recipes import build
+
+    path = _recipe(tmp_path, **{"training.function_matching": {"flip": False}})
+    recipe = recipes.check(path)
+    matching = build.function_matching(recipe, seed=7)
+    assert (matching.flip, matching.crop_padding, matching.seed) == (
+        False,
+        4,
+        7,
+    )
+    recipe["training"]["function_matching"]["seed"] = 3
+    assert build.function_matching(recipe, seed=7).seed == 3
+    recipe["training"]["function_matching"] = None
+    assert build.function_matching(recipe, seed=7) is None
 
 
 def test_validate_writes_nothing(tmp_path, capsys):

@@ -166,6 +166,22 @@ def _arguments(cls, given, where):
     refuse_unknown(given, names, where)
 
 
+def function_matching(recipe, seed):
+    """The recipe's `keras_kd.FunctionMatching`, or `None`; its draws are
+    seeded by the run's seed unless the recipe names one."""
+    from keras_kd.function_matching import FunctionMatching
+
+    given = recipe["training"]["function_matching"]
+    if given is None:
+        return None
+    where = "training.function_matching"
+    _arguments(FunctionMatching, given, where)
+    try:
+        return FunctionMatching(**{"seed": seed, **given})
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"{where}: {error}") from None
+
+
 def refuse_unknown(given, names, where):
     """A `RecipeError` naming the closest of `names` for the first key of
     `given` that is not one of them."""

@@ -138,12 +138,13 @@ def _stages(recipe):
     return len(recipe["student"]["widths"])
 
 
-def _distiller(recipe, teacher, student, num_examples):
+def _distiller(recipe, teacher, student, num_examples, seed=0):
     from keras_kd.distiller import Distiller
 
     losses = build.losses(
         recipe, _stages(recipe), {"num_examples": num_examples}
     )
+    matching = build.function_matching(recipe, seed)
     try:
         return Distiller(
             teacher,
@@ -151,6 +152,7 @@ def _distiller(recipe, teacher, student, num_examples):
             losses,
             student_loss_weight=recipe["training"]["student_loss_weight"],
             procedures=build.procedures(recipe),
+            function_matching=matching,
         )
     except (ValueError, TypeError) as error:
         raise RecipeError(f"methods: {error}") from None
@@ -365,10 +367,10 @@ def _build(
             recipe, teacher, recipe["seeds"][0], pool_path, verbose
         )
         x = pool.images
-        distiller = _distiller(recipe, teacher, student, len(x))
+        distiller = _distiller(recipe, teacher, student, len(x), seed)
         train = pool.dataset(batch, seed=seed)
     else:
-        distiller = _distiller(recipe, teacher, student, len(x))
+        distiller = _distiller(recipe, teacher, student, len(x), seed)
         train = _train_pipeline(
             recipe,
             x,

@@ -379,6 +379,12 @@ SCHEMA = Section(
                 "optimizer": OPTIMIZER,
                 "schedule": SCHEDULE,
                 "student_loss_weight": Field(float, 1.0),
+                "function_matching": Field(
+                    (dict, type(None)),
+                    None,
+                    help="keras_kd.FunctionMatching's arguments (crop_padding"
+                    ", flip, mixup_alpha, cutmix_alpha; seed: the run's)",
+                ),
             }
         ),
         "seeds": Field(list, [0, 1, 2], items=int, check=_seeds),

@@ -96,6 +96,11 @@ def check(recipe):
             "weighs its terms with alpha and its beta schedule "
             "(procedure.arguments); remove the key."
         )
+    if recipe["training"]["function_matching"] is not None:
+        raise RecipeError(
+            "training.function_matching: procedure domain_adaptation trains "
+            "on source and target batches as they are; remove the key."
+        )
     from keras_kd.procedures import DomainAdaptiveDistiller
 
     build.refuse_unknown(

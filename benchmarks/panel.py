@@ -302,9 +302,30 @@ def _methods(*methods):
     )
 
 
+def _function_matching(mixup_alpha):
+    """Distiller arguments of function matching for a cell's data set and
+    seed: in-step crops and flips where the data pipeline has none
+    (Fashion-MNIST; CIFAR-10's pipeline already crops and flips, the same
+    batch for both networks), mixup with `mixup_alpha`."""
+
+    def arguments(data_name, seed):
+        spatial = DATASETS[data_name]["augment"] is None
+        return dict(
+            function_matching=keras_kd.FunctionMatching(
+                crop_padding=4 if spatial else 0,
+                flip=spatial,
+                mixup_alpha=mixup_alpha,
+                seed=seed,
+            )
+        )
+
+    return arguments
+
+
 CONFIGS = {
     # name: description, losses (None: the student alone), ab_schedule,
-    # weights (Distiller distillation_loss_weights; None: defaults), group.
+    # weights (Distiller distillation_loss_weights; None: defaults), group,
+    # distiller_kwargs (a dict, or a function of the data set and seed).
     "alone": dict(
         description="student alone (cross-entropy)",
         losses=None,
@@ -353,6 +374,26 @@ CONFIGS = {
         ab_schedule=False,
         weights=None,
         group="extra",
+    ),
+    # Function matching (Beyer et al., 2022), run when named (--configs):
+    # teacher and student see the same batch, augmented inside the step.
+    "fm_alone": dict(
+        description="student alone on function matching's inputs (crops, "
+        "flips, mixup 1.0; KD at weight 0)",
+        losses=_methods("kd"),
+        ab_schedule=False,
+        weights=[0.0],
+        group="function_matching",
+        distiller_kwargs=_function_matching(1.0),
+    ),
+    "fm_kd": dict(
+        description="function matching (crops, flips, mixup 1.0) + KD, "
+        "defaults",
+        losses=_methods("kd"),
+        ab_schedule=False,
+        weights=None,
+        group="function_matching",
+        distiller_kwargs=_function_matching(1.0),
     ),
 }
 
@@ -569,6 +610,11 @@ def teacher_for(data, cache_dir, smoke):
     return teacher, meta
 
 
+def _distiller_kwargs(spec, data_name, seed):
+    kwargs = spec.get("distiller_kwargs", {})
+    return kwargs(data_name, seed) if callable(kwargs) else kwargs
+
+
 def run_one(cell, config, seed, data, teacher, smoke):
     c = CELLS[cell]
     spec = CONFIGS[config]
@@ -599,7 +645,7 @@ def run_one(cell, config, seed, data, teacher, smoke):
             student,
             spec["losses"](stages),
             distillation_loss_weights=spec["weights"],
-            **spec.get("distiller_kwargs", {}),
+            **_distiller_kwargs(spec, c["data"], seed),
         )
         if init:
             callbacks.append(

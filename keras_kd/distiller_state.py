@@ -107,7 +107,9 @@ class StateMixin:
             self.optimizer.build(self.trainable_variables)
 
     def save_own_variables(self, store):
-        # The loss weights are saved; the guard's flag is step state only.
+        # The loss weights (and function matching's seed, so that a resumed
+        # run draws what an uninterrupted one would) are saved; the guard's
+        # flag is step state only.
         for i, v in enumerate(self._saved_own_variables()):
             store[f"{i}"] = v
 
@@ -125,7 +127,10 @@ class StateMixin:
 
     def _saved_own_variables(self):
         own = self._trainable_variables + self._non_trainable_variables
-        return [v for v in own if v is not self._non_finite_flag]
+        own = [v for v in own if v is not self._non_finite_flag]
+        if getattr(self, "function_matching", None) is not None:
+            own.append(self._augment_seed.state)
+        return own
 
     def get_config(self):
         serialize = keras.saving.serialize_keras_object

@@ -204,6 +204,10 @@ def test_saved_with_the_distiller_and_trains_on_tf_data(tmp_path):
         path, custom_objects={"StepCounter": StepCounter}
     )
     assert loaded.function_matching.get_config() == matching.get_config()
+    # The seed's state is saved: a resumed run draws on where it stopped.
+    state = to_numpy(distiller._augment_seed.state)
+    assert state[1] > 0
+    np.testing.assert_array_equal(to_numpy(loaded._augment_seed.state), state)
     np.testing.assert_allclose(
         loaded.predict(x, verbose=0),
         distiller.student.predict(x, verbose=0),

@@ -302,17 +302,17 @@ def _methods(*methods):
     )
 
 
-def _function_matching(mixup_alpha):
+def _function_matching(mixup_alpha, crop=True):
     """Distiller arguments of function matching for a cell's data set and
-    seed: in-step crops and flips where the data pipeline has none
-    (Fashion-MNIST; CIFAR-10's pipeline already crops and flips, the same
-    batch for both networks), mixup with `mixup_alpha`."""
+    seed: in-step flips, and crops unless `crop=False`, where the data
+    pipeline has none (Fashion-MNIST; CIFAR-10's pipeline already crops and
+    flips, the same batch for both networks), mixup with `mixup_alpha`."""
 
     def arguments(data_name, seed):
         spatial = DATASETS[data_name]["augment"] is None
         return dict(
             function_matching=keras_kd.FunctionMatching(
-                crop_padding=4 if spatial else 0,
+                crop_padding=4 if spatial and crop else 0,
                 flip=spatial,
                 mixup_alpha=mixup_alpha,
                 seed=seed,
@@ -394,6 +394,15 @@ CONFIGS = {
         weights=None,
         group="function_matching",
         distiller_kwargs=_function_matching(1.0),
+    ),
+    # Milder: mixup 0.2 and flips, no crops.
+    "fm_kd_mild": dict(
+        description="function matching (flips, mixup 0.2) + KD, defaults",
+        losses=_methods("kd"),
+        ab_schedule=False,
+        weights=None,
+        group="function_matching",
+        distiller_kwargs=_function_matching(0.2, crop=False),
     ),
 }
 

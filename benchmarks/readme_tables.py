@@ -1,7 +1,7 @@
 """Writes the README's generated tables from the method registry and the
 results files in benchmarks/results/.
 
-Three blocks of README.md are generated, each between a `<!-- begin NAME -->`
+The blocks of README.md are generated, each between a `<!-- begin NAME -->`
 and an `<!-- end NAME -->` line:
 
 - `methods`: "which method?": one row per registered method (the registry
@@ -11,7 +11,10 @@ and an `<!-- end NAME -->` line:
   (`panel.py`'s results; "not measured" until the panel runs it);
 - `results`: one row per result, each read from its results file, which
   the row names;
-- `main_job`: what `keras-kd` printed, from `main_job.py`'s record.
+- `main_job`: what `keras-kd` printed, from `main_job.py`'s record;
+- `guide`: "which method, where?": per panel regime, the method with the
+  largest gain beyond the noise (`panel.py`'s results), and the regimes
+  where none gains beyond it.
 
     python benchmarks/readme_tables.py           # rewrite README.md
     python benchmarks/readme_tables.py --check   # exit 1 if it is stale
@@ -140,6 +143,77 @@ def panel_gain(config, panel):
     return text + (f", {worse} worse)" if worse else ")")
 
 
+# Short names of the panel's configs in the method guide; controls (the
+# student alone on function matching's inputs) are never recommended.
+GUIDE_NAMES = {
+    "kd": "KD",
+    "ab_kd": "AB + KD",
+    "nst_kd": "NST + KD",
+    "ab": "AB",
+    "nst": "NST",
+    "at": "AT",
+    "fm_kd": "function matching + KD",
+    "fm_kd_mild": "function matching (mild) + KD",
+}
+GUIDE_CONTROLS = ("fm_alone",)
+# Configs of options a user turns on (function matching), not of the
+# library's defaults: left out of the defaults' count of worse pairs.
+OPTIONS = ("fm_alone", "fm_kd", "fm_kd_mild")
+_DATA_NAMES = {"fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+
+
+def _regime(cell):
+    train = "all" if cell["train"] == "full" else cell["train"].split()[0]
+    return (
+        f"{_DATA_NAMES.get(cell['data'], cell['data'])}, {train} of the "
+        f"training set, {cell['optimizer'].split()[0]}, "
+        f"{cell['schedule'].split(':')[0]} schedule, "
+        f"{cell['student'].split(':')[0]} student"
+    )
+
+
+def method_guide():
+    """ "Which method, where?": per panel regime, the method with the largest
+    gain beyond the noise, its share of the teacher's lead, and the regimes
+    where no method gains beyond the noise."""
+    panel = _json("panel")
+    lines = [
+        "| regime (panel cell) | teacher − alone | recommended | gain, "
+        "points | share of the lead |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    nothing = []
+    for cell in panel["summary"]:
+        lead = cell["teacher"] - cell["alone"]
+        gains = {
+            c: g
+            for c, g in cell["gains"].items()
+            if c not in GUIDE_CONTROLS and g["n"] >= 2
+        }
+        better = {c: g for c, g in gains.items() if g["verdict"] == "better"}
+        regime = f"{_regime(cell)} (`{cell['cell']}`)"
+        if not better:
+            best = max(gains, key=lambda c: gains[c]["gain"])
+            g = gains[best]
+            nothing.append(
+                f"- {regime}: teacher ahead by {lead:.1f} points; best "
+                f"{GUIDE_NAMES.get(best, best)} {g['gain']:+.1f} ± "
+                f"{g['gain_std']:.1f}, inside the noise "
+                f"({len(gains)} methods tried)."
+            )
+            continue
+        best = max(better, key=lambda c: better[c]["gain"])
+        g = better[best]
+        lines.append(
+            f"| {regime} | {lead:+.1f} | {GUIDE_NAMES.get(best, best)} | "
+            f"{g['gain']:+.1f} ± {g['gain_std']:.1f} | "
+            f"{100 * g['gain'] / lead:.0f}% |"
+        )
+    if nothing:
+        lines += ["", "Where no method gained beyond the noise:", "", *nothing]
+    return lines
+
+
 def _reads(method):
     taps = registry.default_taps(method.name)
     level = getattr(method.cls, "level", "example")
@@ -197,6 +271,14 @@ def methods_table():
             f"{_ratios_text(speed_ratio('speed_procedures', config))} "
             "(with KD) | not on the panel yet |"
         )
+    fm_gain = panel_gain("fm_kd", panel)
+    lines.append(
+        "| `FunctionMatching(mixup_alpha=1.0)` | option | the same batch, "
+        "augmented inside the step (crops, flips, mixup), for both networks "
+        "| inputs | not timed yet | "
+        + (f"{fm_gain} with KD" if fm_gain else "not on the panel yet")
+        + " |"
+    )
     return lines
 
 
@@ -234,12 +316,14 @@ def _main_job():
 def _panel():
     panel = _json("panel")
     gains = {c: panel_gain(c, panel) for c in ("kd", "ab_kd", "nst_kd")}
-    below = sum(
-        g["verdict"] == "worse"
+    pairs = [
+        g
         for s in panel["summary"]
-        for g in s["gains"].values()
-    )
-    runs = sum(len(s["gains"]) for s in panel["summary"])
+        for c, g in s["gains"].items()
+        if c not in OPTIONS
+    ]
+    below = sum(g["verdict"] == "worse" for g in pairs)
+    runs = len(pairs)
     return (
         f"the panel: {len(panel['summary'])} training regimes, 3 seeds, "
         "library defaults",
@@ -405,6 +489,7 @@ BLOCKS = {
     "test_commands": test_commands_table,
     "main_job": main_job_printout,
     "methods": methods_table,
+    "guide": method_guide,
     "results": results_table,
 }
 

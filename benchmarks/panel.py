@@ -395,6 +395,29 @@ CONFIGS = {
         group="function_matching",
         distiller_kwargs=_function_matching(1.0),
     ),
+    # Methods added since the panel's first runs, library defaults, run when
+    # named (--configs).
+    "kd_ls": dict(
+        description="KD with logit standardisation, defaults",
+        losses=_methods("kd_ls"),
+        ab_schedule=False,
+        weights=None,
+        group="new",
+    ),
+    "dkd": dict(
+        description="DKD, defaults",
+        losses=_methods("dkd"),
+        ab_schedule=False,
+        weights=None,
+        group="new",
+    ),
+    "dkd_ls": dict(
+        description="DKD with logit standardisation, defaults",
+        losses=_methods("dkd_ls"),
+        ab_schedule=False,
+        weights=None,
+        group="new",
+    ),
     # Milder: mixup 0.2 and flips, no crops.
     "fm_kd_mild": dict(
         description="function matching (flips, mixup 0.2) + KD, defaults",

@@ -54,6 +54,9 @@ SPEED_WITH = {"ab": "with KD", "nst": "with KD"}
 # Panel configurations by method: (config, label).
 PANEL = {
     "kd": [("kd", "")],
+    "kd_ls": [("kd_ls", "")],
+    "dkd": [("dkd", "")],
+    "dkd_ls": [("dkd_ls", "")],
     "ab": [("ab_kd", "with KD"), ("ab", "alone")],
     "nst": [("nst_kd", "with KD"), ("nst", "alone")],
     "at": [("at", "")],
@@ -154,6 +157,9 @@ GUIDE_NAMES = {
     "at": "AT",
     "fm_kd": "function matching + KD",
     "fm_kd_mild": "function matching (mild) + KD",
+    "kd_ls": "KD + LS",
+    "dkd": "DKD",
+    "dkd_ls": "DKD + LS",
 }
 GUIDE_CONTROLS = ("fm_alone",)
 # Configs of options a user turns on (function matching), not of the

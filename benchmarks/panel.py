@@ -687,6 +687,10 @@ def run_one(cell, config, seed, data, teacher, smoke):
             )
         if spec.get("callbacks"):
             callbacks += spec["callbacks"](init, CHUNKS)
+        if not init:
+            # What the losses ask for, as a user is told to pass (DKD's
+            # warm-up); nothing for KD, NST or AT.
+            callbacks += keras_kd.callbacks.for_distiller(model)
     model.compile(optimizer=optimizer, loss=cross_entropy())
     start = time.time()
     history = model.fit(

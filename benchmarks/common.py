@@ -246,3 +246,21 @@ def repeated_permutations(rng, size, count):
     return np.concatenate([rng.permutation(size) for _ in range(passes)])[
         :count
     ]
+
+
+# Short names of the panel's method configs (panel.py's tables, the README's
+# method guide).
+PANEL_CONFIG_NAMES = {
+    "kd": "KD",
+    "ab_kd": "AB + KD",
+    "nst_kd": "NST + KD",
+    "ab": "AB",
+    "nst": "NST",
+    "at": "AT",
+    "kd_ls": "KD + LS",
+    "dkd": "DKD",
+    "dkd_ls": "DKD + LS",
+    "fm_alone": "alone, function matching's inputs",
+    "fm_kd": "function matching + KD",
+    "fm_kd_mild": "function matching (mild) + KD",
+}

@@ -814,14 +814,7 @@ def fmt_gain_short(g):
 # Shown beside each gain in the before/after table: the same cells with
 # keras_kd 0.1's defaults (the papers' values), kept in this file.
 BEFORE_STEM = "panel_v0_1"
-SHORT_NAMES = {
-    "kd": "KD",
-    "ab_kd": "AB + KD",
-    "nst_kd": "NST + KD",
-    "ab": "AB",
-    "nst": "NST",
-    "at": "AT",
-}
+SHORT_NAMES = common.PANEL_CONFIG_NAMES
 
 
 def before_after_table(acc, before_acc, cells, methods):

@@ -146,21 +146,9 @@ def panel_gain(config, panel):
     return text + (f", {worse} worse)" if worse else ")")
 
 
-# Short names of the panel's configs in the method guide; controls (the
-# student alone on function matching's inputs) are never recommended.
-GUIDE_NAMES = {
-    "kd": "KD",
-    "ab_kd": "AB + KD",
-    "nst_kd": "NST + KD",
-    "ab": "AB",
-    "nst": "NST",
-    "at": "AT",
-    "fm_kd": "function matching + KD",
-    "fm_kd_mild": "function matching (mild) + KD",
-    "kd_ls": "KD + LS",
-    "dkd": "DKD",
-    "dkd_ls": "DKD + LS",
-}
+# Controls (the student alone on function matching's inputs) are never
+# recommended by the method guide.
+GUIDE_NAMES = common.PANEL_CONFIG_NAMES
 GUIDE_CONTROLS = ("fm_alone",)
 # Configs of options a user turns on (function matching), not of the
 # library's defaults: left out of the defaults' count of worse pairs.
@@ -176,6 +164,10 @@ def _regime(cell):
         f"{cell['schedule'].split(':')[0]} schedule, "
         f"{cell['student'].split(':')[0]} student"
     )
+
+
+def _gain(g):
+    return f"{g['gain']:+.1f} ± {g['gain_std']:.1f}"
 
 
 def method_guide():
@@ -203,8 +195,7 @@ def method_guide():
             g = gains[best]
             nothing.append(
                 f"- {regime}: teacher ahead by {lead:.1f} points; best "
-                f"{GUIDE_NAMES.get(best, best)} {g['gain']:+.1f} ± "
-                f"{g['gain_std']:.1f}, inside the noise "
+                f"{GUIDE_NAMES.get(best, best)} {_gain(g)}, inside the noise "
                 f"({len(gains)} methods tried)."
             )
             continue
@@ -212,8 +203,7 @@ def method_guide():
         g = better[best]
         lines.append(
             f"| {regime} | {lead:+.1f} | {GUIDE_NAMES.get(best, best)} | "
-            f"{g['gain']:+.1f} ± {g['gain_std']:.1f} | "
-            f"{100 * g['gain'] / lead:.0f}% |"
+            f"{_gain(g)} | {100 * g['gain'] / lead:.0f}% |"
         )
     if nothing:
         lines += ["", "Where no method gained beyond the noise:", "", *nothing]

@@ -141,7 +141,7 @@ def panel_gain(config, panel):
         return None
     mean = sum(c["gain"] for c in cells) / len(cells)
     better = sum(c["verdict"] == "better" for c in cells)
-    worse = sum(c["verdict"] == "worse" for c in cells)
+    worse = sum(c["verdict"].lower() == "worse" for c in cells)
     text = f"{mean:+.1f} ({better}/{len(cells)} better"
     return text + (f", {worse} worse)" if worse else ")")
 
@@ -318,7 +318,7 @@ def _panel():
         for c, g in s["gains"].items()
         if c not in OPTIONS
     ]
-    below = sum(g["verdict"] == "worse" for g in pairs)
+    below = sum(g["verdict"].lower() == "worse" for g in pairs)
     runs = len(pairs)
     return (
         f"the panel: {len(panel['summary'])} training regimes, 3 seeds, "

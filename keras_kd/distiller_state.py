@@ -128,7 +128,7 @@ class StateMixin:
     def _saved_own_variables(self):
         own = self._trainable_variables + self._non_trainable_variables
         own = [v for v in own if v is not self._non_finite_flag]
-        if getattr(self, "function_matching", None) is not None:
+        if self.function_matching is not None:
             own.append(self._augment_seed.state)
         return own
 

@@ -297,8 +297,8 @@ def part_entries(entries):
 # weights={"logits_distillation": 0.1}) and run it with --configs.
 def _methods(*methods):
     entries = [m if isinstance(m, dict) else {"name": m} for m in methods]
-    return lambda stages: recipe_build.losses(
-        {"methods": entries}, stages, None
+    return lambda stages, facts: recipe_build.losses(
+        {"methods": entries}, stages, facts
     )
 
 
@@ -418,6 +418,46 @@ CONFIGS = {
         weights=None,
         group="new",
     ),
+    # Feature- and relation-based methods, library defaults (default layers
+    # for the student's stage count, default weights), with the task loss.
+    **{
+        name: dict(
+            description=f"{label}, defaults",
+            losses=_methods(name),
+            ab_schedule=False,
+            weights=None,
+            group="new",
+        )
+        for name, label in (
+            ("fitnets", "FitNets hints"),
+            ("fsp", "FSP"),
+            ("rkd", "RKD (distance + angle)"),
+            ("sp", "similarity-preserving"),
+            ("pkt", "PKT"),
+            ("crd", "CRD (example ids)"),
+        )
+    },
+    # Defaults search for DKD (mdistiller's CIFAR-100 values, beta 8 and
+    # T 4, fell far below the student alone): T 1 as KD's search chose;
+    # mdistiller's ImageNet values (alpha 0.5, beta 0.5, T 1); beta 1.
+    **{
+        name: dict(
+            description=f"DKD, {label}",
+            losses=_methods({"name": "dkd", **arguments}),
+            ab_schedule=False,
+            weights=None,
+            group="search",
+        )
+        for name, label, arguments in (
+            ("dkd_t1", "T 1", dict(temperature=1.0)),
+            (
+                "dkd_imagenet",
+                "alpha 0.5, beta 0.5, T 1 (mdistiller's ImageNet values)",
+                dict(alpha=0.5, beta=0.5, temperature=1.0),
+            ),
+            ("dkd_b1", "beta 1", dict(beta=1.0)),
+        )
+    },
     # Milder: mixup 0.2 and flips, no crops.
     "fm_kd_mild": dict(
         description="function matching (flips, mixup 0.2) + KD, defaults",
@@ -559,7 +599,7 @@ class Data:
         )
         self.key = f"{os.path.basename(path)}:{os.path.getsize(path)}:{len(y)}"
 
-    def train(self, which, batch_size, seed):
+    def train(self, which, batch_size, seed, example_ids=False):
         x, y = self.full if which == "full" else self.reduced
         return keras_kd.data.make_dataset(
             x,
@@ -571,6 +611,7 @@ class Data:
             std=self.stats[1],
             seed=seed,
             drop_remainder=True,
+            example_ids=example_ids,
         ).repeat()
 
 
@@ -669,13 +710,21 @@ def run_one(cell, config, seed, data, teacher, smoke):
         CHUNKS * chunk,
     )
     callbacks = []
+    example_ids = False
     if spec["losses"] is None:
         model = student
     else:
+        # Facts a method may need about its training set (CRD: the number
+        # of examples, for its memory bank, read through example ids).
+        facts = {"num_examples": data.sizes[c["train"]]}
+        losses = spec["losses"](stages, facts)
+        example_ids = any(
+            "example_ids" in getattr(loss, "requires", ()) for loss in losses
+        )
         model = keras_kd.Distiller(
             teacher,
             student,
-            spec["losses"](stages),
+            losses,
             distillation_loss_weights=spec["weights"],
             **_distiller_kwargs(spec, c["data"], seed),
         )
@@ -694,7 +743,8 @@ def run_one(cell, config, seed, data, teacher, smoke):
     model.compile(optimizer=optimizer, loss=cross_entropy())
     start = time.time()
     history = model.fit(
-        data.train(c["train"], d["train_batch"], seed),  # same order per seed
+        # Same order per seed (example ids do not change it).
+        data.train(c["train"], d["train_batch"], seed, example_ids),
         steps_per_epoch=chunk,
         epochs=init + CHUNKS,
         callbacks=callbacks,

@@ -199,8 +199,9 @@ class Distiller(
                 self.function_matching.seed, name="function_matching_seed"
             )
         # This step's augmented batch and mixing weight: made by whichever
-        # network runs first, read by the other, emptied by the step. One
-        # per thread: MirroredStrategy traces each replica in its own.
+        # network runs first, read by the other, emptied by the step (and
+        # remade when a network runs a second time without a step between).
+        # One per thread: MirroredStrategy traces each replica in its own.
         self._augmented = _Untracked(step=threading.local())
         for procedure in procedures:
             term_weights = procedure.default_term_weights()
@@ -256,30 +257,43 @@ class Distiller(
     def call(self, inputs, training=None):
         """The student's single pass: `[predictions, *tapped features]`."""
         inputs, _ = step_lib.split_side_inputs(inputs, self._side_input_keys)
-        inputs = self._step_inputs(inputs, training)
+        inputs = self._step_inputs(inputs, training, network="student")
         student = self._extractors.student(inputs, training=training)
         if not self._extractors.student_multi:
             return [student]
         return list(student)
 
-    def _step_inputs(self, inputs, training):
+    def _step_inputs(self, inputs, training, network=None):
         """The networks' inputs: augmented once per training step under
-        function matching, unchanged otherwise."""
+        function matching, unchanged otherwise.
+
+        `network` ("student" or "teacher") names a network about to run on
+        them. Each network runs once per step, so a network that already
+        ran on the stashed batch starts a new one: two training calls
+        outside a step (`distiller(x1, training=True)`, then
+        `distiller(x2, ...)`) each get their own inputs' augmentation.
+        """
         if self.function_matching is None or not training:
             return inputs
         step = self._augmented.step
-        if getattr(step, "inputs", None) is None:
+        ran = getattr(step, "ran", set())
+        if getattr(step, "inputs", None) is None or network in ran:
             step.inputs, step.lam = self.function_matching.augment(
                 inputs, self._augment_seed
             )
+            ran = set()
+        if network is not None:
+            step.ran = ran | {network}
         return step.inputs
 
     def _clear_step_inputs(self):
-        self._augmented.step.inputs = self._augmented.step.lam = None
+        step = self._augmented.step
+        step.inputs = step.lam = None
+        step.ran = set()
 
     def _run_teacher(self, x, training=True):
         x, _ = step_lib.split_side_inputs(x, self._side_input_keys)
-        x = self._step_inputs(x, training)
+        x = self._step_inputs(x, training, network="teacher")
         teacher = self._extractors.teacher(x, training=False)
         if not self._extractors.teacher_multi:
             teacher = [teacher]

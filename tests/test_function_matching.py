@@ -153,7 +153,7 @@ def test_the_hint_detects_networks_that_draw_their_own_augmentations():
     own augmentation gives a hint loss above 0."""
     distiller = _distiller(FunctionMatching(mixup_alpha=0.0, seed=3))
 
-    def draw_again(inputs, training):
+    def draw_again(inputs, training, network=None):
         if not training:
             return inputs
         augmented, lam = distiller.function_matching.augment(
@@ -167,6 +167,22 @@ def test_the_hint_detects_networks_that_draw_their_own_augmentations():
     x, y = data(n=8)
     logs = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
     assert logs["fitnets_hint_loss"][0] > 1e-3
+
+
+def test_training_calls_outside_a_step_augment_their_own_inputs():
+    """A network that runs again without a step between starts a new
+    augmented batch: the second call sees its own inputs, not the first
+    call's batch."""
+    distiller = _distiller(FunctionMatching(seed=3))
+    x, y = data(n=8)
+    first = to_numpy(distiller(x, training=True)[0])
+    second = to_numpy(distiller(x[::-1] * 2.0 + 1.0, training=True)[0])
+    assert np.max(np.abs(first - second)) > 1e-3
+    # Inside a step, the teacher then reads the student's batch (the hint on
+    # the networks' inputs is 0), and the step empties it.
+    distiller.compile(optimizer="adam", loss=sparse_ce())
+    logs = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert logs["fitnets_hint_loss"] == [0.0]
 
 
 def test_task_loss_mixes_both_examples_labels():

@@ -18,6 +18,8 @@ on the same batches, this script times
   attack steps, KD at T = 3) and route-constrained optimisation (`rco_kd`:
   KD over a route of the teacher's anchors; the step is KD's, the stage
   change and the route's recording are timed apart),
+- function matching (`fm_kd`: crops, flips and mixup inside the step, the
+  same batch for both networks, + KD at T = 4),
 - `keras.distillation.Distiller` with `LogitsDistillation` and with
   `FeatureDistillation` on the same equal-shape pair,
 
@@ -39,6 +41,9 @@ sizes.
     python benchmarks/speed.py --configs methods --backend jax
     # the training procedures (BSS, RCO) beside KD -> speed_procedures[...]:
     python benchmarks/speed.py --configs procedures --backend jax
+    # function matching beside KD:
+    python benchmarks/speed.py --configs kd,fm_kd \
+        --output benchmarks/results/speed_function_matching
 
 Every backend times the same configurations against its own floor, and the
 loss math and NST scaling with its own gradient machinery (`grad_step`).
@@ -190,7 +195,20 @@ PROCEDURE_CONFIGS = {
         "Distiller: route-constrained optimisation (2 anchors) + KD (T=4)",
     ),
 }
-PAIRS["imagenet"]["skip"] += tuple(REGISTRY_CONFIGS) + tuple(PROCEDURE_CONFIGS)
+# Function matching (Beyer et al.): the batch augmented inside the step
+# (crops, flips, mixup), once, for both networks.
+FUNCTION_MATCHING_CONFIGS = {
+    "fm_kd": (
+        "keras_kd",
+        "Distiller: function matching (crops of 4, flips, mixup 1.0) + KD "
+        "(T=4)",
+    ),
+}
+PAIRS["imagenet"]["skip"] += (
+    tuple(REGISTRY_CONFIGS)
+    + tuple(PROCEDURE_CONFIGS)
+    + tuple(FUNCTION_MATCHING_CONFIGS)
+)
 
 
 def model_description(s, role):
@@ -265,6 +283,7 @@ CONFIGS = {
     ),
     **REGISTRY_CONFIGS,
     **PROCEDURE_CONFIGS,
+    **FUNCTION_MATCHING_CONFIGS,
     "keras_logits": (
         "keras.distillation",
         "keras Distiller: LogitsDistillation (T=4)",
@@ -350,6 +369,7 @@ def keras_kd_losses(name, s):
         ],
         "bss_kd": [losses.get("kd", temperature=3.0)],
         "rco_kd": [kd],
+        "fm_kd": [kd],
     }[name]
 
 
@@ -475,6 +495,9 @@ def build_step(name, s, teacher, shape):
             student,
             kd_losses,
             procedures=keras_kd_procedures(name, teacher),
+            function_matching=(
+                keras_kd.FunctionMatching(seed=0) if name == "fm_kd" else None
+            ),
         )
         if any("example_ids" in loss.requires for loss in kd_losses):
             model.compile(optimizer=optimizer(), loss=cross_entropy())

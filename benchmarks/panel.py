@@ -439,7 +439,8 @@ CONFIGS = {
     },
     # Defaults search for DKD (mdistiller's CIFAR-100 values, beta 8 and
     # T 4, fell far below the student alone): T 1 as KD's search chose;
-    # mdistiller's ImageNet values (alpha 0.5, beta 0.5, T 1); beta 1.
+    # mdistiller's ImageNet values (alpha 1, beta 0.5, T 1), and the same
+    # with alpha halved; beta 1.
     **{
         name: dict(
             description=f"DKD, {label}",
@@ -452,8 +453,14 @@ CONFIGS = {
             ("dkd_t1", "T 1", dict(temperature=1.0)),
             (
                 "dkd_imagenet",
-                "alpha 0.5, beta 0.5, T 1 (mdistiller's ImageNet values)",
+                "alpha 0.5, beta 0.5, T 1 (mdistiller's ImageNet beta and T, "
+                "alpha halved)",
                 dict(alpha=0.5, beta=0.5, temperature=1.0),
+            ),
+            (
+                "dkd_imagenet_a1",
+                "alpha 1, beta 0.5, T 1 (mdistiller's ImageNet values)",
+                dict(alpha=1.0, beta=0.5, temperature=1.0),
             ),
             ("dkd_b1", "beta 1", dict(beta=1.0)),
         )

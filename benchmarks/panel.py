@@ -465,6 +465,24 @@ CONFIGS = {
             ("dkd_b1", "beta 1", dict(beta=1.0)),
         )
     },
+    # Defaults search for the relation- and contrast-based methods, whose
+    # official weights fell below the student alone at seed 0: a tenth of
+    # the official weight (as AT's search chose).
+    **{
+        f"{name}_w01": dict(
+            description=f"{label}, a tenth of the default weight ({weight:g})",
+            losses=_methods(name),
+            ab_schedule=False,
+            weights=[weight],
+            group="search",
+        )
+        for name, label, weight in (
+            ("rkd", "RKD", 0.1),
+            ("sp", "similarity-preserving", 300.0),
+            ("pkt", "PKT", 3000.0),
+            ("crd", "CRD", 0.08),
+        )
+    },
     # Milder: mixup 0.2 and flips, no crops.
     "fm_kd_mild": dict(
         description="function matching (flips, mixup 0.2) + KD, defaults",
@@ -1254,6 +1272,7 @@ def build_report(paths, records, teachers, smoke=False):
         steps={f"{k[0]}/{k[1]}": v for k, v in STEPS.items()},
         cells={c: dict(CELLS[c], **describe_cell(c)) for c in CELLS},
         configs={m: s["description"] for m, s in CONFIGS.items()},
+        groups={m: s["group"] for m, s in CONFIGS.items()},
         teachers=teachers,
         summary=summary,
         runs=records,

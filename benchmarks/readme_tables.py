@@ -60,6 +60,12 @@ PANEL = {
     "ab": [("ab_kd", "with KD"), ("ab", "alone")],
     "nst": [("nst_kd", "with KD"), ("nst", "alone")],
     "at": [("at", "")],
+    "fitnets": [("fitnets", "")],
+    "fsp": [("fsp", "")],
+    "rkd": [("rkd", "")],
+    "sp": [("sp", "")],
+    "pkt": [("pkt", "")],
+    "crd": [("crd", "")],
 }
 # Training procedures (keras_kd.procedures): (name, class, what it does,
 # speed configuration).
@@ -146,13 +152,25 @@ def panel_gain(config, panel):
     return text + (f", {worse} worse)" if worse else ")")
 
 
-# Controls (the student alone on function matching's inputs) are never
-# recommended by the method guide.
 GUIDE_NAMES = common.PANEL_CONFIG_NAMES
-GUIDE_CONTROLS = ("fm_alone",)
-# Configs of options a user turns on (function matching), not of the
-# library's defaults: left out of the defaults' count of worse pairs.
-OPTIONS = ("fm_alone", "fm_kd", "fm_kd_mild")
+
+
+def _group(panel, group):
+    return {c for c, g in panel.get("groups", {}).items() if g == group}
+
+
+def guide_controls(panel):
+    """Never recommended by the method guide: the student alone on function
+    matching's inputs (a control), and a defaults search's variants
+    (settings a user must pass; the winner becomes the default)."""
+    return {"fm_alone"} | _group(panel, "search")
+
+
+def options(panel):
+    """Configs of options a user turns on (function matching) or passes (a
+    search's variants), not of the library's defaults: left out of the
+    defaults' count of worse pairs."""
+    return _group(panel, "function_matching") | _group(panel, "search")
 _DATA_NAMES = {"fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 
 
@@ -186,7 +204,7 @@ def method_guide():
         gains = {
             c: g
             for c, g in cell["gains"].items()
-            if c not in GUIDE_CONTROLS and g["n"] >= 2
+            if c not in guide_controls(panel) and g["n"] >= 2
         }
         better = {c: g for c, g in gains.items() if g["verdict"] == "better"}
         regime = f"{_regime(cell)} (`{cell['cell']}`)"
@@ -271,7 +289,9 @@ def methods_table():
     lines.append(
         "| `FunctionMatching(mixup_alpha=1.0)` | option | the same batch, "
         "augmented inside the step (crops, flips, mixup), for both networks "
-        "| inputs | not timed yet | "
+        "| inputs | "
+        + _ratios_text(speed_ratio("speed_function_matching", "fm_kd"))
+        + " (with KD) | "
         + (f"{fm_gain} with KD" if fm_gain else "not on the panel yet")
         + " |"
     )
@@ -316,7 +336,7 @@ def _panel():
         g
         for s in panel["summary"]
         for c, g in s["gains"].items()
-        if c not in OPTIONS
+        if c not in options(panel)
     ]
     below = sum(g["verdict"].lower() == "worse" for g in pairs)
     runs = len(pairs)

@@ -171,6 +171,8 @@ def options(panel):
     search's variants), not of the library's defaults: left out of the
     defaults' count of worse pairs."""
     return _group(panel, "function_matching") | _group(panel, "search")
+
+
 _DATA_NAMES = {"fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 
 

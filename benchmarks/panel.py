@@ -483,6 +483,33 @@ CONFIGS = {
             ("crd", "CRD", 0.08),
         )
     },
+    # Training procedures beside KD, library defaults, at KD's number of
+    # student steps: route-constrained optimisation (5 stages, one per
+    # epoch, on anchors of the teacher's recorded route) and
+    # boundary-supporting samples (its official schedule).
+    "rco_kd": dict(
+        description="route-constrained optimisation (5 stages on the "
+        "teacher's route of 8 anchors) + KD, defaults",
+        losses=_methods("kd"),
+        ab_schedule=False,
+        weights=None,
+        group="new",
+        procedures=lambda data, seed: [
+            keras_kd.procedures.RouteConstrainedOptimization(
+                data.route, stages=5, verbose=0
+            )
+        ],
+    ),
+    "bss_kd": dict(
+        description="boundary-supporting samples + KD, defaults",
+        losses=_methods("kd"),
+        ab_schedule=False,
+        weights=None,
+        group="new",
+        procedures=lambda data, seed: [
+            keras_kd.procedures.BoundarySupportingSamples(seed=seed)
+        ],
+    ),
     # Milder: mixup 0.2 and flips, no crops.
     "fm_kd_mild": dict(
         description="function matching (flips, mixup 0.2) + KD, defaults",
@@ -665,27 +692,8 @@ def teacher_for(data, cache_dir, smoke):
         )
         return keras.saving.load_model(path, compile=False), meta
     print(f"teacher {data.name}: training {spec}", flush=True)
-    keras.utils.set_random_seed(TEACHER_SEED)
-    teacher = build(spec, data.shape, "teacher")
-    chunks = 4
-    steps = max(chunks, spec["steps"] // chunks * chunks)
-    if spec["optimizer"] == "adam":
-        opt = keras.optimizers.Adam(CosineAfterHold(spec["lr"], 0, steps))
-    else:
-        opt = keras.optimizers.SGD(
-            CosineAfterHold(spec["lr"], 0, steps),
-            momentum=SGD_MOMENTUM,
-            nesterov=True,
-            weight_decay=SGD_WEIGHT_DECAY,
-        )
-    teacher.compile(optimizer=opt, loss=cross_entropy(), metrics=["accuracy"])
     start = time.time()
-    teacher.fit(
-        data.train("full", spec["batch_size"], TEACHER_SEED),
-        steps_per_epoch=steps // chunks,
-        epochs=chunks,
-        verbose=2,
-    )
+    teacher, steps = train_teacher(data, spec)
     seconds = time.time() - start
     accuracy = evaluate(teacher, data.test)
     meta = dict(
@@ -706,6 +714,77 @@ def teacher_for(data, cache_dir, smoke):
         flush=True,
     )
     return teacher, meta
+
+
+def train_teacher(data, spec, callbacks=()):
+    """`(teacher, steps)`: the data set's teacher, trained from its seed
+    (deterministic: the same weights each time)."""
+    keras.utils.set_random_seed(TEACHER_SEED)
+    teacher = build(spec, data.shape, "teacher")
+    chunks = 4
+    steps = max(chunks, spec["steps"] // chunks * chunks)
+    if spec["optimizer"] == "adam":
+        opt = keras.optimizers.Adam(CosineAfterHold(spec["lr"], 0, steps))
+    else:
+        opt = keras.optimizers.SGD(
+            CosineAfterHold(spec["lr"], 0, steps),
+            momentum=SGD_MOMENTUM,
+            nesterov=True,
+            weight_decay=SGD_WEIGHT_DECAY,
+        )
+    teacher.compile(optimizer=opt, loss=cross_entropy(), metrics=["accuracy"])
+    teacher.fit(
+        data.train("full", spec["batch_size"], TEACHER_SEED),
+        steps_per_epoch=steps // chunks,
+        epochs=chunks,
+        verbose=2,
+        callbacks=list(callbacks),
+    )
+    return teacher, steps
+
+
+ROUTE_ANCHORS = 8  # anchors on the teacher's route, evenly spaced in steps
+
+
+def route_for(data, teacher, cache_dir, smoke):
+    """The teacher's route (for route-constrained optimisation): a
+    directory of `ROUTE_ANCHORS` anchors, recorded by training the teacher
+    again from its seed with a `RouteRecorder`, and kept only if that run
+    ends on exactly the cached teacher's weights."""
+    spec = dict(DATASETS[data.name]["teacher"])
+    if smoke:
+        spec["steps"] = SMOKE["teacher_steps"]
+    settings = dict(spec, data=data.key, seed=TEACHER_SEED)
+    key = hashlib.sha256(
+        json.dumps(settings, sort_keys=True).encode()
+    ).hexdigest()[:12]
+    directory = os.path.join(cache_dir, f"panel_route_{data.name}_{key}")
+    if os.path.exists(os.path.join(directory, "done.json")):
+        return directory
+    steps = max(4, spec["steps"] // 4 * 4)
+    print(
+        f"teacher {data.name}: training it again to record its route "
+        f"({ROUTE_ANCHORS} anchors)",
+        flush=True,
+    )
+    recorder = keras_kd.procedures.RouteRecorder(
+        directory, every_steps=max(1, steps // ROUTE_ANCHORS), final=False
+    )
+    again, _ = train_teacher(data, spec, [recorder])
+    differences = [
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(again.get_weights(), teacher.get_weights())
+    ]
+    if max(differences) != 0.0:
+        raise SystemExit(
+            f"panel: the teacher trained again for its route differs from "
+            f"the cached teacher (largest weight difference "
+            f"{max(differences):.3g}); delete {directory} and the cached "
+            "teacher to retrain both."
+        )
+    with open(os.path.join(directory, "done.json"), "w") as f:
+        json.dump(dict(settings, anchors=ROUTE_ANCHORS), f, indent=1)
+    return directory
 
 
 def _distiller_kwargs(spec, data_name, seed):
@@ -751,6 +830,9 @@ def run_one(cell, config, seed, data, teacher, smoke):
             student,
             losses,
             distillation_loss_weights=spec["weights"],
+            procedures=spec.get("procedures", lambda data, seed: [])(
+                data, seed
+            ),
             **_distiller_kwargs(spec, c["data"], seed),
         )
         if init:
@@ -766,6 +848,9 @@ def run_one(cell, config, seed, data, teacher, smoke):
             # warm-up); nothing for KD, NST or AT.
             callbacks += keras_kd.callbacks.for_distiller(model)
     model.compile(optimizer=optimizer, loss=cross_entropy())
+    # Route-constrained optimisation loads anchors into the teacher: give
+    # the next run the teacher back as it was.
+    teacher_weights = teacher.get_weights() if "procedures" in spec else None
     start = time.time()
     history = model.fit(
         # Same order per seed (example ids do not change it).
@@ -776,6 +861,8 @@ def run_one(cell, config, seed, data, teacher, smoke):
         verbose=0,
     )
     seconds = time.time() - start
+    if teacher_weights is not None:
+        teacher.set_weights(teacher_weights)
     accuracy = evaluate(student, data.test)
     return dict(
         cell=cell,
@@ -1646,6 +1733,8 @@ def main(argv=None):
         data = datasets[name]
         print(f"\ncell {cell}: {describe_cell(cell)}; {data.sizes}", flush=True)
         configs = cell_configs(cell, only)
+        if "rco_kd" in configs and not hasattr(data, "route"):
+            data.route = route_for(data, data.teacher, cache_dir, args.smoke)
         groups = [
             [m for m in configs if CONFIGS[m]["group"] == g]
             for g in ("core", "extra")

@@ -68,7 +68,7 @@ PANEL = {
     "crd": [("crd", "")],
 }
 # Training procedures (keras_kd.procedures): (name, class, what it does,
-# speed configuration).
+# speed and panel configuration).
 PROCEDURES = [
     (
         "BoundarySupportingSamples",
@@ -243,6 +243,10 @@ def _reads(method):
     return ", ".join([what, *requires])
 
 
+def _with_kd(gain):
+    return f"{gain} with KD" if gain else "not on the panel yet"
+
+
 def methods_table():
     panel = _json("panel")
     lines = [
@@ -285,7 +289,7 @@ def methods_table():
             f"| `procedures.{name}` | procedure | {what} | "
             f"{', '.join(reads) or '—'} | "
             f"{_ratios_text(speed_ratio('speed_procedures', config))} "
-            "(with KD) | not on the panel yet |"
+            f"(with KD) | {_with_kd(panel_gain(config, panel))} |"
         )
     fm_gain = panel_gain("fm_kd", panel)
     lines.append(
@@ -294,7 +298,7 @@ def methods_table():
         "| inputs | "
         + _ratios_text(speed_ratio("speed_function_matching", "fm_kd"))
         + " (with KD) | "
-        + (f"{fm_gain} with KD" if fm_gain else "not on the panel yet")
+        + _with_kd(fm_gain)
         + " |"
     )
     return lines

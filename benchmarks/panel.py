@@ -483,6 +483,22 @@ CONFIGS = {
             ("crd", "CRD", 0.08),
         )
     },
+    # The official weights of RKD, SP and PKT (their library defaults
+    # before the search above; the panel's first runs of rkd, sp and pkt).
+    **{
+        f"{name}_paper": dict(
+            description=f"{label}, official weight ({weight})",
+            losses=_methods({"name": name, "preset": "paper"}),
+            ab_schedule=False,
+            weights=None,
+            group="search",
+        )
+        for name, label, weight in (
+            ("rkd", "RKD", "1"),
+            ("sp", "similarity-preserving", "3000"),
+            ("pkt", "PKT", "30000"),
+        )
+    },
     # Training procedures beside KD, library defaults, at KD's number of
     # student steps: route-constrained optimisation (5 stages, one per
     # epoch, on anchors of the teacher's recorded route) and

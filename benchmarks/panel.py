@@ -1413,6 +1413,11 @@ def json_safe(value):
     return value
 
 
+# Config groups that are not library defaults: options a user turns on
+# (function matching) and a defaults search's variants.
+NOT_DEFAULTS = ("function_matching", "search")
+
+
 def rule_row(summary, method):
     rows = [
         r
@@ -1434,13 +1439,16 @@ def rule_row(summary, method):
     )
     needs_win = method in ("kd", "ab_kd", "nst_kd")
     holds = not below and (not needs_win or (not loses and mean >= 1.0))
+    verdict = ("yes" if holds else "**no**") if rows else ""
+    if rows and CONFIGS.get(method, {}).get("group") in NOT_DEFAULTS:
+        verdict = "(not a default: the rule is for defaults)"
     return [
         method,
         len(rows),
         f"{mean:+.2f}" if rows else "",
         ", ".join(loses) if needs_win else "(not required)",
         ", ".join(below),
-        ("yes" if holds else "**no**") if rows else "",
+        verdict,
     ]
 
 

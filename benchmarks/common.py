@@ -277,6 +277,7 @@ PANEL_CONFIG_NAMES = {
     "rkd_paper": "RKD, weight 1 (official)",
     "sp_paper": "SP, weight 3000 (official)",
     "pkt_paper": "PKT, weight 30000 (official)",
+    "crd_paper": "CRD, weight 0.8 (official)",
     "fm_alone": "alone, function matching's inputs",
     "fm_kd": "function matching + KD",
     "fm_kd_mild": "function matching (mild) + KD",

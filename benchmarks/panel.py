@@ -483,8 +483,8 @@ CONFIGS = {
             ("crd", "CRD", 0.08),
         )
     },
-    # The official weights of RKD, SP and PKT (their library defaults
-    # before the search above; the panel's first runs of rkd, sp and pkt).
+    # The official weights of RKD, SP, PKT and CRD (their library defaults
+    # before the search above; the panel's first runs of rkd, sp, pkt, crd).
     **{
         f"{name}_paper": dict(
             description=f"{label}, official weight ({weight})",
@@ -497,6 +497,7 @@ CONFIGS = {
             ("rkd", "RKD", "1"),
             ("sp", "similarity-preserving", "3000"),
             ("pkt", "PKT", "30000"),
+            ("crd", "CRD", "0.8"),
         )
     },
     # Training procedures beside KD, library defaults, at KD's number of

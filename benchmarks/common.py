@@ -270,6 +270,7 @@ PANEL_CONFIG_NAMES = {
     "dkd_imagenet": "DKD, α 0.5, β 0.5, T 1",
     "dkd_imagenet_a1": "DKD, α 1, β 0.5, T 1 (ImageNet values)",
     "dkd_b1": "DKD, β 1",
+    "fitnets_w01": "FitNets, weight 10",
     "rkd_w01": "RKD, weight 0.1",
     "sp_w01": "SP, weight 300",
     "pkt_w01": "PKT, weight 3000",

@@ -686,7 +686,10 @@ class Data:
         ).repeat()
 
 
-def teacher_for(data, cache_dir, smoke):
+def teacher_settings(data, smoke):
+    """`(spec, settings, key)` of the data set's teacher: its training
+    spec, everything its weights depend on, and the hash of that (the
+    cache key of the teacher and of its route)."""
     spec = dict(DATASETS[data.name]["teacher"])
     if smoke:
         spec["steps"] = SMOKE["teacher_steps"]
@@ -699,6 +702,11 @@ def teacher_for(data, cache_dir, smoke):
     key = hashlib.sha256(
         json.dumps(settings, sort_keys=True).encode()
     ).hexdigest()[:12]
+    return spec, settings, key
+
+
+def teacher_for(data, cache_dir, smoke):
+    spec, settings, key = teacher_settings(data, smoke)
     path = os.path.join(cache_dir, f"panel_teacher_{data.name}_{key}.keras")
     meta_path = path + ".json"
     if os.path.exists(path) and os.path.exists(meta_path):
@@ -770,13 +778,7 @@ def route_for(data, teacher, cache_dir, smoke):
     directory of `ROUTE_ANCHORS` anchors, recorded by training the teacher
     again from its seed with a `RouteRecorder`, and kept only if that run
     ends on exactly the cached teacher's weights."""
-    spec = dict(DATASETS[data.name]["teacher"])
-    if smoke:
-        spec["steps"] = SMOKE["teacher_steps"]
-    settings = dict(spec, data=data.key, seed=TEACHER_SEED)
-    key = hashlib.sha256(
-        json.dumps(settings, sort_keys=True).encode()
-    ).hexdigest()[:12]
+    spec, settings, key = teacher_settings(data, smoke)
     directory = os.path.join(cache_dir, f"panel_route_{data.name}_{key}")
     if os.path.exists(os.path.join(directory, "done.json")):
         return directory

@@ -275,6 +275,7 @@ PANEL_CONFIG_NAMES = {
     "sp_w01": "SP, weight 300",
     "pkt_w01": "PKT, weight 3000",
     "crd_w01": "CRD, weight 0.08",
+    "fitnets_paper": "FitNets, weight 100 (official)",
     "rkd_paper": "RKD, weight 1 (official)",
     "sp_paper": "SP, weight 3000 (official)",
     "pkt_paper": "PKT, weight 30000 (official)",

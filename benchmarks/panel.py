@@ -485,8 +485,8 @@ CONFIGS = {
             ("crd", "CRD", 0.08),
         )
     },
-    # The official weights of RKD, SP, PKT and CRD (their library defaults
-    # before the search above; the panel's first runs of rkd, sp, pkt, crd).
+    # The official weights of FitNets, RKD, SP, PKT and CRD (their library
+    # defaults before the search above; the panel's first runs of them).
     **{
         f"{name}_paper": dict(
             description=f"{label}, official weight ({weight})",
@@ -496,6 +496,7 @@ CONFIGS = {
             group="search",
         )
         for name, label, weight in (
+            ("fitnets", "FitNets hints", "100"),
             ("rkd", "RKD", "1"),
             ("sp", "similarity-preserving", "3000"),
             ("pkt", "PKT", "30000"),

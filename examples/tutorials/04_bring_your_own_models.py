@@ -253,14 +253,14 @@ def paired_taps(teacher_backbone, student_backbone):
 # student's width to the teacher's; it trains with the student and is not
 # part of `distiller.student`.
 #
-# **The hint's weight.** `FitNetsHint`'s default weight is 100, RepDistiller's
-# value for 240-epoch SGD on CIFAR-100; unlike the defaults of KD, AB, NST
-# and AT it was not chosen on the README's panel of training regimes (the
-# panel has not measured FitNets). The hint is a mean squared error between
+# **The hint's weight.** RepDistiller weighs the hint 100
+# (`FitNetsHint.paper_weight`, `preset="paper"`), its value for 240-epoch SGD
+# on CIFAR-100; the library default is 10, chosen on the README's panel of
+# training regimes. The hint is a mean squared error between
 # feature maps, of order 1, so at 100 the weighted hint makes up most of the
 # total loss and the task loss (about 2.3 at the start here) is a small part
 # of what the optimizer follows. Each library below therefore trains the
-# student twice, at the default 100 and at `HINT_WEIGHT`, set through
+# student twice, at RepDistiller's 100 and at `HINT_WEIGHT`, set through
 # `Distiller(..., distillation_loss_weights=[hint_weight, kd_weight])` (KD
 # at its own default); `term_sizes` prints each term's share of the total
 # at the last epoch.
@@ -290,7 +290,7 @@ def term_sizes(history, distiller):
 
 
 def run(library, teacher_backbone, new_student_backbone):
-    """Teacher, student alone, KD + hint at the default and at HINT_WEIGHT."""
+    """Teacher, student alone, KD + hint at 100 and at HINT_WEIGHT."""
     print(f"=== {library}")
     teacher = classifier(teacher_backbone, f"{library}_teacher")
     fit(teacher, TEACHER_EPOCHS)
@@ -302,7 +302,7 @@ def run(library, teacher_backbone, new_student_backbone):
         accuracy(alone),
     )
     kd_weight = losses.LogitsDistillation.default_weight
-    for weight in (losses.FitNetsHint.default_weight, HINT_WEIGHT):
+    for weight in (losses.FitNetsHint.paper_weight, HINT_WEIGHT):
         tag = f"{weight:g}".replace(".", "_")
         student_backbone = new_student_backbone(f"hint_{tag}")
         pairs = paired_taps(teacher_backbone, student_backbone)
@@ -417,7 +417,7 @@ if results:
 
 # %% [markdown]
 # **Reading the stored run.** Three epochs on 3,000 images, one seed, and
-# weak teachers (keras-cv 0.2430, KerasHub 0.3390). At FitNets' default
+# weak teachers (keras-cv 0.2430, KerasHub 0.3390). At RepDistiller's
 # weight of 100 the weighted hint made up 96% (keras-cv) and 98% (KerasHub)
 # of the last epoch's training loss: totals of 62 to 166 over the three
 # epochs against a task loss of 2.2 to 2.4, so the optimizer followed the
@@ -426,9 +426,10 @@ if results:
 # weight 1 the hint was 23% and 33% of the total, and the students reached
 # 0.1970 (keras-cv) and 0.3170 (KerasHub). A point or two is within one
 # seed's noise here, so these numbers rank neither the weights nor the
-# method; they show how the weight sets the terms' sizes. The default 100
-# comes from RepDistiller's 240-epoch SGD runs and was never measured on the
-# README's panel: with short Adam schedules like this one, start from a
+# method; they show how the weight sets the terms' sizes. The weight 100
+# comes from RepDistiller's 240-epoch SGD runs; on the README's panel it put
+# a student below training alone, and the library default is 10. With
+# short Adam schedules like this one, start from a
 # weight that keeps the hint comparable to the task loss, train the teacher
 # properly first, and watch the logged terms (`loss`, `student_loss`,
 # `fitnets_hint_loss`). This notebook is about the mechanics of tapping and
@@ -455,5 +456,5 @@ if results:
 #   none.
 # - **Weights**: compare each weighted term with the task loss in the logs
 #   (`distiller.loss_weights` gives the weights); a term that makes up most
-#   of the total, as FitNets' default 100 does above, decides what the
+#   of the total, as FitNets' weight 100 does above, decides what the
 #   student learns.

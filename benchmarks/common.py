@@ -280,6 +280,8 @@ PANEL_CONFIG_NAMES = {
     "sp_paper": "SP, weight 3000 (official)",
     "pkt_paper": "PKT, weight 30000 (official)",
     "crd_paper": "CRD, weight 0.8 (official)",
+    "rco_kd": "RCO + KD",
+    "bss_kd": "BSS + KD",
     "fm_alone": "alone, function matching's inputs",
     "fm_kd": "function matching + KD",
     "fm_kd_mild": "function matching (mild) + KD",

@@ -137,11 +137,12 @@ def _method_speed(name):
 
 def panel_gain(config, panel):
     """'+2.2 (6/8)': the mean gain in points over the cells that ran
-    `config`, and in how many of them it lies beyond the noise."""
+    `config` with at least 2 seeds, and in how many of them it lies beyond
+    the noise."""
     cells = [
         s["gains"][config]
         for s in panel["summary"]
-        if config in s.get("gains", {})
+        if config in s.get("gains", {}) and s["gains"][config]["n"] >= 2
     ]
     if not cells:
         return None
@@ -342,7 +343,7 @@ def _panel():
         g
         for s in panel["summary"]
         for c, g in s["gains"].items()
-        if c not in options(panel)
+        if c not in options(panel) and g["n"] >= 2
     ]
     below = sum(g["verdict"].lower() == "worse" for g in pairs)
     runs = len(pairs)

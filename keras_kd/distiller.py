@@ -199,9 +199,8 @@ class Distiller(
                 self.function_matching.seed, name="function_matching_seed"
             )
         # This step's augmented batch and mixing weight: made by whichever
-        # network runs first, read by the other, emptied by the step (and
-        # remade when a network runs a second time without a step between).
-        # One per thread: MirroredStrategy traces each replica in its own.
+        # network runs first, read by the other, remade if one runs again;
+        # emptied by the step. One per thread (MirroredStrategy's replicas).
         self._augmented = _Untracked(step=threading.local())
         for procedure in procedures:
             term_weights = procedure.default_term_weights()
@@ -221,8 +220,7 @@ class Distiller(
             for n, w in self._configured_weights.items()
         ]
         # The non-finite guard: -1, or the index (in `_guard_names()`) of the
-        # first non-finite value of the step. Not saved (see
-        # `save_own_variables`).
+        # step's first non-finite value. Not saved (`save_own_variables`).
         self._non_finite_flag = keras.Variable(
             -1,
             dtype="int32",
@@ -264,32 +262,23 @@ class Distiller(
         return list(student)
 
     def _step_inputs(self, inputs, training, network=None):
-        """The networks' inputs: augmented once per training step under
-        function matching, unchanged otherwise.
-
-        `network` ("student" or "teacher") names a network about to run on
-        them. Each network runs once per step, so a network that already
-        ran on the stashed batch starts a new one: two training calls
-        outside a step (`distiller(x1, training=True)`, then
-        `distiller(x2, ...)`) each get their own inputs' augmentation.
-        """
+        """Function matching's batch of this training step, made once (a
+        `network` that already ran on it starts a new one); else `inputs`."""
         if self.function_matching is None or not training:
             return inputs
         step = self._augmented.step
-        ran = getattr(step, "ran", set())
+        ran = step.__dict__.setdefault("ran", set())  # networks run on it
         if getattr(step, "inputs", None) is None or network in ran:
             step.inputs, step.lam = self.function_matching.augment(
                 inputs, self._augment_seed
             )
-            ran = set()
+            ran.clear()
         if network is not None:
-            step.ran = ran | {network}
+            ran.add(network)
         return step.inputs
 
     def _clear_step_inputs(self):
-        step = self._augmented.step
-        step.inputs = step.lam = None
-        step.ran = set()
+        self._augmented.step.__dict__.update(inputs=None, lam=None, ran=set())
 
     def _run_teacher(self, x, training=True):
         x, _ = step_lib.split_side_inputs(x, self._side_input_keys)

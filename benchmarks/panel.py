@@ -322,6 +322,18 @@ def _function_matching(mixup_alpha, crop=True):
     return arguments
 
 
+def _config(description, losses, group, weights=None, **extra):
+    """A config row without the AB schedule (see CONFIGS)."""
+    return dict(
+        description=description,
+        losses=losses,
+        ab_schedule=False,
+        weights=weights,
+        group=group,
+        **extra,
+    )
+
+
 CONFIGS = {
     # name: description, losses (None: the student alone), ab_schedule,
     # weights (Distiller distillation_loss_weights; None: defaults), group,
@@ -395,40 +407,15 @@ CONFIGS = {
         group="function_matching",
         distiller_kwargs=_function_matching(1.0),
     ),
-    # Methods added since the panel's first runs, library defaults, run when
-    # named (--configs).
-    "kd_ls": dict(
-        description="KD with logit standardisation, defaults",
-        losses=_methods("kd_ls"),
-        ab_schedule=False,
-        weights=None,
-        group="new",
-    ),
-    "dkd": dict(
-        description="DKD, defaults",
-        losses=_methods("dkd"),
-        ab_schedule=False,
-        weights=None,
-        group="new",
-    ),
-    "dkd_ls": dict(
-        description="DKD with logit standardisation, defaults",
-        losses=_methods("dkd_ls"),
-        ab_schedule=False,
-        weights=None,
-        group="new",
-    ),
-    # Feature- and relation-based methods, library defaults (default layers
-    # for the student's stage count, default weights), with the task loss.
+    # Methods added since the panel's first runs, library defaults (default
+    # layers for the student's stage count, default weights), with the task
+    # loss; run when named (--configs).
     **{
-        name: dict(
-            description=f"{label}, defaults",
-            losses=_methods(name),
-            ab_schedule=False,
-            weights=None,
-            group="new",
-        )
+        name: _config(f"{label}, defaults", _methods(name), "new")
         for name, label in (
+            ("kd_ls", "KD with logit standardisation"),
+            ("dkd", "DKD"),
+            ("dkd_ls", "DKD with logit standardisation"),
             ("fitnets", "FitNets hints"),
             ("fsp", "FSP"),
             ("rkd", "RKD (distance + angle)"),
@@ -442,12 +429,8 @@ CONFIGS = {
     # mdistiller's ImageNet values (alpha 1, beta 0.5, T 1), and the same
     # with alpha halved; beta 1.
     **{
-        name: dict(
-            description=f"DKD, {label}",
-            losses=_methods({"name": "dkd", **arguments}),
-            ab_schedule=False,
-            weights=None,
-            group="search",
+        name: _config(
+            f"DKD, {label}", _methods({"name": "dkd", **arguments}), "search"
         )
         for name, label, arguments in (
             ("dkd_t1", "T 1", dict(temperature=1.0)),
@@ -470,12 +453,11 @@ CONFIGS = {
     # FitNets (below it on fm_red_sgd_short_small): a tenth of the official
     # weight (as AT's search chose).
     **{
-        f"{name}_w01": dict(
-            description=f"{label}, a tenth of the default weight ({weight:g})",
-            losses=_methods(name),
-            ab_schedule=False,
+        f"{name}_w01": _config(
+            f"{label}, a tenth of the default weight ({weight:g})",
+            _methods(name),
+            "search",
             weights=[weight],
-            group="search",
         )
         for name, label, weight in (
             ("fitnets", "FitNets hints", 10.0),
@@ -488,12 +470,10 @@ CONFIGS = {
     # The official weights of FitNets, RKD, SP, PKT and CRD (their library
     # defaults before the search above; the panel's first runs of them).
     **{
-        f"{name}_paper": dict(
-            description=f"{label}, official weight ({weight})",
-            losses=_methods({"name": name, "preset": "paper"}),
-            ab_schedule=False,
-            weights=None,
-            group="search",
+        f"{name}_paper": _config(
+            f"{label}, official weight ({weight})",
+            _methods({"name": name, "preset": "paper"}),
+            "search",
         )
         for name, label, weight in (
             ("fitnets", "FitNets hints", "100"),
@@ -507,25 +487,21 @@ CONFIGS = {
     # student steps: route-constrained optimisation (5 stages, one per
     # epoch, on anchors of the teacher's recorded route) and
     # boundary-supporting samples (its official schedule).
-    "rco_kd": dict(
-        description="route-constrained optimisation (5 stages on the "
-        "teacher's route of 8 anchors) + KD, defaults",
-        losses=_methods("kd"),
-        ab_schedule=False,
-        weights=None,
-        group="new",
+    "rco_kd": _config(
+        "route-constrained optimisation (5 stages on the teacher's route of "
+        "8 anchors) + KD, defaults",
+        _methods("kd"),
+        "new",
         procedures=lambda data, seed: [
             keras_kd.procedures.RouteConstrainedOptimization(
                 data.route, stages=5, verbose=0
             )
         ],
     ),
-    "bss_kd": dict(
-        description="boundary-supporting samples + KD, defaults",
-        losses=_methods("kd"),
-        ab_schedule=False,
-        weights=None,
-        group="new",
+    "bss_kd": _config(
+        "boundary-supporting samples + KD, defaults",
+        _methods("kd"),
+        "new",
         procedures=lambda data, seed: [
             keras_kd.procedures.BoundarySupportingSamples(seed=seed)
         ],
@@ -744,13 +720,21 @@ def teacher_for(data, cache_dir, smoke):
     return teacher, meta
 
 
+TEACHER_CHUNKS = 4  # the teacher trains in this many Keras epochs
+
+
+def teacher_steps(spec):
+    """The teacher's training steps: its spec's, a multiple of the chunks."""
+    return max(TEACHER_CHUNKS, spec["steps"] // TEACHER_CHUNKS * TEACHER_CHUNKS)
+
+
 def train_teacher(data, spec, callbacks=()):
     """`(teacher, steps)`: the data set's teacher, trained from its seed
     (deterministic: the same weights each time)."""
     keras.utils.set_random_seed(TEACHER_SEED)
     teacher = build(spec, data.shape, "teacher")
-    chunks = 4
-    steps = max(chunks, spec["steps"] // chunks * chunks)
+    chunks = TEACHER_CHUNKS
+    steps = teacher_steps(spec)
     if spec["optimizer"] == "adam":
         opt = keras.optimizers.Adam(CosineAfterHold(spec["lr"], 0, steps))
     else:
@@ -783,7 +767,7 @@ def route_for(data, teacher, cache_dir, smoke):
     directory = os.path.join(cache_dir, f"panel_route_{data.name}_{key}")
     if os.path.exists(os.path.join(directory, "done.json")):
         return directory
-    steps = max(4, spec["steps"] // 4 * 4)
+    steps = teacher_steps(spec)
     print(
         f"teacher {data.name}: training it again to record its route "
         f"({ROUTE_ANCHORS} anchors)",

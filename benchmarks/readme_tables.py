@@ -202,12 +202,13 @@ def method_guide():
         "| --- | --- | --- | --- | --- |",
     ]
     nothing = []
+    controls = guide_controls(panel)
     for cell in panel["summary"]:
         lead = cell["teacher"] - cell["alone"]
         gains = {
             c: g
             for c, g in cell["gains"].items()
-            if c not in guide_controls(panel) and g["n"] >= 2
+            if c not in controls and g["n"] >= 2
         }
         better = {c: g for c, g in gains.items() if g["verdict"] == "better"}
         regime = f"{_regime(cell)} (`{cell['cell']}`)"
@@ -339,11 +340,12 @@ def _main_job():
 def _panel():
     panel = _json("panel")
     gains = {c: panel_gain(c, panel) for c in ("kd", "ab_kd", "nst_kd")}
+    left_out = options(panel)
     pairs = [
         g
         for s in panel["summary"]
         for c, g in s["gains"].items()
-        if c not in options(panel) and g["n"] >= 2
+        if c not in left_out and g["n"] >= 2
     ]
     below = sum(g["verdict"].lower() == "worse" for g in pairs)
     runs = len(pairs)

@@ -153,7 +153,8 @@ class DecoupledKnowledgeDistillation(DistillationLoss):
     mdistiller's ImageNet values (`configs/imagenet/r34_r18/dkd.yaml`),
     chosen on the panel benchmark: with the CIFAR-100 values a tiny student
     trained for 300 Adam steps fell 21 points below training alone, with
-    these it gained 0.8 (benchmarks/README.md, section 3).
+    these it stayed within the noise of training alone (benchmarks/README.md,
+    section 3).
     `preset="paper"` gives the paper's CIFAR-100 `alpha = 1`, `beta = 8`,
     `T = 4`; the official CIFAR-100 configs use `beta = 2` for ResNet-56 ->
     ResNet-20 and ResNet-110 -> ResNet-32 and 6 for some other pairs

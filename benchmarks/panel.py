@@ -828,9 +828,7 @@ def run_one(cell, config, seed, data, teacher, smoke):
         # of examples, for its memory bank, read through example ids).
         facts = {"num_examples": data.sizes[c["train"]]}
         losses = spec["losses"](stages, facts)
-        example_ids = any(
-            "example_ids" in getattr(loss, "requires", ()) for loss in losses
-        )
+        example_ids = "example_ids" in keras_kd.losses.requirements(losses)
         model = keras_kd.Distiller(
             teacher,
             student,

@@ -499,7 +499,7 @@ def build_step(name, s, teacher, shape):
                 keras_kd.FunctionMatching(seed=0) if name == "fm_kd" else None
             ),
         )
-        if any("example_ids" in loss.requires for loss in kd_losses):
+        if "example_ids" in keras_kd.losses.requirements(kd_losses):
             model.compile(optimizer=optimizer(), loss=cross_entropy())
             ids = keras.ops.arange(s["batch"], dtype="int32")
             return (

@@ -279,6 +279,7 @@ def _students(job, teacher):
     from keras_kd import callbacks as kd_callbacks
     from keras_kd.distiller import Distiller
     from keras_kd.losses import registry
+    from keras_kd.losses import requirements
 
     args, methods = job.args, job.methods
     steps = job.steps(job.x_student)
@@ -286,8 +287,8 @@ def _students(job, teacher):
     initializing = [
         m for m in methods if registry.lookup(m).cls.initialization_stage
     ]
-    needs_ids = any(
-        "example_ids" in registry.lookup(m).cls.requires for m in methods
+    needs_ids = "example_ids" in requirements(
+        registry.lookup(m).cls for m in methods
     )
     init_epochs = args.ab_epochs if initializing else 0
     print(

@@ -17,7 +17,7 @@ import pkgutil as _pkgutil
 from keras_kd.losses import registry
 from keras_kd.losses.base import DistillationLoss
 
-__all__ = ["DistillationLoss", "get", "registry"]
+__all__ = ["DistillationLoss", "get", "registry", "requirements"]
 
 for _info in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
     _module = _importlib.import_module(f"{__name__}.{_info.name}")
@@ -67,3 +67,45 @@ def get(name, /, *args, **kwargs):
     ('LogitsDistillation', 'kd_t4')
     """
     return registry.get(name, *args, **kwargs)
+
+
+def requirements(losses):
+    """What a set of distillation losses reads from the step besides the
+    features: the union of their `requires` (`"labels"`, `"example_ids"`).
+
+    A pipeline built for these losses must carry what they read: with
+    `"example_ids"` in the result, feed `{"image": x, "example_id": ids}`
+    (`keras_kd.data.with_example_ids` for a tf.data pipeline); with
+    `"labels"`, labels (a data-free pool has none).
+
+    Args:
+        losses: `DistillationLoss` instances or classes (e.g.
+            `distiller.distillation_losses`, or
+            `keras_kd.losses.registry.lookup(name).cls`).
+
+    Returns:
+        A `frozenset` of the names read.
+
+    Raises:
+        TypeError: If an item is neither a `DistillationLoss` nor a
+            subclass of it.
+
+    Example:
+
+    >>> sorted(requirements([get("kd"), get("dkd")]))
+    ['labels']
+    >>> "example_ids" in requirements([registry.lookup("crd").cls])
+    True
+    """
+    needs = set()
+    for loss in losses:
+        is_class = isinstance(loss, type) and issubclass(loss, DistillationLoss)
+        if not (is_class or isinstance(loss, DistillationLoss)):
+            raise TypeError(
+                "requirements: expected DistillationLoss instances or "
+                f"classes, received {loss!r} ({type(loss).__name__}). Pass "
+                "`distiller.distillation_losses` or the classes of "
+                "`keras_kd.losses.registry`."
+            )
+        needs.update(loss.requires)
+    return frozenset(needs)

@@ -227,10 +227,9 @@ def check_resolved(recipe, base, step=True):
 
 
 def _needs_example_ids(distiller):
-    return any(
-        "example_ids" in getattr(loss, "requires", ())
-        for loss in distiller.distillation_losses
-    )
+    from keras_kd.losses import requirements
+
+    return "example_ids" in requirements(distiller.distillation_losses)
 
 
 def load(path, seed=None, overrides=(), verbose=True):

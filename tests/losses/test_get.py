@@ -79,3 +79,21 @@ def test_names_are_case_sensitive():
 def test_name_must_be_a_string(bad):
     with pytest.raises(TypeError, match="a string.*get\\('kd'\\)"):
         losses.get(bad)
+
+
+def test_requirements_is_the_union_of_what_the_losses_read():
+    kd, dkd = losses.get("kd"), losses.get("dkd")
+    crd = losses.registry.lookup("crd").cls
+    assert losses.requirements([]) == frozenset()
+    assert losses.requirements([kd]) == frozenset()
+    assert losses.requirements([kd, dkd]) == {"labels"}
+    # Instances and classes mix; the union keeps each name once.
+    assert losses.requirements([dkd, crd, type(dkd)]) == {
+        "labels",
+        "example_ids",
+    }
+
+
+def test_requirements_rejects_what_is_not_a_loss():
+    with pytest.raises(TypeError, match="received 'kd' \\(str\\)"):
+        losses.requirements(["kd"])

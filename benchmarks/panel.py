@@ -506,6 +506,15 @@ CONFIGS = {
             keras_kd.procedures.BoundarySupportingSamples(seed=seed)
         ],
     ),
+    # Function matching with the best of the new methods on the panel's
+    # short cells (SP: the largest gain, beyond the noise, on
+    # fm_red_sgd_short_small); its control is fm_alone.
+    "fm_sp": _config(
+        "function matching (crops, flips, mixup 1.0) + SP, defaults",
+        _methods("sp"),
+        "function_matching",
+        distiller_kwargs=_function_matching(1.0),
+    ),
     # Milder: mixup 0.2 and flips, no crops.
     "fm_kd_mild": dict(
         description="function matching (flips, mixup 0.2) + KD, defaults",

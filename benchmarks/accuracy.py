@@ -196,17 +196,15 @@ def teacher_model(s, arrays, stats, test, cache_dir, data_key):
         json.dumps(settings, sort_keys=True).encode()
     ).hexdigest()[:12]
     path = os.path.join(cache_dir, f"teacher_{key}.keras")
-    meta_path = path + ".json"
-    if os.path.exists(path) and os.path.exists(meta_path):
-        teacher = keras.saving.load_model(path, compile=False)
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        print(
-            f"teacher: loaded {path} (test accuracy "
-            f"{meta['test_accuracy']:.4f})",
-            flush=True,
-        )
-        return teacher, meta
+    return common.cached_model(
+        path,
+        lambda: train_teacher(s, arrays, stats, test, settings),
+        "teacher",
+    )
+
+
+def train_teacher(s, arrays, stats, test, settings):
+    """`(teacher, meta)`: the ResNet teacher trained from its seed."""
     keras.utils.set_random_seed(TEACHER_SEED)
     teacher = resnet(
         arrays["x_train"].shape[1:],
@@ -235,23 +233,12 @@ def teacher_model(s, arrays, stats, test, cache_dir, data_key):
         verbose=2,
     )
     seconds = time.time() - start
-    accuracy = evaluate(teacher, test)
-    meta = dict(
+    return teacher, dict(
         settings,
-        test_accuracy=accuracy,
+        test_accuracy=evaluate(teacher, test),
         train_seconds=seconds,
         params=teacher.count_params(),
     )
-    os.makedirs(cache_dir, exist_ok=True)
-    teacher.save(path)
-    with open(meta_path, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-    print(
-        f"teacher: trained in {seconds:.0f} s, test accuracy {accuracy:.4f}, "
-        f"saved {path}",
-        flush=True,
-    )
-    return teacher, meta
 
 
 def distillation_losses(config):

@@ -203,6 +203,38 @@ def append_jsonl(path, record):
         os.fsync(f.fileno())
 
 
+def cached_model(path, train, label):
+    """`(model, meta)`: a trained model cached at `path` (a `.keras` file)
+    with its metadata at `path + ".json"`. Loaded when both exist;
+    otherwise `train()` -> `(model, meta)` runs (`meta` holds at least
+    `test_accuracy` and `train_seconds`) and both are saved there."""
+    import json
+
+    import keras
+
+    meta_path = path + ".json"
+    if os.path.exists(path) and os.path.exists(meta_path):
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        print(
+            f"{label}: cached {path} (test accuracy "
+            f"{100 * meta['test_accuracy']:.2f}%)",
+            flush=True,
+        )
+        return keras.saving.load_model(path, compile=False), meta
+    model, meta = train()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    model.save(path)
+    with open(meta_path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+    print(
+        f"{label}: trained in {meta['train_seconds']:.0f} s, test accuracy "
+        f"{100 * meta['test_accuracy']:.2f}%, saved {path}",
+        flush=True,
+    )
+    return model, meta
+
+
 def read_jsonl(path):
     """The records of a JSON-lines file (an empty list if it does not exist)."""
     import json

@@ -694,39 +694,22 @@ def teacher_settings(data, smoke):
 def teacher_for(data, cache_dir, smoke):
     spec, settings, key = teacher_settings(data, smoke)
     path = os.path.join(cache_dir, f"panel_teacher_{data.name}_{key}.keras")
-    meta_path = path + ".json"
-    if os.path.exists(path) and os.path.exists(meta_path):
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        print(
-            f"teacher {data.name}: cached {path} (test accuracy "
-            f"{100 * meta['test_accuracy']:.2f}%)",
-            flush=True,
+
+    def train():
+        print(f"teacher {data.name}: training {spec}", flush=True)
+        start = time.time()
+        teacher, steps = train_teacher(data, spec)
+        seconds = time.time() - start
+        return teacher, dict(
+            settings,
+            test_accuracy=evaluate(teacher, data.test),
+            train_seconds=seconds,
+            seconds_per_step=seconds / steps,
+            params=teacher.count_params(),
+            load_average=common.load_average(),
         )
-        return keras.saving.load_model(path, compile=False), meta
-    print(f"teacher {data.name}: training {spec}", flush=True)
-    start = time.time()
-    teacher, steps = train_teacher(data, spec)
-    seconds = time.time() - start
-    accuracy = evaluate(teacher, data.test)
-    meta = dict(
-        settings,
-        test_accuracy=accuracy,
-        train_seconds=seconds,
-        seconds_per_step=seconds / steps,
-        params=teacher.count_params(),
-        load_average=common.load_average(),
-    )
-    os.makedirs(cache_dir, exist_ok=True)
-    teacher.save(path)
-    with open(meta_path, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-    print(
-        f"teacher {data.name}: trained in {seconds:.0f} s, test accuracy "
-        f"{100 * accuracy:.2f}%, saved {path}",
-        flush=True,
-    )
-    return teacher, meta
+
+    return common.cached_model(path, train, f"teacher {data.name}")
 
 
 TEACHER_CHUNKS = 4  # the teacher trains in this many Keras epochs

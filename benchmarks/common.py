@@ -317,4 +317,5 @@ PANEL_CONFIG_NAMES = {
     "fm_alone": "alone, function matching's inputs",
     "fm_kd": "function matching + KD",
     "fm_kd_mild": "function matching (mild) + KD",
+    "fm_sp": "function matching + SP",
 }

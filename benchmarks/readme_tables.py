@@ -301,6 +301,11 @@ def methods_table():
         + _ratios_text(speed_ratio("speed_function_matching", "fm_kd"))
         + " (with KD) | "
         + _with_kd(fm_gain)
+        + (
+            f"; {fm_sp} with SP"
+            if (fm_sp := panel_gain("fm_sp", panel))
+            else ""
+        )
         + " |"
     )
     return lines

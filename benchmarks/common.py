@@ -318,4 +318,5 @@ PANEL_CONFIG_NAMES = {
     "fm_kd": "function matching + KD",
     "fm_kd_mild": "function matching (mild) + KD",
     "fm_sp": "function matching + SP",
+    "nst_dkd": "NST + DKD",
 }

@@ -424,6 +424,13 @@ CONFIGS = {
             ("crd", "CRD (example ids)"),
         )
     },
+    # NST beside DKD instead of KD (both at their defaults): on the CIFAR-10
+    # cells, where NST + KD leads and DKD gains more than KD.
+    "nst_dkd": _config(
+        "NST (last stage, pre-act.) + DKD, defaults",
+        _methods("nst", "dkd"),
+        "new",
+    ),
     # Defaults search for DKD (mdistiller's CIFAR-100 values, beta 8 and
     # T 4, fell far below the student alone): T 1 as KD's search chose;
     # mdistiller's ImageNet values (alpha 1, beta 0.5, T 1), and the same

@@ -135,14 +135,18 @@ def _method_speed(name):
     return _ratios_text(speed_ratio("speed_methods", name))
 
 
+#: A panel cell counts in the README's gains only with this many seeds.
+MIN_SEEDS = 2
+
+
 def panel_gain(config, panel):
     """'+2.2 (6/8)': the mean gain in points over the cells that ran
-    `config` with at least 2 seeds, and in how many of them it lies beyond
-    the noise."""
+    `config` with at least `MIN_SEEDS` seeds, and in how many of them it
+    lies beyond the noise."""
     cells = [
         s["gains"][config]
         for s in panel["summary"]
-        if config in s.get("gains", {}) and s["gains"][config]["n"] >= 2
+        if config in s.get("gains", {}) and s["gains"][config]["n"] >= MIN_SEEDS
     ]
     if not cells:
         return None
@@ -208,7 +212,7 @@ def method_guide():
         gains = {
             c: g
             for c, g in cell["gains"].items()
-            if c not in controls and g["n"] >= 2
+            if c not in controls and g["n"] >= MIN_SEEDS
         }
         better = {c: g for c, g in gains.items() if g["verdict"] == "better"}
         regime = f"{_regime(cell)} (`{cell['cell']}`)"
@@ -293,19 +297,17 @@ def methods_table():
             f"{_ratios_text(speed_ratio('speed_procedures', config))} "
             f"(with KD) | {_with_kd(panel_gain(config, panel))} |"
         )
-    fm_gain = panel_gain("fm_kd", panel)
+    fm_gain = _with_kd(panel_gain("fm_kd", panel))
+    fm_sp = panel_gain("fm_sp", panel)
+    if fm_sp:
+        fm_gain += f"; {fm_sp} with SP"
     lines.append(
         "| `FunctionMatching(mixup_alpha=1.0)` | option | the same batch, "
         "augmented inside the step (crops, flips, mixup), for both networks "
         "| inputs | "
         + _ratios_text(speed_ratio("speed_function_matching", "fm_kd"))
         + " (with KD) | "
-        + _with_kd(fm_gain)
-        + (
-            f"; {fm_sp} with SP"
-            if (fm_sp := panel_gain("fm_sp", panel))
-            else ""
-        )
+        + fm_gain
         + " |"
     )
     return lines
@@ -350,7 +352,7 @@ def _panel():
         g
         for s in panel["summary"]
         for c, g in s["gains"].items()
-        if c not in left_out and g["n"] >= 2
+        if c not in left_out and g["n"] >= MIN_SEEDS
     ]
     below = sum(g["verdict"].lower() == "worse" for g in pairs)
     runs = len(pairs)

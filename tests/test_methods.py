@@ -15,6 +15,7 @@ from backend_utils import to_numpy
 
 from keras_kd import Distiller
 from keras_kd.losses import registry
+from keras_kd.losses import requirements
 from keras_kd.models import conv_net
 
 N = 16
@@ -48,7 +49,7 @@ def _models(frozen_batch_norm=False):
 
 
 def _inputs(loss_list, x, ids=None):
-    if any("example_ids" in loss.requires for loss in loss_list):
+    if "example_ids" in requirements(loss_list):
         ids = np.arange(len(x)) if ids is None else ids
         return {"image": x, "example_id": ids}
     return x

@@ -338,20 +338,8 @@ CONFIGS = {
     # name: description, losses (None: the student alone), ab_schedule,
     # weights (Distiller distillation_loss_weights; None: defaults), group,
     # distiller_kwargs (a dict, or a function of the data set and seed).
-    "alone": dict(
-        description="student alone (cross-entropy)",
-        losses=None,
-        ab_schedule=False,
-        weights=None,
-        group="core",
-    ),
-    "kd": dict(
-        description="KD, library defaults",
-        losses=_methods("kd"),
-        ab_schedule=False,
-        weights=None,
-        group="core",
-    ),
+    "alone": _config("student alone (cross-entropy)", None, "core"),
+    "kd": _config("KD, library defaults", _methods("kd"), "core"),
     "ab_kd": dict(
         description="AB schedule (AB init, then CE + KD), defaults",
         losses=_methods("ab", "kd"),
@@ -359,12 +347,10 @@ CONFIGS = {
         weights=None,
         group="core",
     ),
-    "nst_kd": dict(
-        description="NST (last stage, pre-act.) + KD, defaults",
-        losses=_methods("nst", "kd"),
-        ab_schedule=False,
-        weights=None,
-        group="core",
+    "nst_kd": _config(
+        "NST (last stage, pre-act.) + KD, defaults",
+        _methods("nst", "kd"),
+        "core",
     ),
     "ab": dict(
         description="AB schedule (AB init, then CE), defaults",
@@ -373,38 +359,28 @@ CONFIGS = {
         weights=None,
         group="extra",
     ),
-    "nst": dict(
-        description="NST alone (last stage, pre-act.), defaults",
-        losses=_methods("nst"),
-        ab_schedule=False,
-        weights=None,
-        group="extra",
+    "nst": _config(
+        "NST alone (last stage, pre-act.), defaults", _methods("nst"), "extra"
     ),
-    "at": dict(
-        description="attention transfer alone (every stage), defaults",
-        losses=_methods("at"),
-        ab_schedule=False,
-        weights=None,
-        group="extra",
+    "at": _config(
+        "attention transfer alone (every stage), defaults",
+        _methods("at"),
+        "extra",
     ),
     # Function matching (Beyer et al., 2022), run when named (--configs):
     # teacher and student see the same batch, augmented inside the step.
-    "fm_alone": dict(
-        description="student alone on function matching's inputs (crops, "
+    "fm_alone": _config(
+        "student alone on function matching's inputs (crops, "
         "flips, mixup 1.0; KD at weight 0)",
-        losses=_methods("kd"),
-        ab_schedule=False,
+        _methods("kd"),
+        "function_matching",
         weights=[0.0],
-        group="function_matching",
         distiller_kwargs=_function_matching(1.0),
     ),
-    "fm_kd": dict(
-        description="function matching (crops, flips, mixup 1.0) + KD, "
-        "defaults",
-        losses=_methods("kd"),
-        ab_schedule=False,
-        weights=None,
-        group="function_matching",
+    "fm_kd": _config(
+        "function matching (crops, flips, mixup 1.0) + KD, defaults",
+        _methods("kd"),
+        "function_matching",
         distiller_kwargs=_function_matching(1.0),
     ),
     # Methods added since the panel's first runs, library defaults (default
@@ -525,12 +501,10 @@ CONFIGS = {
         distiller_kwargs=_function_matching(1.0),
     ),
     # Milder: mixup 0.2 and flips, no crops.
-    "fm_kd_mild": dict(
-        description="function matching (flips, mixup 0.2) + KD, defaults",
-        losses=_methods("kd"),
-        ab_schedule=False,
-        weights=None,
-        group="function_matching",
+    "fm_kd_mild": _config(
+        "function matching (flips, mixup 0.2) + KD, defaults",
+        _methods("kd"),
+        "function_matching",
         distiller_kwargs=_function_matching(0.2, crop=False),
     ),
 }

@@ -16,8 +16,11 @@ and an `<!-- end NAME -->` line:
   largest gain beyond the noise (`panel.py`'s results), and the regimes
   where none gains beyond it.
 
-    python benchmarks/readme_tables.py           # rewrite README.md
-    python benchmarks/readme_tables.py --check   # exit 1 if it is stale
+benchmarks/README.md's panel tables are generated the same way
+(`PANEL_TABLES`: gain over the student alone per cell, from `panel.json`).
+
+    python benchmarks/readme_tables.py           # rewrite both files
+    python benchmarks/readme_tables.py --check   # exit 1 if one is stale
 """
 
 import argparse
@@ -525,38 +528,121 @@ BLOCKS = {
     "results": results_table,
 }
 
+# benchmarks/README.md's panel tables: (cells, configs), gain over the
+# student alone per cell.
+_SHORT = [
+    "fm_red_adam_short_tiny",
+    "fm_red_sgd_short_small",
+    "c10_full_adam_short_small",
+    "c10_full_sgd_short_tiny",
+]
+_LONG = [
+    "fm_full_adam_long_tiny",
+    "fm_full_sgd_long_small",
+    "c10_red_adam_long_small",
+    "c10_red_sgd_long_tiny",
+]
+PANEL_TABLES = {
+    "panel_function_matching": (
+        _SHORT + ["fm_full_adam_long_tiny", "c10_red_adam_long_small"],
+        ["kd", "fm_alone", "fm_kd", "fm_kd_mild", "fm_sp"],
+    ),
+    "panel_short": (
+        _SHORT,
+        "kd nst_kd ab_kd dkd dkd_ls kd_ls nst_dkd fitnets fsp rkd sp pkt crd "
+        "rco_kd bss_kd".split(),
+    ),
+    "panel_long": (_LONG, ["kd", "nst_kd", "ab_kd", "sp"]),
+}
 
-def render(text):
-    """`text` with every generated block rewritten."""
-    for name, table in BLOCKS.items():
+
+def _signed(value, digits=2):
+    return f"{value:+.{digits}f}".replace("-", "\N{MINUS SIGN}")
+
+
+def panel_table(cells, configs):
+    """Gain over the student alone, points, mean ± std over seeds; bold
+    when the panel's verdict is "better" (beyond both stds); the number of
+    seeds when fewer than 3; empty where the config did not run."""
+    summary = {s["cell"]: s for s in _json("panel")["summary"]}
+    rows = [
+        "| method | " + " | ".join(cells) + " |",
+        "| --- |" + " --- |" * len(cells),
+        "| teacher − alone (alone std) | "
+        + " | ".join(
+            f"{_signed(summary[c]['teacher'] - summary[c]['alone'], 1)} "
+            f"({summary[c]['alone_std']:.2f})"
+            for c in cells
+        )
+        + " |",
+    ]
+    for config in configs:
+        entries = []
+        for cell in cells:
+            g = summary[cell]["gains"].get(config)
+            if g is None or g["n"] < MIN_SEEDS:
+                entries.append("")
+                continue
+            text = f"{_signed(g['gain'])} ± {g['gain_std']:.2f}"
+            if g["verdict"] == "better":
+                text = f"**{text}**"
+            if g["n"] < 3:
+                text += f" ({g['n']} seeds)"
+            entries.append(text)
+        rows.append(f"| `{config}` | " + " | ".join(entries) + " |")
+    return rows
+
+
+BENCHMARK_BLOCKS = {
+    name: (lambda cells=cells, configs=configs: panel_table(cells, configs))
+    for name, (cells, configs) in PANEL_TABLES.items()
+}
+
+
+def render(text, blocks=None, name="README.md"):
+    """`text` with every generated block of `blocks` (default: the
+    README's) rewritten."""
+    for name_, table in (BLOCKS if blocks is None else blocks).items():
         pattern = re.compile(
-            rf"(<!-- begin {name} [^\n]*-->\n).*?(<!-- end {name} -->)", re.S
+            rf"(<!-- begin {name_} [^\n]*-->\n).*?(<!-- end {name_} -->)",
+            re.S,
         )
         if not pattern.search(text):
-            raise ValueError(f"README.md has no '<!-- begin {name} ...' block")
+            raise ValueError(f"{name} has no '<!-- begin {name_} ...' block")
         body = "\n".join(table()) + "\n"
         text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
     return text
+
+
+# file -> its generated blocks
+FILES = {
+    README: BLOCKS,
+    os.path.join(ROOT, "benchmarks", "README.md"): BENCHMARK_BLOCKS,
+}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
-    with open(README, encoding="utf-8") as f:
-        text = f.read()
-    new = render(text)
-    if args.check:
-        if new != text:
-            print(
-                "README.md's generated tables are stale: run "
-                "python benchmarks/readme_tables.py"
-            )
-            return 1
-        return 0
-    if new != text:
-        common.write_text(README, new.rstrip("\n").splitlines())
-        print("rewrote README.md")
+    stale = []
+    for path, blocks in FILES.items():
+        name = os.path.relpath(path, ROOT)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        new = render(text, blocks, name)
+        if new == text:
+            continue
+        stale.append(name)
+        if not args.check:
+            common.write_text(path, new.rstrip("\n").splitlines())
+            print(f"rewrote {name}")
+    if args.check and stale:
+        print(
+            f"{', '.join(stale)}: generated tables are stale: run "
+            "python benchmarks/readme_tables.py"
+        )
+        return 1
     return 0
 
 

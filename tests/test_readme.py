@@ -139,18 +139,22 @@ def test_links_point_at_files_of_the_repository():
 
 
 def test_generated_tables_are_current():
-    """The README's tables and printout are what benchmarks/readme_tables.py
-    writes from the results files."""
+    """The README's tables and printout, and benchmarks/README.md's panel
+    tables, are what benchmarks/readme_tables.py writes from the results
+    files."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import readme_tables
     finally:
         sys.path.pop(0)
-    text = README.read_text(encoding="utf-8")
-    assert readme_tables.render(text) == text, (
-        "README.md's generated tables are stale: run "
-        "python benchmarks/readme_tables.py"
-    )
+    assert len(readme_tables.FILES) == 2
+    for path, blocks in readme_tables.FILES.items():
+        name = os.path.relpath(path, ROOT)
+        text = pathlib.Path(path).read_text(encoding="utf-8")
+        assert readme_tables.render(text, blocks, name) == text, (
+            f"{name}'s generated tables are stale: run "
+            "python benchmarks/readme_tables.py"
+        )
 
 
 @pytest.mark.slow

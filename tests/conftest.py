@@ -26,8 +26,10 @@ os.environ.setdefault(
 import child_suites  # noqa: E402
 import keras  # noqa: E402
 import pytest  # noqa: E402
+from backend_utils import without_graph_optimizer  # noqa: E402
 
 BACKEND = keras.backend.backend()
+without_graph_optimizer()
 
 # Suites that test TensorFlow-only features; under another backend they are
 # skipped (and not even imported when TensorFlow is not installed).

@@ -24,6 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from backend_utils import to_numpy  # noqa: E402
+from backend_utils import without_graph_optimizer  # noqa: E402
 from builders import cnn  # noqa: E402
 from builders import data  # noqa: E402
 from builders import sparse_ce  # noqa: E402
@@ -32,6 +33,8 @@ from keras_kd import Distiller  # noqa: E402
 from keras_kd import losses as L  # noqa: E402
 from keras_kd.backup import AtomicBackupAndRestore  # noqa: E402
 from keras_kd.callbacks import ActivationBoundarySchedule  # noqa: E402
+
+without_graph_optimizer()
 
 EPOCHS = 3
 

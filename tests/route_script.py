@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from backend_utils import without_graph_optimizer  # noqa: E402
 
 from keras_kd import Distiller  # noqa: E402
 from keras_kd import callbacks as kd_callbacks  # noqa: E402
@@ -32,6 +33,8 @@ from keras_kd import losses as L  # noqa: E402
 from keras_kd.backup import AtomicBackupAndRestore  # noqa: E402
 from keras_kd.procedures import RouteConstrainedOptimization  # noqa: E402
 from keras_kd.procedures import RouteRecorder  # noqa: E402
+
+without_graph_optimizer()
 
 
 class PauseAt(keras.callbacks.Callback):

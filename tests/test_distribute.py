@@ -28,8 +28,6 @@ LOSSES = [
     "logits_distillation",
     "activation_boundary",
     "nst_polynomial",
-    "nst_linear",
-    "nst_gaussian",
     "fitnets_hint",
     "attention_transfer",
     # KD with function matching: the global batch augmented once, each

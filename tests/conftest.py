@@ -170,8 +170,30 @@ def _is_xdist_worker(config):
     return hasattr(config, "workerinput")
 
 
+def _keep_xdist_groups(config, items):
+    """`--dist loadgroup` under pytest 9.2: pytest-xdist (3.8) puts a test
+    into its `xdist_group` by appending `@NAME` to `item._nodeid`, which
+    pytest 9.2 no longer reads (a test's id is a structured `item._id`), so
+    every group was split over the workers and each worker built the
+    groups' shared fixtures again. Here, after xdist's own hook, the same
+    suffix goes where pytest 9.2 reads it; under older pytest xdist has
+    added it already. (tests/test_readme.py checks that groups hold.)"""
+    if not (_is_xdist_worker(config) and config.getvalue("loadgroup")):
+        return
+    for item in items:
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", ""))
+            for mark in item.iter_markers("xdist_group")
+        }
+        node_id = getattr(item, "_id", None)
+        if not names or "@" in item.nodeid or not hasattr(node_id, "parse"):
+            continue
+        item._id = node_id.parse(f"{item.nodeid}@{'_'.join(sorted(names))}")
+
+
 @pytest.hookimpl(trylast=True)  # after `-k` / `-m` have deselected items
 def pytest_collection_modifyitems(config, items):
+    _keep_xdist_groups(config, items)
     if BACKEND == "tensorflow":
         # Start the other backends' suites now, beside this run
         # (tests/child_suites.py), and wait for them last: the rest of this

@@ -212,6 +212,24 @@ TEST_COMMAND = (
 )
 
 
+@pytest.mark.xdist_group("loadgroup_check")
+def test_test_command_keeps_xdist_groups_together(request):
+    """Under the README's test command (`-n 2 --dist loadgroup`) the tests
+    of one `xdist_group` run in one worker, which builds their shared
+    fixtures once. pytest-xdist marks such a test by its group (`...@NAME`);
+    under pytest 9.2 it cannot, and tests/conftest.py does it instead."""
+    if not (
+        hasattr(request.config, "workerinput")
+        and request.config.getvalue("loadgroup")
+    ):
+        pytest.skip("not run with pytest -n N --dist loadgroup")
+    assert request.node.nodeid.endswith("@loadgroup_check"), (
+        f"pytest-xdist did not apply --dist loadgroup under pytest "
+        f"{pytest.__version__} (this test's id: {request.node.nodeid}): "
+        "see _keep_xdist_groups in tests/conftest.py"
+    )
+
+
 def test_setup_commands_match_ci():
     commands = re.findall(r"^pip install .*$", _section("Install"), re.M)
     assert commands == [

@@ -24,6 +24,7 @@ benchmarks/README.md's panel tables are generated the same way
 """
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -563,8 +564,10 @@ def _signed(value, digits=2):
 def panel_table(cells, configs):
     """Gain over the student alone, points, mean ± std over seeds; bold
     when the panel's verdict is "better" (beyond both stds); the number of
-    seeds when fewer than 3; empty where the config did not run."""
-    summary = {s["cell"]: s for s in _json("panel")["summary"]}
+    seeds when fewer than the panel's; empty where the config did not run
+    (or ran fewer than `MIN_SEEDS` seeds)."""
+    panel = _json("panel")
+    summary = {s["cell"]: s for s in panel["summary"]}
     rows = [
         "| method | " + " | ".join(cells) + " |",
         "| --- |" + " --- |" * len(cells),
@@ -586,7 +589,7 @@ def panel_table(cells, configs):
             text = f"{_signed(g['gain'])} ± {g['gain_std']:.2f}"
             if g["verdict"] == "better":
                 text = f"**{text}**"
-            if g["n"] < 3:
+            if g["n"] < len(panel["seeds"]):
                 text += f" ({g['n']} seeds)"
             entries.append(text)
         rows.append(f"| `{config}` | " + " | ".join(entries) + " |")
@@ -594,21 +597,23 @@ def panel_table(cells, configs):
 
 
 BENCHMARK_BLOCKS = {
-    name: (lambda cells=cells, configs=configs: panel_table(cells, configs))
-    for name, (cells, configs) in PANEL_TABLES.items()
+    block: functools.partial(panel_table, cells, configs)
+    for block, (cells, configs) in PANEL_TABLES.items()
 }
 
 
-def render(text, blocks=None, name="README.md"):
+def render(text, blocks=None, filename="README.md"):
     """`text` with every generated block of `blocks` (default: the
     README's) rewritten."""
-    for name_, table in (BLOCKS if blocks is None else blocks).items():
+    for block, table in (BLOCKS if blocks is None else blocks).items():
         pattern = re.compile(
-            rf"(<!-- begin {name_} [^\n]*-->\n).*?(<!-- end {name_} -->)",
+            rf"(<!-- begin {block} [^\n]*-->\n).*?(<!-- end {block} -->)",
             re.S,
         )
         if not pattern.search(text):
-            raise ValueError(f"{name} has no '<!-- begin {name_} ...' block")
+            raise ValueError(
+                f"{filename} has no '<!-- begin {block} ...' block"
+            )
         body = "\n".join(table()) + "\n"
         text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
     return text

@@ -529,31 +529,22 @@ BLOCKS = {
     "results": results_table,
 }
 
-# benchmarks/README.md's panel tables: (cells, configs), gain over the
-# student alone per cell.
-_SHORT = [
-    "fm_red_adam_short_tiny",
-    "fm_red_sgd_short_small",
-    "c10_full_adam_short_small",
-    "c10_full_sgd_short_tiny",
-]
-_LONG = [
-    "fm_full_adam_long_tiny",
-    "fm_full_sgd_long_small",
-    "c10_red_adam_long_small",
-    "c10_red_sgd_long_tiny",
-]
+# benchmarks/README.md's panel tables: (which cells of panel.json's
+# summary, configs), gain over the student alone per cell.
 PANEL_TABLES = {
     "panel_function_matching": (
-        _SHORT + ["fm_full_adam_long_tiny", "c10_red_adam_long_small"],
+        lambda cell: "fm_alone" in cell["gains"],  # where it ran
         ["kd", "fm_alone", "fm_kd", "fm_kd_mild", "fm_sp"],
     ),
     "panel_short": (
-        _SHORT,
+        lambda cell: cell["schedule"].startswith("short"),
         "kd nst_kd ab_kd dkd dkd_ls kd_ls nst_dkd fitnets fsp rkd sp pkt crd "
         "rco_kd bss_kd".split(),
     ),
-    "panel_long": (_LONG, ["kd", "nst_kd", "ab_kd", "sp"]),
+    "panel_long": (
+        lambda cell: cell["schedule"].startswith("long"),
+        ["kd", "nst_kd", "ab_kd", "sp"],
+    ),
 }
 
 
@@ -561,20 +552,20 @@ def _signed(value, digits=2):
     return f"{value:+.{digits}f}".replace("-", "\N{MINUS SIGN}")
 
 
-def panel_table(cells, configs):
-    """Gain over the student alone, points, mean ± std over seeds; bold
+def panel_table(select, configs):
+    """Over the cells of the panel's summary that `select` keeps, in its
+    order: gain over the student alone, points, mean ± std over seeds; bold
     when the panel's verdict is "better" (beyond both stds); the number of
     seeds when fewer than the panel's; empty where the config did not run
     (or ran fewer than `MIN_SEEDS` seeds)."""
     panel = _json("panel")
-    summary = {s["cell"]: s for s in panel["summary"]}
+    cells = [s for s in panel["summary"] if select(s)]
     rows = [
-        "| method | " + " | ".join(cells) + " |",
+        "| method | " + " | ".join(c["cell"] for c in cells) + " |",
         "| --- |" + " --- |" * len(cells),
         "| teacher − alone (alone std) | "
         + " | ".join(
-            f"{_signed(summary[c]['teacher'] - summary[c]['alone'], 1)} "
-            f"({summary[c]['alone_std']:.2f})"
+            f"{_signed(c['teacher'] - c['alone'], 1)} ({c['alone_std']:.2f})"
             for c in cells
         )
         + " |",
@@ -582,7 +573,7 @@ def panel_table(cells, configs):
     for config in configs:
         entries = []
         for cell in cells:
-            g = summary[cell]["gains"].get(config)
+            g = cell["gains"].get(config)
             if g is None or g["n"] < MIN_SEEDS:
                 entries.append("")
                 continue
@@ -597,8 +588,8 @@ def panel_table(cells, configs):
 
 
 BENCHMARK_BLOCKS = {
-    block: functools.partial(panel_table, cells, configs)
-    for block, (cells, configs) in PANEL_TABLES.items()
+    block: functools.partial(panel_table, select, configs)
+    for block, (select, configs) in PANEL_TABLES.items()
 }
 
 
